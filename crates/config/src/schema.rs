@@ -1,0 +1,739 @@
+//! The schema walk: visits the spanned TOML tree, builds the typed [`Config`] and collects every
+//! problem with its position. Each reader returns `None` after recording a problem, so one bad
+//! value never hides the next.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::values::{parse_duration, parse_size};
+use crate::*;
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "server_name",
+    "shutdown_timeout",
+    "log",
+    "limits",
+    "error_pages",
+    "upstream",
+    "route",
+];
+const LOG_KEYS: &[&str] = &["format", "destination"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_request_header_bytes",
+    "max_request_body_bytes",
+    "request_header_timeout",
+    "client_idle_timeout",
+    "max_response_header_bytes",
+];
+const UPSTREAM_KEYS: &[&str] = &[
+    "endpoints",
+    "connect_timeout",
+    "send_timeout",
+    "response_timeout",
+    "body_timeout",
+    "max_idle_per_endpoint",
+    "idle_timeout",
+];
+const ROUTE_KEYS: &[&str] = &["host", "path", "upstream"];
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Walker<'a> {
+    src: &'a str,
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Walker<'_> {
+    fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_column(self.src, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Reports keys outside `allowed`, with a suggestion when one is close.
+    fn known_keys(&mut self, table: &DeTable, allowed: &[&str], what: &str) {
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if allowed.contains(&name) {
+                continue;
+            }
+            let hint = match closest(name, allowed) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None => format!("; known keys: {}", allowed.join(", ")),
+            };
+            self.problem(key.span(), format!("unknown key `{name}` in {what}{hint}"));
+        }
+    }
+
+    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.problem(
+                    v.span(),
+                    format!("{what} must be a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string<'t>(&mut self, v: &'t Value, what: &str) -> Option<&'t str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s),
+            other => {
+                self.problem(
+                    v.span(),
+                    format!("{what} must be a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Value, what: &str) -> Option<Duration> {
+        let s = self.string(v, what)?;
+        match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                self.problem(v.span(), format!("{what} must be longer than zero"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(v.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, v: &Value, what: &str) -> Option<u64> {
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) if n > 0 => Ok(n as u64),
+                _ => Err(format!("{what} must be a positive number of bytes")),
+            },
+            DeValue::String(s) => parse_size(s).map_err(|e| format!("{what}: {e}")),
+            other => Err(format!(
+                "{what} must be a size such as \"64KiB\" or a number of bytes, found {}",
+                other.type_str()
+            )),
+        };
+        match n {
+            Ok(0) => {
+                self.problem(v.span(), format!("{what} must be larger than zero"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.problem(v.span(), e);
+                None
+            }
+        }
+    }
+
+    fn array<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t [Value<'i>]> {
+        match v.get_ref() {
+            DeValue::Array(a) => Some(a),
+            other => {
+                self.problem(
+                    v.span(),
+                    format!("{what} must be an array, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(src: &str, at: usize) -> (usize, usize) {
+    let before = &src[..at.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The allowed name closest to `name`, if it is close enough to be a slip.
+fn closest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(name, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min()
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Checks `host:port` (an IP address or a name, and a port).
+fn check_endpoint(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("endpoint `{s}` needs a port, as in \"{s}:8080\""));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("endpoint `{s}` has an invalid port `{port}`"));
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !name_ok {
+        return Err(format!(
+            "endpoint `{s}` is neither an IP address nor a valid host name"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Problems> {
+    let mut w = Walker {
+        src,
+        file,
+        problems: Vec::new(),
+    };
+    let (root, errors) = DeTable::parse_recoverable(src);
+    for e in &errors {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        w.problem(span, message);
+    }
+    if !errors.is_empty() {
+        return Err(Problems(w.problems));
+    }
+    let root = root.get_ref();
+    w.known_keys(root, TOP_KEYS, "the top level");
+
+    let mut cfg = Config {
+        listen: Vec::new(),
+        server_name: "cleargate".into(),
+        log: LogConfig {
+            format: LogFormat::Json,
+            destination: LogDestination::Stdout,
+        },
+        limits: Limits::default(),
+        shutdown_timeout: Duration::from_secs(10),
+        error_pages: BTreeMap::new(),
+        upstreams: Vec::new(),
+        routes: Vec::new(),
+    };
+
+    match root.get("listen") {
+        Some(v) => {
+            if let Some(items) = w.array(v, "`listen`") {
+                if items.is_empty() {
+                    w.problem(
+                        v.span(),
+                        "`listen` is empty; give at least one address such as \"127.0.0.1:8080\"",
+                    );
+                }
+                for item in items {
+                    let Some(s) = w.string(item, "a `listen` address") else {
+                        continue;
+                    };
+                    match s.parse::<SocketAddr>() {
+                        Ok(a) if cfg.listen.contains(&a) => w.problem(item.span(), format!("duplicate listen address `{s}`")),
+                        Ok(a) => cfg.listen.push(a),
+                        Err(_) => w.problem(
+                            item.span(),
+                            format!("cannot read `{s}` as a listen address; write IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\""),
+                        ),
+                    }
+                }
+            }
+        }
+        None => w.problem(
+            0..0,
+            "missing `listen`; add for example listen = [\"127.0.0.1:8080\"]",
+        ),
+    }
+
+    if let Some(v) = root.get("server_name") {
+        if let Some(s) = w.string(v, "`server_name`") {
+            if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_graphic()) {
+                w.problem(
+                    v.span(),
+                    "`server_name` must be 1 to 64 visible ASCII characters without spaces",
+                );
+            } else {
+                cfg.server_name = s.to_string();
+            }
+        }
+    }
+    if let Some(v) = root.get("shutdown_timeout") {
+        if let Some(d) = w.duration(v, "`shutdown_timeout`") {
+            cfg.shutdown_timeout = d;
+        }
+    }
+
+    if let Some(t) = root.get("log").and_then(|v| w.table(v, "`log`")) {
+        w.known_keys(t, LOG_KEYS, "[log]");
+        if let Some(v) = t.get("format") {
+            match w.string(v, "`log.format`") {
+                Some("json") => cfg.log.format = LogFormat::Json,
+                Some("text") => cfg.log.format = LogFormat::Text,
+                Some(other) => w.problem(
+                    v.span(),
+                    format!("unknown log format `{other}`; use \"json\" or \"text\""),
+                ),
+                None => {}
+            }
+        }
+        if let Some(v) = t.get("destination") {
+            match w.string(v, "`log.destination`") {
+                Some("stdout") => cfg.log.destination = LogDestination::Stdout,
+                Some("stderr") => cfg.log.destination = LogDestination::Stderr,
+                Some("") => w.problem(
+                    v.span(),
+                    "`log.destination` is empty; use \"stdout\", \"stderr\" or a file path",
+                ),
+                Some(path) => cfg.log.destination = LogDestination::File(base.join(path)),
+                None => {}
+            }
+        }
+    }
+
+    if let Some(t) = root.get("limits").and_then(|v| w.table(v, "`limits`")) {
+        w.known_keys(t, LIMIT_KEYS, "[limits]");
+        let l = &mut cfg.limits;
+        if let Some(n) = t
+            .get("max_request_header_bytes")
+            .and_then(|v| w.size(v, "`max_request_header_bytes`"))
+        {
+            l.max_request_header_bytes = n as usize;
+        }
+        if let Some(n) = t
+            .get("max_request_body_bytes")
+            .and_then(|v| w.size(v, "`max_request_body_bytes`"))
+        {
+            l.max_request_body_bytes = n;
+        }
+        if let Some(d) = t
+            .get("request_header_timeout")
+            .and_then(|v| w.duration(v, "`request_header_timeout`"))
+        {
+            l.request_header_timeout = d;
+        }
+        if let Some(d) = t
+            .get("client_idle_timeout")
+            .and_then(|v| w.duration(v, "`client_idle_timeout`"))
+        {
+            l.client_idle_timeout = d;
+        }
+        if let Some(v) = t.get("max_response_header_bytes") {
+            if let Some(n) = w.size(v, "`max_response_header_bytes`") {
+                if n < 8192 {
+                    w.problem(
+                        v.span(),
+                        "`max_response_header_bytes` must be at least 8KiB",
+                    );
+                } else {
+                    l.max_response_header_bytes = n as usize;
+                }
+            }
+        }
+    }
+
+    if let Some(t) = root
+        .get("error_pages")
+        .and_then(|v| w.table(v, "`error_pages`"))
+    {
+        for (key, v) in t.iter() {
+            let status = key
+                .get_ref()
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (400..600).contains(s));
+            let Some(status) = status else {
+                w.problem(
+                    key.span(),
+                    format!(
+                        "`{}` is not an error status; use a number from 400 to 599 such as \"502\"",
+                        key.get_ref()
+                    ),
+                );
+                continue;
+            };
+            let Some(p) = w.string(v, "an error page path") else {
+                continue;
+            };
+            let path: PathBuf = base.join(p);
+            match std::fs::read_to_string(&path) {
+                Ok(template) => {
+                    cfg.error_pages.insert(status, ErrorPage { path, template });
+                }
+                Err(e) => w.problem(
+                    v.span(),
+                    format!("cannot read error page `{}`: {e}", path.display()),
+                ),
+            }
+        }
+    }
+
+    let mut upstream_names = BTreeSet::new();
+    if let Some(t) = root.get("upstream").and_then(|v| w.table(v, "`upstream`")) {
+        for (key, v) in t.iter() {
+            let name = key.get_ref().to_string();
+            let what = format!("[upstream.{name}]");
+            let Some(u) = w.table(v, &what) else { continue };
+            upstream_names.insert(name.clone());
+            w.known_keys(u, UPSTREAM_KEYS, &what);
+            let mut up = UpstreamConfig {
+                name,
+                endpoints: Vec::new(),
+                timeouts: Timeouts::default(),
+                max_idle_per_endpoint: 32,
+                idle_timeout: Duration::from_secs(30),
+            };
+            match u.get("endpoints") {
+                Some(ev) => {
+                    if let Some(items) = w.array(ev, "`endpoints`") {
+                        if items.is_empty() {
+                            w.problem(ev.span(), format!("{what} has an empty endpoint list; add at least one \"host:port\""));
+                        }
+                        for item in items {
+                            let Some(s) = w.string(item, "an endpoint") else {
+                                continue;
+                            };
+                            if let Err(e) = check_endpoint(s) {
+                                w.problem(item.span(), e);
+                            } else if up.endpoints.iter().any(|x| x == s) {
+                                w.problem(
+                                    item.span(),
+                                    format!("duplicate endpoint `{s}` in {what}"),
+                                );
+                            } else {
+                                up.endpoints.push(s.to_string());
+                            }
+                        }
+                    }
+                }
+                None => w.problem(
+                    key.span(),
+                    format!("{what} has no `endpoints`; add endpoints = [\"127.0.0.1:3000\"]"),
+                ),
+            }
+            let tm = &mut up.timeouts;
+            for (k, slot) in [
+                ("connect_timeout", &mut tm.connect),
+                ("send_timeout", &mut tm.send),
+                ("response_timeout", &mut tm.response),
+                ("body_timeout", &mut tm.body_idle),
+                ("idle_timeout", &mut up.idle_timeout),
+            ] {
+                if let Some(d) = u.get(k).and_then(|v| w.duration(v, &format!("`{k}`"))) {
+                    *slot = d;
+                }
+            }
+            if let Some(v) = u.get("max_idle_per_endpoint") {
+                match v
+                    .get_ref()
+                    .as_integer()
+                    .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
+                {
+                    Some(n) if (0..=100_000).contains(&n) => up.max_idle_per_endpoint = n as usize,
+                    _ => w.problem(
+                        v.span(),
+                        "`max_idle_per_endpoint` must be a whole number from 0 to 100000",
+                    ),
+                }
+            }
+            cfg.upstreams.push(up);
+        }
+    }
+
+    match root.get("route") {
+        Some(v) => {
+            let items: Vec<&Value> = match v.get_ref() {
+                DeValue::Array(a) => a.iter().collect(),
+                _ => {
+                    w.problem(
+                        v.span(),
+                        "`route` must be an array of tables: write [[route]]",
+                    );
+                    Vec::new()
+                }
+            };
+            let mut seen = BTreeSet::new();
+            for item in items {
+                let Some(r) = w.table(item, "a [[route]]") else {
+                    continue;
+                };
+                w.known_keys(r, ROUTE_KEYS, "[[route]]");
+                let host = r.get("host").and_then(|v| {
+                    let s = w.string(v, "`host`")?;
+                    let h = s.trim().to_ascii_lowercase();
+                    if h.is_empty() || h.contains(['/', ' ', ':']) {
+                        w.problem(v.span(), format!("`host` must be a host name without scheme, port or path, found `{s}`"));
+                        None
+                    } else {
+                        Some(h)
+                    }
+                });
+                let path = match r.get("path") {
+                    Some(v) => w.string(v, "`path`").and_then(|p| {
+                        if p.starts_with('/') {
+                            Some(p.to_string())
+                        } else {
+                            w.problem(v.span(), format!("`path` must start with `/`, found `{p}`"));
+                            None
+                        }
+                    }),
+                    None => Some("/".to_string()),
+                };
+                let upstream = match r.get("upstream") {
+                    Some(v) => w.string(v, "`upstream`").and_then(|u| {
+                        if upstream_names.contains(u) {
+                            Some(u.to_string())
+                        } else {
+                            let known: Vec<&str> =
+                                upstream_names.iter().map(String::as_str).collect();
+                            let hint = match closest(u, &known) {
+                                Some(s) => format!("; did you mean `{s}`?"),
+                                None if known.is_empty() => {
+                                    "; define it with [upstream.NAME]".to_string()
+                                }
+                                None => format!("; known upstreams: {}", known.join(", ")),
+                            };
+                            w.problem(
+                                v.span(),
+                                format!("route names unknown upstream `{u}`{hint}"),
+                            );
+                            None
+                        }
+                    }),
+                    None => {
+                        w.problem(item.span(), "[[route]] has no `upstream`");
+                        None
+                    }
+                };
+                if let (Some(path), Some(upstream)) = (path, upstream) {
+                    if !seen.insert((host.clone(), path.clone())) {
+                        w.problem(
+                            item.span(),
+                            format!(
+                                "duplicate route for host {} and path `{path}`",
+                                host.as_deref().unwrap_or("*")
+                            ),
+                        );
+                    }
+                    cfg.routes.push(RouteConfig {
+                        host,
+                        path,
+                        upstream,
+                    });
+                }
+            }
+        }
+        None => w.problem(
+            0..0,
+            "no [[route]]: add one with path = \"/\" and upstream = \"NAME\"",
+        ),
+    }
+
+    w.problems.sort_by_key(|p| (p.line, p.column));
+    if w.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(Problems(w.problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(src: &str) -> Vec<String> {
+        match Config::parse(src, "t.toml", Path::new(".")) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.0.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const MINIMAL: &str = r#"listen = ["127.0.0.1:8080"]
+
+[upstream.app]
+endpoints = ["127.0.0.1:3001", "127.0.0.1:3002"]
+connect_timeout = "1s"
+response_timeout = "30s"
+
+[[route]]
+path = "/"
+upstream = "app"
+"#;
+
+    #[test]
+    fn the_minimal_file_works_as_written() {
+        let c = Config::parse(MINIMAL, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.upstreams[0].endpoints.len(), 2);
+        assert_eq!(c.upstreams[0].timeouts.connect, Duration::from_secs(1));
+        assert_eq!(c.upstreams[0].timeouts.response, Duration::from_secs(30));
+        assert_eq!(c.routes[0].upstream, "app");
+        assert_eq!(
+            c.summary(),
+            "1 listener(s), 1 upstream(s) with 2 endpoint(s), 1 route(s)"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_position() {
+        let src = r#"listen = ["127.0.0.1:8080", "nonsense"]
+lisen = 3
+
+[upstream.app]
+endpoints = []
+conect_timeout = "1s"
+response_timeout = "30 parsecs"
+
+[upstream.api]
+endpoints = ["127.0.0.1:99999", "db.internal:5432", "127.0.0.1:5000", "127.0.0.1:5000"]
+send_timeout = 5
+
+[[route]]
+path = "/"
+upstream = "aap"
+
+[[route]]
+path = "api"
+upstream = "nowhere"
+"#;
+        let got = problems(src);
+        let expect = [
+            "t.toml:1:29: cannot read `nonsense` as a listen address",
+            "t.toml:2:1: unknown key `lisen` in the top level; did you mean `listen`?",
+            "t.toml:5:13: [upstream.app] has an empty endpoint list",
+            "t.toml:6:1: unknown key `conect_timeout` in [upstream.app]; did you mean `connect_timeout`?",
+            "t.toml:7:20: `response_timeout`: unknown unit `parsecs`",
+            "t.toml:10:14: endpoint `127.0.0.1:99999` has an invalid port `99999`",
+            "t.toml:10:71: duplicate endpoint `127.0.0.1:5000` in [upstream.api]",
+            "t.toml:11:16: `send_timeout` must be a string, found integer",
+            "t.toml:15:12: route names unknown upstream `aap`; did you mean `app`?",
+            "t.toml:18:8: `path` must start with `/`, found `api`",
+            "t.toml:19:12: route names unknown upstream `nowhere`; known upstreams: api, app",
+        ];
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_positions() {
+        let got = problems("listen = [\"127.0.0.1:8080\"\n[upstream.app]\n");
+        assert!(got[0].starts_with("t.toml:"), "{got:?}");
+        let got = problems(
+            "listen = [\"127.0.0.1:8080\"]\n[upstream.a]\nendpoints=[\"x:1\"]\n[upstream.a]\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("t.toml:4:") && g.contains("duplicate")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let got = problems("");
+        assert!(
+            got.iter().any(|g| g.contains("missing `listen`")),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|g| g.contains("no [[route]]")), "{got:?}");
+        let got = problems("listen=[\"127.0.0.1:1\"]\n[upstream.a]\n[[route]]\nupstream=\"a\"\npath=\"/\"\n[[route]]\nupstream=\"a\"\n");
+        assert!(
+            got.iter().any(|g| g.contains("has no `endpoints`")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("t.toml:6:1: duplicate route")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn full_file_reads_every_setting() {
+        let dir = std::env::temp_dir().join(format!("cg-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("502.html"), "<h1>{{status}}</h1>").unwrap();
+        let src = r#"listen = ["127.0.0.1:8080", "[::1]:8080"]
+server_name = "edge-1"
+shutdown_timeout = "3s"
+[log]
+format = "text"
+destination = "access.log"
+[limits]
+max_request_header_bytes = "16KiB"
+max_request_body_bytes = "1MiB"
+request_header_timeout = "5s"
+max_response_header_bytes = 32768
+[error_pages]
+502 = "502.html"
+[upstream.app]
+endpoints = ["localhost:3000"]
+send_timeout = "2s"
+body_timeout = "9s"
+idle_timeout = "4s"
+max_idle_per_endpoint = 8
+[[route]]
+host = "Example.COM"
+path = "/api"
+upstream = "app"
+"#;
+        let c = Config::parse(src, "t.toml", &dir).unwrap();
+        assert_eq!(c.server_name, "edge-1");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(
+            c.log.destination,
+            LogDestination::File(dir.join("access.log"))
+        );
+        assert_eq!(c.limits.max_request_header_bytes, 16384);
+        assert_eq!(c.limits.max_request_body_bytes, 1 << 20);
+        assert_eq!(c.limits.max_response_header_bytes, 32768);
+        assert_eq!(c.error_pages[&502].template, "<h1>{{status}}</h1>");
+        assert_eq!(c.upstreams[0].timeouts.send, Duration::from_secs(2));
+        assert_eq!(c.upstreams[0].timeouts.body_idle, Duration::from_secs(9));
+        assert_eq!(c.upstreams[0].max_idle_per_endpoint, 8);
+        assert_eq!(c.routes[0].host.as_deref(), Some("example.com"));
+        let bad = src.replace("\"502.html\"", "\"missing.html\"");
+        let err = Config::parse(&bad, "t.toml", &dir).unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml:13:7: cannot read error page"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

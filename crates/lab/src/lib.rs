@@ -1,0 +1,1 @@
+//! Fault-injecting upstreams (being written).
