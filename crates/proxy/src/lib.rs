@@ -1,1 +1,125 @@
-//! placeholder
+//! The gateway: turns a validated configuration into a running reverse proxy.
+//!
+//! - `server`: accept loop, client connections, client timeouts, graceful shutdown;
+//! - `forward`: the request lifecycle, from client request to upstream response;
+//! - `body`: streaming bodies both ways, and the request log written when a response ends;
+//! - `page`: the error surface (status, `Proxy-Status`, negotiated page);
+//! - `headers`: hop-by-hop and forwarding headers, request ids;
+//! - `route`: host and path prefix to upstream;
+//! - `log`: access lines and gateway-error lines.
+//!
+//! Connecting to upstreams and classifying what went wrong is `crates/net`'s job; pools and
+//! endpoint choice are `crates/upstream`'s. This crate decides nothing about statuses: it asks
+//! `cause::Failure::answer`.
+
+mod body;
+mod forward;
+mod headers;
+pub mod log;
+pub mod page;
+mod route;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use config::Config;
+use net::{ConnectOptions, Deadlines};
+use upstream::{Settings, Upstream};
+
+pub use body::ProxyBody;
+pub use server::ConnState;
+pub use tokio_util::sync::CancellationToken;
+
+/// A configured gateway, ready to serve listeners.
+pub struct Gateway {
+    config: Config,
+    router: route::Router,
+    upstreams: Vec<Arc<Upstream>>,
+    deadlines: Vec<Deadlines>,
+    logger: Arc<log::Logger>,
+    via: String,
+}
+
+impl Gateway {
+    pub fn new(config: Config, logger: Arc<log::Logger>) -> Arc<Gateway> {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Arc::new(Upstream::new(
+                    &u.name,
+                    &u.endpoints,
+                    Settings {
+                        connect: ConnectOptions {
+                            connect_timeout: u.timeouts.connect,
+                            max_response_header_bytes: config.limits.max_response_header_bytes,
+                        },
+                        max_idle_per_endpoint: u.max_idle_per_endpoint,
+                        idle_timeout: u.idle_timeout,
+                    },
+                ))
+            })
+            .collect();
+        let deadlines = config
+            .upstreams
+            .iter()
+            .map(|u| Deadlines {
+                connect: u.timeouts.connect,
+                send: u.timeouts.send,
+                response: u.timeouts.response,
+                body_idle: u.timeouts.body_idle,
+            })
+            .collect();
+        let router = route::Router::new(&config.routes, |name| {
+            config
+                .upstreams
+                .iter()
+                .position(|u| u.name == name)
+                .expect("validated config names only known upstreams")
+        });
+        let via = format!("1.1 {}", config.server_name);
+        Arc::new(Gateway {
+            config,
+            router,
+            upstreams,
+            deadlines,
+            logger,
+            via,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn logger(&self) -> &Arc<log::Logger> {
+        &self.logger
+    }
+}
+
+/// Binds every configured listen address, failing on the first that cannot be bound.
+pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// Opens the log sink the configuration names.
+pub fn logger_for(config: &Config) -> std::io::Result<Arc<log::Logger>> {
+    let format = match config.log.format {
+        config::LogFormat::Json => log::Format::Json,
+        config::LogFormat::Text => log::Format::Text,
+    };
+    let sink = match &config.log.destination {
+        config::LogDestination::Stdout => log::Sink::Stdout,
+        config::LogDestination::Stderr => log::Sink::Stderr,
+        config::LogDestination::File(p) => log::Sink::File(p.clone()),
+    };
+    Ok(Arc::new(log::Logger::new(format, sink)?))
+}

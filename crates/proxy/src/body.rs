@@ -1,0 +1,320 @@
+//! Bodies that cross the gateway, and the request record that is logged when a response ends.
+//!
+//! A response body is either a page the gateway made or the upstream's body streamed through
+//! frame by frame (never held whole). The streamed body applies the body-idle deadline, gives
+//! the connection back to the pool once the body has been read to its end, and turns a failure
+//! after the head into an error that makes hyper abort the client connection or stream, so the
+//! client never sees a response that looks complete but is not.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cause::{Cause, Failure, Phase};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use net::{BoxError, Conn, Exchange};
+use upstream::{Endpoint, Upstream};
+
+use crate::log::{AccessRecord, Logger};
+
+/// Logged once, when the response is over (completed, aborted, or dropped by a departing client).
+pub struct RequestLog {
+    pub record: AccessRecord,
+    pub started: Instant,
+    pub logger: Arc<Logger>,
+    /// Request body bytes read from the client, as counted while streaming it upstream.
+    pub bytes_in: Option<Arc<net::BodyProgress>>,
+    /// Set once the response was handed to the client side.
+    pub responded: bool,
+    pub attempts: u32,
+    /// Decremented when the request ends, so the connection knows it is idle again.
+    pub inflight: Option<Arc<crate::server::ConnState>>,
+    /// False for the placeholder left behind when the log moved into a response body.
+    pub armed: bool,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if !self.responded {
+            // The client left before any response: hyper dropped the request future.
+            self.record.status = 499;
+            self.record.cause = Some(Cause::ClientAborted);
+            self.record.phase = Some(Phase::Client);
+        }
+        if let Some(p) = &self.bytes_in {
+            self.record.bytes_in = p.bytes();
+        }
+        self.record.duration = self.started.elapsed();
+        self.logger.access(&self.record);
+        if let Some(state) = &self.inflight {
+            state.request_done();
+        }
+    }
+}
+
+/// The pooled connection travelling with a streamed response body.
+pub struct PoolLease {
+    pub conn: Conn,
+    pub upstream: Arc<Upstream>,
+    pub endpoint: Arc<Endpoint>,
+}
+
+/// A response body towards the client.
+pub struct ProxyBody {
+    kind: Kind,
+    log: Option<RequestLog>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(Box<Streamed>),
+}
+
+struct Streamed {
+    incoming: Incoming,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+    lease: Option<PoolLease>,
+    exchange: Exchange,
+    attempt_started: Instant,
+    request_id: String,
+    sent: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+            log: None,
+        }
+    }
+
+    /// The bytes of a page the gateway made; `None` for a streamed body.
+    pub fn full_bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Full(b) => Some(b.clone().unwrap_or_default()),
+            Kind::Stream(_) => None,
+        }
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::full(Bytes::new())
+    }
+
+    /// The upstream's body, streamed with the body-idle deadline.
+    pub fn stream(
+        incoming: Incoming,
+        lease: PoolLease,
+        exchange: Exchange,
+        attempt_started: Instant,
+        idle_timeout: Duration,
+        request_id: String,
+    ) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Stream(Box::new(Streamed {
+                incoming,
+                idle: Box::pin(tokio::time::sleep(idle_timeout)),
+                idle_timeout,
+                lease: Some(lease),
+                exchange,
+                attempt_started,
+                request_id,
+                sent: Arc::new(AtomicU64::new(0)),
+                done: Arc::new(AtomicBool::new(false)),
+            })),
+            log: None,
+        }
+    }
+
+    /// Attaches the request log, written when this body ends.
+    pub fn with_log(mut self, mut log: RequestLog) -> ProxyBody {
+        log.responded = true;
+        if let Kind::Full(b) = &self.kind {
+            log.record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
+        }
+        self.log = Some(log);
+        self
+    }
+
+    fn fail(&mut self, failure: Failure) -> BoxError {
+        if let Some(log) = &mut self.log {
+            log.logger.gateway_error(
+                &log.record.request_id,
+                &failure,
+                log.attempts,
+                Some(log.record.status),
+            );
+            log.record.cause = Some(failure.cause);
+            log.record.phase = Some(failure.phase);
+            log.record.gateway_error = true;
+            if let Some(a) = log.record.attempts.last_mut() {
+                a.cause = Some(failure.cause);
+                a.phase = Some(failure.phase);
+            }
+        }
+        let message = format!(
+            "{} during {}: {}",
+            failure.cause,
+            failure.phase,
+            failure.detail.unwrap_or_default()
+        );
+        message.into()
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let (Kind::Stream(s), Some(log)) = (&self.kind, &mut self.log) {
+            log.record.bytes_out = s.sent.load(Ordering::Relaxed);
+            if !s.done.load(Ordering::Relaxed) && log.record.cause.is_none() {
+                // Dropped before its end without an upstream failure: the client went away.
+                log.record.cause = Some(Cause::ClientAborted);
+                log.record.phase = Some(Phase::ReadBody);
+            }
+            if let Some(a) = log.record.attempts.last_mut() {
+                a.total = Some(s.attempt_started.elapsed());
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let s = match &mut this.kind {
+            Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(s) => s,
+        };
+        match Pin::new(&mut s.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                let deadline = tokio::time::Instant::now() + s.idle_timeout;
+                s.idle.as_mut().reset(deadline);
+                if s.incoming.is_end_stream() {
+                    s.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                s.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let mut f = net::body_failure(&e, &s.exchange);
+                s.annotate(&mut f);
+                s.lease = None;
+                Poll::Ready(Some(Err(this.fail(f))))
+            }
+            Poll::Pending => {
+                ready!(s.idle.as_mut().poll(cx));
+                let mut f = Failure::new(Cause::Timeout, Phase::ReadBody)
+                    .with_detail(format!("no response body bytes for {:?}", s.idle_timeout));
+                s.exchange.fill(&mut f);
+                s.annotate(&mut f);
+                s.lease = None;
+                Poll::Ready(Some(Err(this.fail(f))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(s) => s.incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(s) => s.incoming.size_hint(),
+        }
+    }
+}
+
+use std::future::Future;
+
+impl Streamed {
+    /// The body was read to its end: the connection may serve another request.
+    fn finish(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(lease) = self.lease.take() {
+            lease.upstream.release(&lease.endpoint, lease.conn);
+        }
+    }
+
+    fn annotate(&self, f: &mut Failure) {
+        if let Some(lease) = &self.lease {
+            f.endpoint = Some(lease.endpoint.name.clone());
+            f.upstream = Some(lease.upstream.name.clone());
+        }
+        let _ = &self.request_id;
+    }
+}
+
+/// The client's request body on its way upstream, cut off at the configured limit.
+pub struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+    pub exceeded: Arc<AtomicBool>,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    if n > self.remaining {
+                        self.exceeded.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err("request body larger than the limit".into())));
+                    }
+                    self.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

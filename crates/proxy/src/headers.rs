@@ -1,0 +1,131 @@
+//! Proxy header semantics: hop-by-hop headers stay on their hop, forwarding headers are added,
+//! and every request carries a request id from the client to the upstream and back.
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::HeaderMap;
+
+/// Headers that describe one connection and never cross the gateway (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// A client-supplied request id is kept when it is short and made of safe characters.
+pub fn sane_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b));
+    ok.then(|| s.to_string())
+}
+
+/// A fresh request id: 16 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Everything the upstream request gains on its way through.
+pub struct Forwarding<'a> {
+    pub client_ip: std::net::IpAddr,
+    pub proto: &'a str,
+    pub host: Option<&'a HeaderValue>,
+    pub via: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Rewrites the client's headers into the upstream request's headers.
+pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    strip_hop_by_hop(headers);
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {}", f.client_ip),
+        _ => f.client_ip.to_string(),
+    };
+    headers.remove("x-forwarded-for");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if f.proto == "https" { "https" } else { "http" }),
+    );
+    if let Some(host) = f.host {
+        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(HOST, host.clone());
+    }
+    append_via(headers, f.via);
+    if let Ok(v) = HeaderValue::from_str(f.request_id) {
+        headers.insert("x-request-id", v);
+    }
+}
+
+/// Appends this hop to `Via`.
+pub fn append_via(headers: &mut HeaderMap, via: &str) {
+    let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {via}"),
+        None => via.to_string(),
+    };
+    headers.remove(http::header::VIA);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(http::header::VIA, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("abc-123")),
+            Some("abc-123".into())
+        );
+        assert_eq!(sane_request_id(&HeaderValue::from_static("a b")), None);
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()),
+            None
+        );
+        assert_eq!(new_request_id().len(), 16);
+    }
+}

@@ -1,0 +1,121 @@
+//! Routing: host and path prefix to an upstream. Routes naming the host win over routes for any
+//! host; among those, the longest path prefix wins.
+
+use config::RouteConfig;
+
+#[derive(Debug)]
+pub struct Route {
+    pub host: Option<String>,
+    pub path: String,
+    /// Index into the gateway's upstream list.
+    pub upstream: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig], upstream_index: impl Fn(&str) -> usize) -> Router {
+        let mut routes: Vec<Route> = routes
+            .iter()
+            .map(|r| Route {
+                host: r.host.clone(),
+                path: r.path.clone(),
+                upstream: upstream_index(&r.upstream),
+            })
+            .collect();
+        // Longest prefix first, so the first match is the best one.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        Router { routes }
+    }
+
+    /// True when some route names `host` explicitly.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.routes.iter().any(|r| r.host.as_deref() == Some(host))
+    }
+
+    /// The route for `host` (lowercase, no port) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        let matching = |want_host: bool| {
+            self.routes
+                .iter()
+                .filter(move |r| match &r.host {
+                    Some(h) => want_host && h == host,
+                    None => !want_host,
+                })
+                .find(|r| path.starts_with(&r.path))
+        };
+        matching(true).or_else(|| matching(false))
+    }
+}
+
+/// The host of a `Host` header or authority: lowercased, without port or trailing dot.
+pub fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        })
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let r = |host: Option<&str>, path: &str, up: &str| RouteConfig {
+            host: host.map(str::to_string),
+            path: path.into(),
+            upstream: up.into(),
+        };
+        let routes = vec![
+            r(None, "/", "default"),
+            r(None, "/api", "api"),
+            r(None, "/api/v2", "api2"),
+            r(Some("shop.example"), "/", "shop"),
+        ];
+        Router::new(&routes, |name| {
+            ["default", "api", "api2", "shop"]
+                .iter()
+                .position(|n| *n == name)
+                .unwrap()
+        })
+    }
+
+    fn check(host: &str, path: &str, expect: Option<usize>) {
+        assert_eq!(
+            router().find(host, path).map(|r| r.upstream),
+            expect,
+            "{host}{path}"
+        );
+    }
+
+    #[test]
+    fn longest_prefix_and_host_first() {
+        check("x", "/", Some(0));
+        check("x", "/api/users", Some(1));
+        check("x", "/api/v2/users", Some(2));
+        check("shop.example", "/api", Some(3));
+        assert!(router().names_host("shop.example"));
+        assert!(!router().names_host("evil.example"));
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "::1");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+    }
+}
