@@ -59,6 +59,9 @@ pub fn classify_hyper_error(
         Cause::InvalidResponse
     } else if let Some(c) = io_error.and_then(io_cause) {
         c
+    } else if io_error.is_some_and(|e| e.kind() == io::ErrorKind::InvalidInput) {
+        // hyper's body decoder reports broken chunked framing as InvalidInput.
+        Cause::InvalidResponse
     } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         Cause::Closed
     } else if e.is_timeout() {

@@ -72,7 +72,9 @@ impl Gateway {
             .get("x-request-id")
             .and_then(sane_request_id)
             .unwrap_or_else(new_request_id);
-        let absolute = req.uri().authority().is_some();
+        // HTTP/1 absolute-form names a target host, as sent to forward proxies; an HTTP/2
+        // `:authority` is the Host header's equivalent and always present.
+        let absolute = req.version() != Version::HTTP_2 && req.uri().authority().is_some();
         let host_raw = req
             .uri()
             .authority()
