@@ -175,7 +175,8 @@ async fn answer(
         return stream.write_all(&out).await;
     }
 
-    let bytes_route = req.path().strip_prefix("/bytes/");
+    // `/bytes/N` at the end of any path, so a gateway may route it under a prefix.
+    let bytes_route = req.path().rsplit_once("/bytes/").map(|(_, n)| n);
     if let (Some(n), "GET" | "HEAD") = (
         bytes_route.and_then(|n| n.parse::<u64>().ok()),
         req.method.as_str(),
