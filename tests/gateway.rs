@@ -540,6 +540,20 @@ fn check_reports_every_problem_with_its_position() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("ok: 1 listener(s), 1 upstream(s) with 2 endpoint(s), 1 route(s)"));
 
+    for example in ["examples/minimal.toml", "examples/full.toml"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cleargate"))
+            .args(["check", "-c", example])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // `serve` refuses the bad file before binding anything.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cleargate"))
         .args(["serve", "-c"])
