@@ -9,8 +9,6 @@ use std::io;
 
 use cause::{Cause, Failure, Phase};
 
-use crate::IoStats;
-
 /// Classifies an error of `connect(2)`.
 pub fn classify_connect_error(e: &io::Error) -> Failure {
     let cause = io_cause(e).unwrap_or(Cause::Refused);
@@ -37,13 +35,8 @@ fn io_cause(e: &io::Error) -> Option<Cause> {
     })
 }
 
-/// Classifies a hyper client error that happened in `phase` on a connection with `stats`.
-pub fn classify_hyper_error(
-    e: &hyper::Error,
-    phase: Phase,
-    stats: &IoStats,
-    reused: bool,
-) -> Failure {
+/// Classifies a hyper client error that happened in `phase`; the caller adds the byte counts.
+pub fn classify_hyper_error(e: &hyper::Error, phase: Phase, reused: bool) -> Failure {
     let mut source = e.source();
     let mut io_error = None;
     while let Some(s) = source {
@@ -75,7 +68,6 @@ pub fn classify_hyper_error(
     };
     let mut f = Failure::new(cause, phase).with_detail(detail);
     f.reused = reused;
-    let _ = stats;
     f
 }
 
@@ -110,8 +102,8 @@ pub fn classify_client_error(
             }
             return None;
         }
-        if let Some(h2e) = err.downcast_ref::<std::io::Error>() {
-            let _ = h2e;
+        if err.is::<std::io::Error>() {
+            // The client's connection broke: it went away, nothing to answer.
             return None;
         }
         cur = err.source();

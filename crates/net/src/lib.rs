@@ -113,7 +113,7 @@ pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Conn, Fa
         .handshake(io)
         .await
         .map_err(|e| {
-            classify_hyper_error(&e, Phase::Connect, &stats, false).with_endpoint(addr.to_string())
+            classify_hyper_error(&e, Phase::Connect, false).with_endpoint(addr.to_string())
         })?;
     tokio::spawn(async move {
         // The error, if any, also reaches the pending request, which classifies it.
@@ -187,7 +187,7 @@ impl Conn {
                         // The client's body broke off; the upstream is not to blame.
                         return Failure::new(Cause::ClientAborted, Phase::Client).with_detail("the client's request body ended early");
                     }
-                    classify_hyper_error(&e, phase, &exchange.stats, reused)
+                    classify_hyper_error(&e, phase, reused)
                 }),
                 _ = tokio::time::sleep_until(wake) => {
                     let now = tokio::time::Instant::now();
@@ -351,7 +351,7 @@ impl Body for RequestBody {
 
 /// Classifies an error from reading an upstream response body (phase `read_body`).
 pub fn body_failure(err: &hyper::Error, exchange: &Exchange) -> Failure {
-    let mut f = classify_hyper_error(err, Phase::ReadBody, &exchange.stats, exchange.reused);
+    let mut f = classify_hyper_error(err, Phase::ReadBody, exchange.reused);
     exchange.fill(&mut f);
     f
 }

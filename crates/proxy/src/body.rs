@@ -84,7 +84,6 @@ struct Streamed {
     lease: Option<PoolLease>,
     exchange: Exchange,
     attempt_started: Instant,
-    request_id: String,
     sent: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
 }
@@ -116,7 +115,6 @@ impl ProxyBody {
         exchange: Exchange,
         attempt_started: Instant,
         idle_timeout: Duration,
-        request_id: String,
     ) -> ProxyBody {
         ProxyBody {
             kind: Kind::Stream(Box::new(Streamed {
@@ -126,7 +124,6 @@ impl ProxyBody {
                 lease: Some(lease),
                 exchange,
                 attempt_started,
-                request_id,
                 sent: Arc::new(AtomicU64::new(0)),
                 done: Arc::new(AtomicBool::new(false)),
             })),
@@ -264,7 +261,6 @@ impl Streamed {
             f.endpoint = Some(lease.endpoint.name.clone());
             f.upstream = Some(lease.upstream.name.clone());
         }
-        let _ = &self.request_id;
     }
 }
 

@@ -326,7 +326,6 @@ impl Gateway {
             exchange,
             attempt_started,
             deadlines.body_idle,
-            request_id.to_string(),
         );
         let log = std::mem::replace(log, RequestLog::detached(&self.logger));
         Ok(Response::from_parts(parts, body.with_log(log)))
