@@ -113,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let listeners = proxy::bind(&config.listen).await.context("try another address with --listen 127.0.0.1:PORT")?;
         let bound = listeners[0].local_addr()?;
         let logger = proxy::logger_for(&config)?;
-        let gateway = Gateway::new(config, logger);
+        let gateway = Gateway::new(config, logger).map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(gateway.serve(listeners, shutdown.clone()));
 

@@ -42,9 +42,23 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
                 ("summary", json!(config.summary())),
             ],
         );
-        let gateway = Gateway::new(config, logger.clone());
+        let gateway = Gateway::new(config, logger.clone()).map_err(anyhow::Error::msg)?;
         let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(gateway.serve(listeners, shutdown.clone()));
+        let serving = tokio::spawn(gateway.clone().serve(listeners, shutdown.clone()));
+        #[cfg(unix)]
+        {
+            // SIGUSR1 flushes the DNS answers: upstream names are resolved again at once.
+            let gw = gateway.clone();
+            if let Ok(mut usr1) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            {
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        gw.flush_dns();
+                    }
+                });
+            }
+        }
         super::shutdown_signal().await;
         logger.notice(
             Level::Info,

@@ -27,7 +27,7 @@ pub struct Harness {
 
 /// Fast deadlines so that timeouts are reached in a fraction of a second.
 pub const UPSTREAM_TIMEOUTS: &str =
-    "connect_timeout = \"300ms\"\nresponse_timeout = \"300ms\"\nbody_timeout = \"300ms\"\nsend_timeout = \"2s\"\n";
+    "connect_timeout = \"300ms\"\nresponse_timeout = \"300ms\"\nbody_timeout = \"300ms\"\nsend_timeout = \"2s\"\nrestart_wait = \"200ms\"\n";
 
 /// The config text: one upstream per lab fault, routed at `/f/NAME`, plus `top` at the top
 /// level (limits, pages).
@@ -58,7 +58,7 @@ pub async fn start_with(lab: Lab, top: &str) -> Harness {
         config::Config::parse(&text, "test.toml", Path::new(".")).unwrap_or_else(|p| panic!("{p}"));
     let logs = Arc::new(Mutex::new(Vec::new()));
     let logger = Arc::new(Logger::new(Format::Json, Sink::Memory(logs.clone())).unwrap());
-    let gateway = Gateway::new(config, logger);
+    let gateway = Gateway::new(config, logger).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

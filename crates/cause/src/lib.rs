@@ -440,6 +440,9 @@ pub struct Failure {
     pub client_fault: ClientFault,
     /// Seconds the client should wait before retrying, overriding the cause's default.
     pub retry_after: Option<u32>,
+    /// The upstream certainly did not process the request (HTTP/2 REFUSED_STREAM, or a stream
+    /// above a GOAWAY's last stream id): it may be replayed whatever its method.
+    pub unprocessed: bool,
 }
 
 impl Failure {
@@ -456,6 +459,7 @@ impl Failure {
             detail: None,
             client_fault: ClientFault::default(),
             retry_after: None,
+            unprocessed: false,
         }
     }
 

@@ -30,6 +30,24 @@ pub struct Config {
     pub error_pages: BTreeMap<u16, ErrorPage>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub resolver: ResolverConfig,
+}
+
+/// How upstream host names are resolved.
+#[derive(Clone, Debug)]
+pub struct ResolverConfig {
+    /// Name servers to ask; empty means the system configuration (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +82,10 @@ pub struct Limits {
     pub client_idle_timeout: Duration,
     /// Largest upstream response header section, in bytes.
     pub max_response_header_bytes: usize,
+    /// Request bodies up to this size are kept so that a failed attempt can be replayed.
+    pub max_replay_body_bytes: usize,
+    /// Client connections served at once; more wait in the kernel's accept queue.
+    pub max_client_connections: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +96,8 @@ impl Default for Limits {
             request_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(75),
             max_response_header_bytes: 64 * 1024,
+            max_replay_body_bytes: 64 * 1024,
+            max_client_connections: 10_000,
         }
     }
 }
@@ -87,12 +111,190 @@ pub struct ErrorPage {
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// `host:port` strings as written; a host may be an IP address or a name.
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<EndpointConfig>,
     pub timeouts: Timeouts,
     pub max_idle_per_endpoint: usize,
     pub idle_timeout: Duration,
+    pub balance: Balance,
+    pub protocol: Protocol,
+    /// Requests in flight to the whole upstream at once; 0 = no limit.
+    pub max_in_flight: usize,
+    /// Requests in flight to one endpoint at once; 0 = no limit.
+    pub max_in_flight_per_endpoint: usize,
+    /// Requests that may wait for a free slot; beyond that, 503 `overloaded`.
+    pub queue_size: usize,
+    /// How long a request may wait in the queue.
+    pub queue_timeout: Duration,
+    /// How long idempotent requests wait for an endpoint to come back when all refuse.
+    pub restart_wait: Duration,
+    /// Ramp-up time of an endpoint's share of traffic after it recovers; zero = off.
+    pub slow_start: Duration,
+    /// Below this percentage of usable endpoints, ejections are ignored (all endpoints are used).
+    pub panic_threshold: u32,
+    /// Retries allowed as a percentage of requests.
+    pub retry_budget_percent: u32,
+    /// Retries always allowed per second, whatever the percentage.
+    pub retry_budget_min_per_second: usize,
+    pub dns_min_ttl: Duration,
+    pub dns_max_ttl: Duration,
+    pub health: Option<HealthConfig>,
+    pub outlier: OutlierConfig,
 }
+
+impl UpstreamConfig {
+    /// An upstream with every setting at its default and no endpoints.
+    pub fn new(name: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.to_string(),
+            endpoints: Vec::new(),
+            timeouts: Timeouts::default(),
+            max_idle_per_endpoint: 32,
+            idle_timeout: Duration::from_secs(30),
+            balance: Balance::RoundRobin,
+            protocol: Protocol::Http1,
+            max_in_flight: 0,
+            max_in_flight_per_endpoint: 0,
+            queue_size: 100,
+            queue_timeout: Duration::from_secs(1),
+            restart_wait: Duration::from_secs(3),
+            slow_start: Duration::ZERO,
+            panic_threshold: 50,
+            retry_budget_percent: 20,
+            retry_budget_min_per_second: 10,
+            dns_min_ttl: Duration::from_secs(1),
+            dns_max_ttl: Duration::from_secs(300),
+            health: None,
+            outlier: OutlierConfig::default(),
+        }
+    }
+}
+
+/// One endpoint: `host:port` as written (an IP address or a name), and its weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+    /// Power of two choices over in-flight counts.
+    LeastRequest,
+    Hash(HashOn),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    ClientIp,
+    /// Lowercased header name.
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 without TLS, prior knowledge.
+    H2c,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    Http { path: String },
+    Tcp,
+}
+
+/// Active health checks.
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Inclusive status ranges that count as healthy.
+    pub expect: Vec<(u16, u16)>,
+    /// Consecutive passes to become healthy.
+    pub rise: u32,
+    /// Consecutive failures to become unhealthy.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: HealthCheck::Tcp,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            expect: vec![(200, 399)],
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Passive outlier ejection.
+#[derive(Clone, Debug)]
+pub struct OutlierConfig {
+    /// Consecutive gateway-side failures (connect, reset, timeout...) that eject; 0 = off.
+    pub consecutive_failures: u32,
+    /// Consecutive 5xx answers from the upstream that eject; 0 = off.
+    pub consecutive_5xx: u32,
+    /// First ejection time; each repeat adds as much again, up to `max_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// At most this share of the endpoints is ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            consecutive_5xx: 0,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Retry settings of a route.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    /// Attempts in all, the first one included.
+    pub attempts: u32,
+    /// Limit of one attempt (connect to response head); `None` = the upstream's timeouts.
+    pub per_try_timeout: Option<Duration>,
+    /// Limit of the whole request until its response head, waits and retries included.
+    pub deadline: Duration,
+    /// Causes that are retried for idempotent requests with a replayable body, beyond the
+    /// always-safe ones (nothing sent; the keep-alive race).
+    pub on: Vec<cause::Cause>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            per_try_timeout: None,
+            deadline: Duration::from_secs(15),
+            on: vec![cause::Cause::Reset, cause::Cause::Closed],
+        }
+    }
+}
+
+/// Causes a route may list in `retry.on`.
+pub const RETRYABLE: &[cause::Cause] = &[
+    cause::Cause::Dns,
+    cause::Cause::Refused,
+    cause::Cause::Unreachable,
+    cause::Cause::Timeout,
+    cause::Cause::Reset,
+    cause::Cause::Closed,
+    cause::Cause::Tls,
+    cause::Cause::InvalidResponse,
+];
 
 /// One deadline per phase of an upstream exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +326,7 @@ pub struct RouteConfig {
     pub host: Option<String>,
     pub path: String,
     pub upstream: String,
+    pub retry: RetryConfig,
 }
 
 /// One problem found in a configuration file, with where it is.

@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "error_pages",
     "upstream",
     "route",
+    "resolver",
 ];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
@@ -30,6 +31,8 @@ const LIMIT_KEYS: &[&str] = &[
     "request_header_timeout",
     "client_idle_timeout",
     "max_response_header_bytes",
+    "max_client_connections",
+    "max_replay_body_bytes",
 ];
 const UPSTREAM_KEYS: &[&str] = &[
     "endpoints",
@@ -39,8 +42,37 @@ const UPSTREAM_KEYS: &[&str] = &[
     "body_timeout",
     "max_idle_per_endpoint",
     "idle_timeout",
+    "balance",
+    "hash_on",
+    "protocol",
+    "max_in_flight",
+    "max_in_flight_per_endpoint",
+    "queue_size",
+    "queue_timeout",
+    "restart_wait",
+    "slow_start",
+    "panic_threshold",
+    "retry_budget_percent",
+    "retry_budget_min_per_second",
+    "dns_min_ttl",
+    "dns_max_ttl",
+    "health",
+    "outlier",
 ];
-const ROUTE_KEYS: &[&str] = &["host", "path", "upstream"];
+const ENDPOINT_KEYS: &[&str] = &["address", "weight"];
+const HEALTH_KEYS: &[&str] = &[
+    "path", "tcp", "interval", "timeout", "expect", "rise", "fall",
+];
+const OUTLIER_KEYS: &[&str] = &[
+    "consecutive_failures",
+    "consecutive_5xx",
+    "base_ejection",
+    "max_ejection",
+    "max_ejected_percent",
+];
+const ROUTE_KEYS: &[&str] = &["host", "path", "upstream", "retry"];
+const RETRY_KEYS: &[&str] = &["attempts", "per_try_timeout", "deadline", "on"];
+const RESOLVER_KEYS: &[&str] = &["nameservers", "timeout"];
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -142,6 +174,45 @@ impl Walker<'_> {
         }
     }
 
+    fn integer(
+        &mut self,
+        v: &Value,
+        what: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        let n = v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
+        match n {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                self.problem(
+                    v.span(),
+                    format!(
+                        "{what} must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value, what: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.problem(
+                    v.span(),
+                    format!("{what} must be true or false, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
     fn array<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t [Value<'i>]> {
         match v.get_ref() {
             DeValue::Array(a) => Some(a),
@@ -154,6 +225,358 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// Reads one `[upstream.NAME]` table.
+fn upstream(
+    w: &mut Walker,
+    name: String,
+    key_span: Range<usize>,
+    u: &DeTable,
+    what: &str,
+) -> UpstreamConfig {
+    let mut up = UpstreamConfig::new(&name);
+    match u.get("endpoints") {
+        Some(ev) => {
+            if let Some(items) = w.array(ev, "`endpoints`") {
+                if items.is_empty() {
+                    w.problem(
+                        ev.span(),
+                        format!(
+                            "{what} has an empty endpoint list; add at least one \"host:port\""
+                        ),
+                    );
+                }
+                for item in items {
+                    let (address, weight, span) = match item.get_ref() {
+                        DeValue::String(s) => (s.to_string(), 1, item.span()),
+                        DeValue::Table(t) => {
+                            w.known_keys(t, ENDPOINT_KEYS, "an endpoint");
+                            let Some(a) = t.get("address") else {
+                                w.problem(item.span(), "an endpoint table needs `address`");
+                                continue;
+                            };
+                            let Some(s) = w.string(a, "`address`") else {
+                                continue;
+                            };
+                            let weight = t
+                                .get("weight")
+                                .and_then(|v| w.integer(v, "`weight`", 1..=1000))
+                                .unwrap_or(1);
+                            (s.to_string(), weight as u32, a.span())
+                        }
+                        other => {
+                            w.problem(
+                                item.span(),
+                                format!("an endpoint must be \"host:port\" or {{ address = \"host:port\", weight = N }}, found {}", other.type_str()),
+                            );
+                            continue;
+                        }
+                    };
+                    if let Err(e) = check_endpoint(&address) {
+                        w.problem(span, e);
+                    } else if up.endpoints.iter().any(|x| x.address == address) {
+                        w.problem(span, format!("duplicate endpoint `{address}` in {what}"));
+                    } else {
+                        up.endpoints.push(EndpointConfig { address, weight });
+                    }
+                }
+            }
+        }
+        None => w.problem(
+            key_span.clone(),
+            format!("{what} has no `endpoints`; add endpoints = [\"127.0.0.1:3000\"]"),
+        ),
+    }
+    let tm = &mut up.timeouts;
+    for (k, slot) in [
+        ("connect_timeout", &mut tm.connect),
+        ("send_timeout", &mut tm.send),
+        ("response_timeout", &mut tm.response),
+        ("body_timeout", &mut tm.body_idle),
+        ("idle_timeout", &mut up.idle_timeout),
+        ("queue_timeout", &mut up.queue_timeout),
+        ("restart_wait", &mut up.restart_wait),
+        ("dns_min_ttl", &mut up.dns_min_ttl),
+        ("dns_max_ttl", &mut up.dns_max_ttl),
+    ] {
+        if let Some(d) = u.get(k).and_then(|v| w.duration(v, &format!("`{k}`"))) {
+            *slot = d;
+        }
+    }
+    if let Some(v) = u.get("slow_start") {
+        // "0s" turns slow start off, so zero is allowed here.
+        if let Some(s) = w.string(v, "`slow_start`") {
+            match parse_duration(s) {
+                Ok(d) => up.slow_start = d,
+                Err(e) => w.problem(v.span(), format!("`slow_start`: {e}")),
+            }
+        }
+    }
+    if up.dns_min_ttl > up.dns_max_ttl {
+        let span = u.get("dns_min_ttl").map_or(key_span.clone(), |v| v.span());
+        w.problem(span, "`dns_min_ttl` is larger than `dns_max_ttl`");
+    }
+    for (k, slot, range) in [
+        (
+            "max_idle_per_endpoint",
+            &mut up.max_idle_per_endpoint,
+            0..=100_000,
+        ),
+        ("max_in_flight", &mut up.max_in_flight, 0..=10_000_000),
+        (
+            "max_in_flight_per_endpoint",
+            &mut up.max_in_flight_per_endpoint,
+            0..=10_000_000,
+        ),
+        ("queue_size", &mut up.queue_size, 0..=10_000_000),
+        (
+            "retry_budget_min_per_second",
+            &mut up.retry_budget_min_per_second,
+            0..=1_000_000,
+        ),
+    ] {
+        if let Some(n) = u
+            .get(k)
+            .and_then(|v| w.integer(v, &format!("`{k}`"), range))
+        {
+            *slot = n as usize;
+        }
+    }
+    for (k, slot) in [
+        ("panic_threshold", &mut up.panic_threshold),
+        ("retry_budget_percent", &mut up.retry_budget_percent),
+    ] {
+        if let Some(n) = u
+            .get(k)
+            .and_then(|v| w.integer(v, &format!("`{k}`"), 0..=100))
+        {
+            *slot = n as u32;
+        }
+    }
+    if let Some(v) = u.get("protocol") {
+        match w.string(v, "`protocol`") {
+            Some("http1") => up.protocol = Protocol::Http1,
+            Some("h2c") => up.protocol = Protocol::H2c,
+            Some(other) => w.problem(
+                v.span(),
+                format!("unknown protocol `{other}`; use \"http1\" or \"h2c\""),
+            ),
+            None => {}
+        }
+    }
+    if let Some(v) = u.get("balance") {
+        let known = ["round_robin", "weighted", "least_request", "hash"];
+        match w.string(v, "`balance`") {
+            Some("round_robin") => up.balance = Balance::RoundRobin,
+            Some("weighted") => up.balance = Balance::Weighted,
+            Some("least_request") => up.balance = Balance::LeastRequest,
+            Some("hash") => up.balance = Balance::Hash(HashOn::ClientIp),
+            Some(other) => {
+                let hint = closest(other, &known)
+                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                w.problem(
+                    v.span(),
+                    format!("unknown balance `{other}`; use {}{hint}", known.join(", ")),
+                );
+            }
+            None => {}
+        }
+    }
+    if let Some(v) = u.get("hash_on") {
+        if let Some(s) = w.string(v, "`hash_on`") {
+            let on = if s == "client_ip" {
+                Some(HashOn::ClientIp)
+            } else if let Some(h) = s.strip_prefix("header:").filter(|h| !h.is_empty()) {
+                Some(HashOn::Header(h.to_ascii_lowercase()))
+            } else {
+                s.strip_prefix("cookie:")
+                    .filter(|c| !c.is_empty())
+                    .map(|c| HashOn::Cookie(c.to_string()))
+            };
+            match (on, &up.balance) {
+                (Some(on), Balance::Hash(_)) => up.balance = Balance::Hash(on),
+                (Some(_), _) => w.problem(v.span(), "`hash_on` needs balance = \"hash\""),
+                (None, _) => w.problem(v.span(), format!("cannot read hash_on `{s}`; use \"client_ip\", \"header:NAME\" or \"cookie:NAME\"")),
+            }
+        }
+    }
+    if let Some(t) = u.get("health").and_then(|v| w.table(v, "`health`")) {
+        w.known_keys(t, HEALTH_KEYS, &format!("{what}.health"));
+        let mut h = HealthConfig::default();
+        let tcp = t
+            .get("tcp")
+            .and_then(|v| w.boolean(v, "`tcp`"))
+            .unwrap_or(false);
+        match (t.get("path"), tcp) {
+            (Some(p), false) => {
+                if let Some(path) = w.string(p, "`path`") {
+                    if path.starts_with('/') {
+                        h.check = HealthCheck::Http {
+                            path: path.to_string(),
+                        };
+                    } else {
+                        w.problem(
+                            p.span(),
+                            format!("health `path` must start with `/`, found `{path}`"),
+                        );
+                    }
+                }
+            }
+            (Some(p), true) => w.problem(
+                p.span(),
+                "a health check is either `tcp = true` or an HTTP `path`, not both",
+            ),
+            (None, true) => h.check = HealthCheck::Tcp,
+            (None, false) => {}
+        }
+        for (k, slot) in [("interval", &mut h.interval), ("timeout", &mut h.timeout)] {
+            if let Some(d) = t
+                .get(k)
+                .and_then(|v| w.duration(v, &format!("health `{k}`")))
+            {
+                *slot = d;
+            }
+        }
+        for (k, slot) in [("rise", &mut h.rise), ("fall", &mut h.fall)] {
+            if let Some(n) = t
+                .get(k)
+                .and_then(|v| w.integer(v, &format!("health `{k}`"), 1..=100))
+            {
+                *slot = n as u32;
+            }
+        }
+        if let Some(v) = t.get("expect") {
+            if let Some(items) = w.array(v, "health `expect`") {
+                let mut ranges = Vec::new();
+                for item in items {
+                    match item.get_ref() {
+                        DeValue::Integer(_) => {
+                            if let Some(n) = w.integer(item, "an expected status", 100..=599) {
+                                ranges.push((n as u16, n as u16));
+                            }
+                        }
+                        DeValue::String(s)
+                            if s.len() == 3
+                                && s.ends_with("xx")
+                                && ('1'..='5').contains(&s.chars().next().unwrap()) =>
+                        {
+                            let base = s[..1].parse::<u16>().unwrap() * 100;
+                            ranges.push((base, base + 99));
+                        }
+                        _ => w.problem(
+                            item.span(),
+                            "an expected status is a number such as 200 or a class such as \"2xx\"",
+                        ),
+                    }
+                }
+                if !ranges.is_empty() {
+                    h.expect = ranges;
+                }
+            }
+        }
+        if h.timeout > h.interval {
+            w.problem(
+                t.get("timeout").map_or(key_span.clone(), |v| v.span()),
+                "health `timeout` is longer than its `interval`",
+            );
+        }
+        up.health = Some(h);
+    }
+    if let Some(t) = u.get("outlier").and_then(|v| w.table(v, "`outlier`")) {
+        w.known_keys(t, OUTLIER_KEYS, &format!("{what}.outlier"));
+        let o = &mut up.outlier;
+        for (k, slot) in [
+            ("consecutive_failures", &mut o.consecutive_failures),
+            ("consecutive_5xx", &mut o.consecutive_5xx),
+        ] {
+            if let Some(n) = t
+                .get(k)
+                .and_then(|v| w.integer(v, &format!("outlier `{k}`"), 0..=10_000))
+            {
+                *slot = n as u32;
+            }
+        }
+        if let Some(n) = t
+            .get("max_ejected_percent")
+            .and_then(|v| w.integer(v, "outlier `max_ejected_percent`", 0..=100))
+        {
+            o.max_ejected_percent = n as u32;
+        }
+        for (k, slot) in [
+            ("base_ejection", &mut o.base_ejection),
+            ("max_ejection", &mut o.max_ejection),
+        ] {
+            if let Some(d) = t
+                .get(k)
+                .and_then(|v| w.duration(v, &format!("outlier `{k}`")))
+            {
+                *slot = d;
+            }
+        }
+    }
+    up
+}
+
+/// Reads a route's `retry` table.
+fn retry(w: &mut Walker, t: &DeTable) -> RetryConfig {
+    w.known_keys(t, RETRY_KEYS, "a route's `retry`");
+    let mut r = RetryConfig::default();
+    if let Some(n) = t
+        .get("attempts")
+        .and_then(|v| w.integer(v, "retry `attempts`", 1..=10))
+    {
+        r.attempts = n as u32;
+    }
+    if let Some(d) = t
+        .get("per_try_timeout")
+        .and_then(|v| w.duration(v, "retry `per_try_timeout`"))
+    {
+        r.per_try_timeout = Some(d);
+    }
+    if let Some(d) = t
+        .get("deadline")
+        .and_then(|v| w.duration(v, "retry `deadline`"))
+    {
+        r.deadline = d;
+    }
+    if let Some(v) = t.get("on") {
+        if let Some(items) = w.array(v, "retry `on`") {
+            let mut on = Vec::new();
+            for item in items {
+                let Some(s) = w.string(item, "a cause") else {
+                    continue;
+                };
+                match s.parse::<cause::Cause>() {
+                    Ok(c) if RETRYABLE.contains(&c) => on.push(c),
+                    Ok(c) => w.problem(
+                        item.span(),
+                        format!(
+                            "cause `{c}` is never retried; retryable causes: {}",
+                            names(RETRYABLE)
+                        ),
+                    ),
+                    Err(_) => w.problem(
+                        item.span(),
+                        format!(
+                            "unknown cause `{s}`; retryable causes: {}",
+                            names(RETRYABLE)
+                        ),
+                    ),
+                }
+            }
+            r.on = on;
+        }
+    }
+    r
+}
+
+fn names(causes: &[cause::Cause]) -> String {
+    causes
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.
@@ -245,6 +668,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         error_pages: BTreeMap::new(),
         upstreams: Vec::new(),
         routes: Vec::new(),
+        resolver: ResolverConfig::default(),
     };
 
     match root.get("listen") {
@@ -361,6 +785,45 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                 }
             }
         }
+        if let Some(n) = t
+            .get("max_replay_body_bytes")
+            .and_then(|v| w.size(v, "`max_replay_body_bytes`"))
+        {
+            l.max_replay_body_bytes = n as usize;
+        }
+        if let Some(n) = t
+            .get("max_client_connections")
+            .and_then(|v| w.integer(v, "`max_client_connections`", 1..=10_000_000))
+        {
+            l.max_client_connections = n as usize;
+        }
+    }
+
+    if let Some(t) = root.get("resolver").and_then(|v| w.table(v, "`resolver`")) {
+        w.known_keys(t, RESOLVER_KEYS, "[resolver]");
+        if let Some(v) = t.get("nameservers") {
+            if let Some(items) = w.array(v, "`nameservers`") {
+                for item in items {
+                    let Some(s) = w.string(item, "a nameserver") else {
+                        continue;
+                    };
+                    let addr = s.parse::<SocketAddr>().or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    });
+                    match addr {
+                        Ok(a) => cfg.resolver.nameservers.push(a),
+                        Err(_) => w.problem(item.span(), format!("cannot read nameserver `{s}`; write an IP address, optionally with a port")),
+                    }
+                }
+            }
+        }
+        if let Some(d) = t
+            .get("timeout")
+            .and_then(|v| w.duration(v, "resolver `timeout`"))
+        {
+            cfg.resolver.timeout = d;
+        }
     }
 
     if let Some(t) = root
@@ -407,66 +870,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
             let Some(u) = w.table(v, &what) else { continue };
             upstream_names.insert(name.clone());
             w.known_keys(u, UPSTREAM_KEYS, &what);
-            let mut up = UpstreamConfig {
-                name,
-                endpoints: Vec::new(),
-                timeouts: Timeouts::default(),
-                max_idle_per_endpoint: 32,
-                idle_timeout: Duration::from_secs(30),
-            };
-            match u.get("endpoints") {
-                Some(ev) => {
-                    if let Some(items) = w.array(ev, "`endpoints`") {
-                        if items.is_empty() {
-                            w.problem(ev.span(), format!("{what} has an empty endpoint list; add at least one \"host:port\""));
-                        }
-                        for item in items {
-                            let Some(s) = w.string(item, "an endpoint") else {
-                                continue;
-                            };
-                            if let Err(e) = check_endpoint(s) {
-                                w.problem(item.span(), e);
-                            } else if up.endpoints.iter().any(|x| x == s) {
-                                w.problem(
-                                    item.span(),
-                                    format!("duplicate endpoint `{s}` in {what}"),
-                                );
-                            } else {
-                                up.endpoints.push(s.to_string());
-                            }
-                        }
-                    }
-                }
-                None => w.problem(
-                    key.span(),
-                    format!("{what} has no `endpoints`; add endpoints = [\"127.0.0.1:3000\"]"),
-                ),
-            }
-            let tm = &mut up.timeouts;
-            for (k, slot) in [
-                ("connect_timeout", &mut tm.connect),
-                ("send_timeout", &mut tm.send),
-                ("response_timeout", &mut tm.response),
-                ("body_timeout", &mut tm.body_idle),
-                ("idle_timeout", &mut up.idle_timeout),
-            ] {
-                if let Some(d) = u.get(k).and_then(|v| w.duration(v, &format!("`{k}`"))) {
-                    *slot = d;
-                }
-            }
-            if let Some(v) = u.get("max_idle_per_endpoint") {
-                match v
-                    .get_ref()
-                    .as_integer()
-                    .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
-                {
-                    Some(n) if (0..=100_000).contains(&n) => up.max_idle_per_endpoint = n as usize,
-                    _ => w.problem(
-                        v.span(),
-                        "`max_idle_per_endpoint` must be a whole number from 0 to 100000",
-                    ),
-                }
-            }
+            let up = upstream(&mut w, name, key.span(), u, &what);
             cfg.upstreams.push(up);
         }
     }
@@ -536,6 +940,13 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                         None
                     }
                 };
+                let retry_cfg = match r.get("retry") {
+                    Some(v) => match w.table(v, "`retry`") {
+                        Some(t) => retry(&mut w, t),
+                        None => RetryConfig::default(),
+                    },
+                    None => RetryConfig::default(),
+                };
                 if let (Some(path), Some(upstream)) = (path, upstream) {
                     if !seen.insert((host.clone(), path.clone())) {
                         w.problem(
@@ -550,6 +961,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                         host,
                         path,
                         upstream,
+                        retry: retry_cfg,
                     });
                 }
             }

@@ -39,14 +39,34 @@ fn io_cause(e: &io::Error) -> Option<Cause> {
 pub fn classify_hyper_error(e: &hyper::Error, phase: Phase, reused: bool) -> Failure {
     let mut source = e.source();
     let mut io_error = None;
+    let mut h2_error = None;
     while let Some(s) = source {
         if let Some(ioe) = s.downcast_ref::<io::Error>() {
             io_error = Some(ioe);
             break;
         }
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            h2_error = Some(h2e);
+            if let Some(ioe) = h2e.get_io() {
+                io_error = Some(ioe);
+            }
+            break;
+        }
         source = s.source();
     }
-    let cause = if e.is_parse_too_large() {
+    // RFC 9113 8.7: a refused stream, or one above a GOAWAY's last stream id, was not processed.
+    let unprocessed = h2_error.is_some_and(|h| {
+        h.reason() == Some(h2::Reason::REFUSED_STREAM) || (h.is_go_away() && h.is_remote())
+    });
+    let cause = if unprocessed {
+        if h2_error.is_some_and(|h| h.is_go_away()) {
+            Cause::Closed
+        } else {
+            Cause::Reset
+        }
+    } else if h2_error.is_some_and(|h| h.is_reset() || h.is_go_away()) && io_error.is_none() {
+        Cause::Reset
+    } else if e.is_parse_too_large() {
         Cause::ResponseTooLarge
     } else if e.is_parse() || e.is_parse_status() {
         Cause::InvalidResponse
@@ -62,12 +82,14 @@ pub fn classify_hyper_error(e: &hyper::Error, phase: Phase, reused: bool) -> Fai
     } else {
         Cause::Internal
     };
-    let detail = match io_error {
-        Some(ioe) => format!("{e}: {ioe}"),
-        None => e.to_string(),
+    let detail = match (io_error, h2_error) {
+        (Some(ioe), _) => format!("{e}: {ioe}"),
+        (None, Some(h)) => format!("{e}: {h}"),
+        (None, None) => e.to_string(),
     };
     let mut f = Failure::new(cause, phase).with_detail(detail);
     f.reused = reused;
+    f.unprocessed = unprocessed;
     f
 }
 

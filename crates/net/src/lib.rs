@@ -10,6 +10,7 @@
 
 mod classify;
 mod io;
+pub mod resolver;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use cause::{Cause, Failure, Phase};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 
 pub use classify::{classify_client_error, classify_connect_error, classify_hyper_error};
@@ -48,6 +49,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Largest response header section accepted from the upstream.
     pub max_response_header_bytes: usize,
+    /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+    pub h2: bool,
 }
 
 /// Resolves `endpoint` (`ip:port` or `name:port`) to addresses.
@@ -68,10 +71,18 @@ pub async fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, Failure> {
     }
 }
 
-/// One HTTP/1.1 connection to an upstream endpoint.
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+/// One connection to an upstream endpoint: HTTP/1.1 (one request at a time) or HTTP/2 (shared by
+/// many requests at once, see [`Conn::share`]).
 pub struct Conn {
-    sender: http1::SendRequest<RequestBody>,
+    sender: Sender,
     stats: Arc<IoStats>,
+    /// When the connection task ended (the upstream or the gateway closed it).
+    closed_at: Arc<std::sync::Mutex<Option<Instant>>>,
     pub addr: SocketAddr,
     pub created: Instant,
     /// Requests sent on this connection before the current one.
@@ -88,7 +99,7 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Opens a TCP connection to `addr` and performs the HTTP/1.1 handshake.
+/// Opens a TCP connection to `addr` and performs the HTTP handshake.
 pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Conn, Failure> {
     let stream = match tokio::time::timeout(
         opts.connect_timeout,
@@ -108,21 +119,40 @@ pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Conn, Fa
     let _ = stream.set_nodelay(true);
     let stats = Arc::new(IoStats::default());
     let io = TokioIo::new(CountingIo::new(stream, stats.clone()));
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(opts.max_response_header_bytes.max(8192))
-        .handshake(io)
-        .await
-        .map_err(|e| {
-            classify_hyper_error(&e, Phase::Connect, false).with_endpoint(addr.to_string())
-        })?;
-    tokio::spawn(async move {
-        // The error, if any, also reaches the pending request, which classifies it.
-        let _ = conn.await;
-    });
+    let closed_at = Arc::new(std::sync::Mutex::new(None));
+    let mark = closed_at.clone();
+    let handshake_failed = |e: hyper::Error| {
+        classify_hyper_error(&e, Phase::Connect, false).with_endpoint(addr.to_string())
+    };
+    let sender = if opts.h2 {
+        let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .max_header_list_size(opts.max_response_header_bytes.min(u32::MAX as usize) as u32)
+            .handshake(io)
+            .await
+            .map_err(handshake_failed)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+            *mark.lock().unwrap() = Some(Instant::now());
+        });
+        Sender::H2(sender)
+    } else {
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(opts.max_response_header_bytes.max(8192))
+            .handshake(io)
+            .await
+            .map_err(handshake_failed)?;
+        tokio::spawn(async move {
+            // The error, if any, also reaches the pending request, which classifies it.
+            let _ = conn.await;
+            *mark.lock().unwrap() = Some(Instant::now());
+        });
+        Sender::H1(sender)
+    };
     let now = Instant::now();
     Ok(Conn {
         sender,
         stats,
+        closed_at,
         addr,
         created: now,
         uses: 0,
@@ -133,15 +163,46 @@ pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Conn, Fa
 impl Conn {
     /// True when the connection can carry another request right now.
     pub fn is_open(&self) -> bool {
-        !self.sender.is_closed()
+        match &self.sender {
+            Sender::H1(s) => !s.is_closed(),
+            Sender::H2(s) => !s.is_closed(),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self.sender, Sender::H2(_))
+    }
+
+    /// When the upstream (or the gateway) closed this connection, if it is closed.
+    pub fn closed_at(&self) -> Option<Instant> {
+        *self.closed_at.lock().unwrap()
+    }
+
+    /// Another handle on a shared HTTP/2 connection; `None` for HTTP/1.1.
+    pub fn share(&self) -> Option<Conn> {
+        match &self.sender {
+            Sender::H2(s) => Some(Conn {
+                sender: Sender::H2(s.clone()),
+                stats: self.stats.clone(),
+                closed_at: self.closed_at.clone(),
+                addr: self.addr,
+                created: self.created,
+                uses: self.uses,
+                last_used: self.last_used,
+            }),
+            Sender::H1(_) => None,
+        }
     }
 
     /// Waits until the connection is ready for a request, at most `within`.
     pub async fn ready(&mut self, within: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(within, self.sender.ready()).await,
-            Ok(Ok(()))
-        )
+        let ready = async {
+            match &mut self.sender {
+                Sender::H1(s) => s.ready().await,
+                Sender::H2(s) => s.ready().await,
+            }
+        };
+        matches!(tokio::time::timeout(within, ready).await, Ok(Ok(())))
     }
 
     pub fn stats(&self) -> &Arc<IoStats> {
@@ -168,8 +229,13 @@ impl Conn {
             started: Instant::now(),
             stats: self.stats.clone(),
         };
-        let fut = self.sender.send_request(req);
-        tokio::pin!(fut);
+        let fut: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>,
+        > = match &mut self.sender {
+            Sender::H1(s) => Box::pin(s.send_request(req)),
+            Sender::H2(s) => Box::pin(s.send_request(req)),
+        };
+        let mut fut = fut;
         let mut last_written = exchange.stats.written();
         let mut send_deadline = tokio::time::Instant::now() + deadlines.send;
         let result = loop {

@@ -59,11 +59,15 @@ impl Drop for RequestLog {
     }
 }
 
-/// The pooled connection travelling with a streamed response body.
+/// The pooled connection travelling with a streamed response body, and the in-flight slot it
+/// holds until the body ends.
 pub struct PoolLease {
     pub conn: Conn,
     pub upstream: Arc<Upstream>,
     pub endpoint: Arc<Endpoint>,
+    /// The upstream's `Keep-Alive: timeout=`, in seconds.
+    pub keep_alive: Option<u64>,
+    pub slot: upstream::Slot,
 }
 
 /// A response body towards the client.
@@ -252,14 +256,20 @@ impl Streamed {
     fn finish(&mut self) {
         self.done.store(true, Ordering::Relaxed);
         if let Some(lease) = self.lease.take() {
-            lease.upstream.release(&lease.endpoint, lease.conn);
+            lease
+                .upstream
+                .release(&lease.endpoint, lease.conn, lease.keep_alive);
         }
     }
 
+    /// Names the hop in `f` and counts it against the endpoint's health.
     fn annotate(&self, f: &mut Failure) {
         if let Some(lease) = &self.lease {
             f.endpoint = Some(lease.endpoint.name.clone());
             f.upstream = Some(lease.upstream.name.clone());
+            lease
+                .upstream
+                .report(&lease.endpoint, upstream::Outcome::Failed(f));
         }
     }
 }

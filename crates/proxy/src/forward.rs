@@ -31,6 +31,9 @@ use crate::page::{self, PageContext};
 use crate::route::normalize_host;
 use crate::server::ConnState;
 use crate::Gateway;
+use bytes::Bytes;
+use std::time::Duration;
+use upstream::Outcome;
 
 fn proto_name(v: Version) -> &'static str {
     match v {
@@ -229,10 +232,25 @@ impl Gateway {
                 .with_detail(format!("no route for host `{host}` and path `{path}`")));
         };
         let upstream = self.upstreams[route.upstream].clone();
+        let retry = self.retries[route.index].clone();
         log.record.upstream = Some(upstream.name.clone());
+        upstream.budget.record_request();
+        let started = Instant::now();
+        let deadline = started + retry.deadline;
 
-        // The upstream request: origin-form, HTTP/1.1, forwarding headers added.
+        // The upstream request: origin-form, forwarding headers added.
         let version = req.version();
+        let method = req.method().clone();
+        let idempotent = matches!(
+            method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        ) || req.headers().contains_key("idempotency-key");
+        let key = self.hash_key(&upstream, &req, client);
         let (mut parts, body) = req.into_parts();
         let host_header = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -251,85 +269,300 @@ impl Gateway {
                 request_id,
             },
         );
-        parts.uri = path_and_query
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        parts.version = Version::HTTP_11;
-        let limited = LimitedBody::new(body, limits.max_request_body_bytes);
-        let too_large = limited.exceeded.clone();
-        let body = net::RequestBody::new(limited);
-        log.bytes_in = Some(body.progress().clone());
-        let upstream_req = Request::from_parts(parts, body);
-
-        let endpoint = upstream.pick();
-        log.attempts = 1;
-        log.record.endpoint = Some(endpoint.name.clone());
-        let attempt_started = Instant::now();
-        let mut attempt = AttemptRecord {
-            endpoint: endpoint.name.clone(),
-            ..AttemptRecord::default()
-        };
-        let annotate = |mut f: Failure, attempt: &mut AttemptRecord, log: &mut RequestLog| {
-            if too_large.load(Ordering::Acquire) {
-                f = Failure::client(
-                    ClientFault::BodyTooLarge,
-                    format!(
-                        "request body exceeds the limit of {} bytes",
-                        limits.max_request_body_bytes
-                    ),
-                );
-            }
-            if f.cause.side() == cause::Side::Upstream || f.phase != Phase::Client {
-                f.upstream.get_or_insert_with(|| upstream.name.clone());
-                f.endpoint.get_or_insert_with(|| endpoint.name.clone());
-            }
-            attempt.cause = Some(f.cause);
-            attempt.phase = Some(f.phase);
-            attempt.total = Some(attempt_started.elapsed());
-            log.record.attempts.push(attempt.clone());
-            f
-        };
-
-        let checkout = match upstream.checkout(&endpoint).await {
-            Ok(c) => c,
-            Err(f) => return Err(annotate(f, &mut attempt, log)),
-        };
-        attempt.reused = checkout.conn.uses > 0;
-        attempt.connect = Some(attempt_started.elapsed());
-        let deadlines = self.deadlines[route.upstream];
-        let (resp, conn, exchange) = match checkout.conn.send(upstream_req, &deadlines).await {
-            Ok(ok) => ok,
-            Err((f, _)) => return Err(annotate(f, &mut attempt, log)),
-        };
-        attempt.first_byte = Some(attempt_started.elapsed());
-        attempt.status = Some(resp.status().as_u16());
-        log.record.attempts.push(attempt);
-
-        let (mut parts, incoming) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        append_via(
-            &mut parts.headers,
-            &format!("1.1 {}", self.config.server_name),
-        );
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            parts.headers.insert("x-request-id", v);
+        let h2 = upstream.config.protocol == config::Protocol::H2c;
+        parts.uri = if h2 {
+            // HTTP/2 carries the authority in the URI; the Host header is not used.
+            let authority = host_header
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost")
+                .to_string();
+            parts.headers.remove(HOST);
+            format!("http://{authority}{path_and_query}").parse::<Uri>()
+        } else {
+            path_and_query.parse::<Uri>()
         }
-        log.record.status = parts.status.as_u16();
-        let lease = PoolLease {
-            conn,
-            upstream: upstream.clone(),
-            endpoint: checkout.endpoint,
+        .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
         };
-        let body = ProxyBody::stream(
-            incoming,
-            lease,
-            exchange,
-            attempt_started,
-            deadlines.body_idle,
-        );
-        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
-        Ok(Response::from_parts(parts, body.with_log(log)))
+
+        let mut body = self.prepare_body(body, &parts.headers, &upstream).await?;
+        if let PreparedBody::Buffered(b) = &body {
+            log.record.bytes_in = b.len() as u64;
+        }
+        let too_large = match &body {
+            PreparedBody::Streaming(Some(b)) => Some(b.exceeded.clone()),
+            _ => None,
+        };
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retries_left = retry.attempts.saturating_sub(1);
+        let restart_until = started + upstream.config.restart_wait;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            log.attempts += 1;
+            let attempt_no = log.attempts;
+            let attempt_started = Instant::now();
+            let choice = upstream.select(&tried, key).map_err(|mut f| {
+                f.attempt = attempt_no;
+                f
+            })?;
+            let endpoint = choice.endpoint;
+            log.record.endpoint = Some(endpoint.name.clone());
+            let mut attempt = AttemptRecord {
+                endpoint: endpoint.name.clone(),
+                ..AttemptRecord::default()
+            };
+            let slot = upstream
+                .acquire(&endpoint, deadline)
+                .await
+                .map_err(|mut f| {
+                    f.attempt = attempt_no;
+                    f
+                })?;
+            let outcome = match upstream.checkout(&endpoint, slot).await {
+                Err(f) => Err((f, None)),
+                Ok(checkout) => {
+                    attempt.reused = checkout.conn.uses > 0;
+                    attempt.connect = Some(attempt_started.elapsed());
+                    attempt.idle = checkout.idle_for;
+                    attempt.conn_uses = checkout.conn.uses;
+                    let idle_for = checkout.idle_for;
+                    let Some(req_body) = body.take_for_attempt() else {
+                        // The retry rules below never allow this; say so loudly if they ever do.
+                        return Err(Failure::new(Cause::Internal, Phase::SendRequest)
+                            .with_detail("a streamed request body cannot be sent twice"));
+                    };
+                    let req = Request::from_parts(parts.clone(), req_body);
+                    if log.bytes_in.is_none() {
+                        log.bytes_in = Some(req.body().progress().clone());
+                    }
+                    let mut deadlines = self.deadlines[route.upstream];
+                    if let Some(per_try) = retry.per_try_timeout {
+                        deadlines.response = deadlines.response.min(per_try);
+                    }
+                    match checkout.conn.send(req, &deadlines).await {
+                        Ok((resp, conn, exchange)) => {
+                            Ok((resp, conn, exchange, checkout.endpoint, checkout.slot))
+                        }
+                        Err((f, _)) => Err((f, idle_for)),
+                    }
+                }
+            };
+            match outcome {
+                Ok((resp, conn, exchange, endpoint, slot)) => {
+                    attempt.first_byte = Some(attempt_started.elapsed());
+                    attempt.status = Some(resp.status().as_u16());
+                    log.record.attempts.push(attempt);
+                    upstream.report(&endpoint, Outcome::Answered(resp.status().as_u16()));
+                    let (mut parts, incoming) = resp.into_parts();
+                    let keep_alive = keep_alive_timeout(&parts.headers);
+                    strip_hop_by_hop(&mut parts.headers);
+                    append_via(
+                        &mut parts.headers,
+                        &format!("1.1 {}", self.config.server_name),
+                    );
+                    if let Ok(v) = HeaderValue::from_str(request_id) {
+                        parts.headers.insert("x-request-id", v);
+                    }
+                    log.record.status = parts.status.as_u16();
+                    let lease = PoolLease {
+                        conn,
+                        upstream: upstream.clone(),
+                        endpoint,
+                        keep_alive,
+                        slot,
+                    };
+                    let body = ProxyBody::stream(
+                        incoming,
+                        lease,
+                        exchange,
+                        attempt_started,
+                        self.deadlines[route.upstream].body_idle,
+                    );
+                    let log = std::mem::replace(log, RequestLog::detached(&self.logger));
+                    return Ok(Response::from_parts(parts, body.with_log(log)));
+                }
+                Err((mut f, idle_for)) => {
+                    f.attempt = attempt_no;
+                    f.upstream.get_or_insert_with(|| upstream.name.clone());
+                    f.endpoint.get_or_insert_with(|| endpoint.name.clone());
+                    if too_large
+                        .as_ref()
+                        .is_some_and(|t| t.load(Ordering::Acquire))
+                    {
+                        f = Failure::client(
+                            ClientFault::BodyTooLarge,
+                            format!(
+                                "request body exceeds the limit of {} bytes",
+                                limits.max_request_body_bytes
+                            ),
+                        );
+                    }
+                    attempt.cause = Some(f.cause);
+                    attempt.phase = Some(f.phase);
+                    attempt.total = Some(attempt_started.elapsed());
+                    log.record.attempts.push(attempt);
+                    if f.cause.side() != cause::Side::Upstream {
+                        return Err(f);
+                    }
+                    upstream.report(&endpoint, Outcome::Failed(&f));
+                    let race = f.reused
+                        && f.response_bytes == 0
+                        && matches!(f.cause, Cause::Closed | Cause::Reset);
+                    if race {
+                        if let Some(idle) = idle_for {
+                            upstream.lost_race(&endpoint, idle);
+                        }
+                    }
+                    // The retry rules: facts first, then the request's properties, then limits.
+                    let unsent = f.phase.before_send() || f.unprocessed;
+                    let replayable = body.available();
+                    let allowed = replayable
+                        && (unsent || (idempotent && (race || retry.on.contains(&f.cause))));
+                    if !allowed || Instant::now() >= deadline {
+                        return Err(f);
+                    }
+                    tried.push(endpoint.index);
+                    let everyone_refused = f.phase == Phase::Connect
+                        && matches!(f.cause, Cause::Refused | Cause::Unreachable)
+                        && tried.len() >= upstream.endpoints.len();
+                    if everyone_refused {
+                        // A restart gap: every endpoint refuses. Idempotent requests wait a
+                        // little for one to come back instead of failing at once.
+                        if !idempotent || Instant::now() + backoff >= restart_until.min(deadline) {
+                            return Err(f);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        tried.clear();
+                        continue;
+                    }
+                    // Every endpoint already failed this request: only a lost keep-alive race is
+                    // worth another try on the same ones, with a fresh connection.
+                    if retries_left == 0 || (tried.len() >= upstream.endpoints.len() && !race) {
+                        return Err(f);
+                    }
+                    if !upstream.budget.try_retry() {
+                        f.detail = Some(format!(
+                            "{}; not retried: the retry budget is spent",
+                            f.detail.unwrap_or_default()
+                        ));
+                        return Err(f);
+                    }
+                    retries_left -= 1;
+                }
+            }
+        }
     }
+
+    /// Reads a small request body whole, so that a failed attempt can be replayed; larger or
+    /// unknown-length bodies are streamed and sent once.
+    async fn prepare_body(
+        &self,
+        body: Incoming,
+        headers: &http::HeaderMap,
+        upstream: &upstream::Upstream,
+    ) -> Result<PreparedBody, Failure> {
+        use http_body::Body as _;
+        let limits = &self.config.limits;
+        if body.is_end_stream() {
+            return Ok(PreparedBody::Buffered(Bytes::new()));
+        }
+        let length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match length {
+            Some(n) if n <= limits.max_replay_body_bytes as u64 => {
+                use http_body_util::BodyExt;
+                let read =
+                    tokio::time::timeout(upstream.config.timeouts.send, body.collect()).await;
+                match read {
+                    Ok(Ok(collected)) => Ok(PreparedBody::Buffered(collected.to_bytes())),
+                    Ok(Err(e)) => Err(Failure::new(Cause::ClientAborted, Phase::Client)
+                        .with_detail(format!("reading the request body: {e}"))),
+                    Err(_) => Err(Failure::client(
+                        ClientFault::Slow,
+                        "the request body did not arrive in time",
+                    )),
+                }
+            }
+            _ => Ok(PreparedBody::Streaming(Some(LimitedBody::new(
+                body,
+                limits.max_request_body_bytes,
+            )))),
+        }
+    }
+
+    /// The `hash` policy's key for this request, if the upstream uses it.
+    fn hash_key(
+        &self,
+        upstream: &upstream::Upstream,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+    ) -> Option<u64> {
+        let config::Balance::Hash(on) = &upstream.config.balance else {
+            return None;
+        };
+        let value = match on {
+            config::HashOn::ClientIp => Some(client.ip().to_string()),
+            config::HashOn::Header(name) => req
+                .headers()
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            config::HashOn::Cookie(name) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string()),
+        };
+        value.map(|v| upstream::hash_key(&v))
+    }
+}
+
+/// The request body as it goes to the upstream: whole (replayable) or streamed once.
+enum PreparedBody {
+    Buffered(Bytes),
+    Streaming(Option<LimitedBody>),
+}
+
+impl PreparedBody {
+    fn take_for_attempt(&mut self) -> Option<net::RequestBody> {
+        match self {
+            PreparedBody::Buffered(b) => {
+                Some(net::RequestBody::new(http_body_util::Full::new(b.clone())))
+            }
+            PreparedBody::Streaming(s) => s.take().map(net::RequestBody::new),
+        }
+    }
+
+    /// The body can still be sent: it is buffered, or it was never handed to an attempt.
+    fn available(&self) -> bool {
+        matches!(
+            self,
+            PreparedBody::Buffered(_) | PreparedBody::Streaming(Some(_))
+        )
+    }
+}
+
+/// The `timeout=` of a `Keep-Alive` response header, in seconds.
+fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get("keep-alive")?
+        .to_str()
+        .ok()?
+        .split(',')
+        .filter_map(|p| p.trim().strip_prefix("timeout="))
+        .find_map(|v| v.trim().parse().ok())
 }
 
 impl RequestLog {

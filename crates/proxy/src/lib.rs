@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use config::Config;
 use net::{ConnectOptions, Deadlines};
-use upstream::{Settings, Upstream};
+use upstream::Upstream;
 
 pub use body::ProxyBody;
 pub use server::ConnState;
@@ -37,28 +37,35 @@ pub struct Gateway {
     router: route::Router,
     upstreams: Vec<Arc<Upstream>>,
     deadlines: Vec<Deadlines>,
+    /// Retry settings per route, in configuration order.
+    retries: Vec<config::RetryConfig>,
     logger: Arc<log::Logger>,
     via: String,
 }
 
 impl Gateway {
-    pub fn new(config: Config, logger: Arc<log::Logger>) -> Arc<Gateway> {
+    /// Builds the gateway. Fails only when the resolver cannot be set up.
+    pub fn new(config: Config, logger: Arc<log::Logger>) -> Result<Arc<Gateway>, String> {
+        let resolver =
+            net::resolver::Resolver::new(&config.resolver.nameservers, config.resolver.timeout)?;
+        let events_logger = logger.clone();
+        let events: upstream::Events = Arc::new(move |level, message: String, fields| {
+            let fields: Vec<(&str, serde_json::Value)> = fields
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            events_logger.notice(level, &message, &fields);
+        });
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| {
-                Arc::new(Upstream::new(
-                    &u.name,
-                    &u.endpoints,
-                    Settings {
-                        connect: ConnectOptions {
-                            connect_timeout: u.timeouts.connect,
-                            max_response_header_bytes: config.limits.max_response_header_bytes,
-                        },
-                        max_idle_per_endpoint: u.max_idle_per_endpoint,
-                        idle_timeout: u.idle_timeout,
-                    },
-                ))
+                let connect = ConnectOptions {
+                    connect_timeout: u.timeouts.connect,
+                    max_response_header_bytes: config.limits.max_response_header_bytes,
+                    h2: u.protocol == config::Protocol::H2c,
+                };
+                Upstream::new(u, connect, resolver.clone(), events.clone())
             })
             .collect();
         let deadlines = config
@@ -78,15 +85,17 @@ impl Gateway {
                 .position(|u| u.name == name)
                 .expect("validated config names only known upstreams")
         });
+        let retries = config.routes.iter().map(|r| r.retry.clone()).collect();
         let via = format!("1.1 {}", config.server_name);
-        Arc::new(Gateway {
+        Ok(Arc::new(Gateway {
             config,
             router,
             upstreams,
             deadlines,
+            retries,
             logger,
             via,
-        })
+        }))
     }
 
     pub fn config(&self) -> &Config {
@@ -95,6 +104,23 @@ impl Gateway {
 
     pub fn logger(&self) -> &Arc<log::Logger> {
         &self.logger
+    }
+
+    /// The upstream named `name`, for inspection.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Re-resolves every upstream host name now.
+    pub fn flush_dns(&self) {
+        for u in &self.upstreams {
+            u.flush_dns();
+        }
+        self.logger.notice(
+            cause::Level::Info,
+            "DNS answers flushed; upstream names are being resolved again",
+            &[],
+        );
     }
 }
 

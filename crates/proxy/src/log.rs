@@ -177,6 +177,12 @@ impl Logger {
         m.insert("received".into(), json!(failure.response_bytes));
         m.insert("detail".into(), json!(failure.detail));
         let mut message = format!("{} ({})", failure.cause.summary(), failure.phase.words());
+        if failure.reused
+            && failure.response_bytes == 0
+            && matches!(failure.cause, Cause::Closed | Cause::Reset)
+        {
+            message.push_str("; this is the keep-alive race: the upstream closed a pooled connection just as it was reused");
+        }
         if status_sent.is_some() {
             message.push_str(
                 "; the response head was already sent, so the client connection was aborted",
@@ -210,6 +216,8 @@ impl Logger {
                 json!({
                     "endpoint": a.endpoint,
                     "reused": a.reused,
+                    "idle_ms": a.idle.map(ms),
+                    "conn_uses": a.conn_uses,
                     "cause": a.cause.map(Cause::as_str),
                     "phase": a.phase.map(Phase::as_str),
                     "status": a.status,
@@ -269,6 +277,10 @@ fn quote_if_needed(s: &str) -> String {
 pub struct AttemptRecord {
     pub endpoint: String,
     pub reused: bool,
+    /// How long the pooled connection had been idle, when reused.
+    pub idle: Option<Duration>,
+    /// Requests the connection had carried before this one.
+    pub conn_uses: u32,
     pub cause: Option<Cause>,
     pub phase: Option<Phase>,
     pub status: Option<u16>,

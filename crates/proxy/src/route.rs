@@ -9,6 +9,8 @@ pub struct Route {
     pub path: String,
     /// Index into the gateway's upstream list.
     pub upstream: usize,
+    /// Index of the route in the configuration.
+    pub index: usize,
 }
 
 #[derive(Debug, Default)]
@@ -20,10 +22,12 @@ impl Router {
     pub fn new(routes: &[RouteConfig], upstream_index: impl Fn(&str) -> usize) -> Router {
         let mut routes: Vec<Route> = routes
             .iter()
-            .map(|r| Route {
+            .enumerate()
+            .map(|(index, r)| Route {
                 host: r.host.clone(),
                 path: r.path.clone(),
                 upstream: upstream_index(&r.upstream),
+                index,
             })
             .collect();
         // Longest prefix first, so the first match is the best one.
@@ -78,6 +82,7 @@ mod tests {
             host: host.map(str::to_string),
             path: path.into(),
             upstream: up.into(),
+            retry: config::RetryConfig::default(),
         };
         let routes = vec![
             r(None, "/", "default"),

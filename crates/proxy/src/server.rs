@@ -138,11 +138,19 @@ impl Gateway {
     /// up to the configured shutdown timeout.
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        for upstream in &self.upstreams {
+            upstream.start(shutdown.clone());
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.config.limits.max_client_connections,
+        ));
         for listener in listeners {
             let gw = self.clone();
             let tracker2 = tracker.clone();
             let shutdown = shutdown.clone();
-            tracker.spawn(async move { gw.accept_loop(listener, tracker2, shutdown).await });
+            let permits = permits.clone();
+            tracker
+                .spawn(async move { gw.accept_loop(listener, tracker2, shutdown, permits).await });
         }
         shutdown.cancelled().await;
         tracker.close();
@@ -164,8 +172,17 @@ impl Gateway {
         listener: TcpListener,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        permits: Arc<tokio::sync::Semaphore>,
     ) {
         loop {
+            // At the connection limit, new connections wait in the kernel's accept queue.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             let (stream, client) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = listener.accept() => match r {
@@ -181,7 +198,10 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let shutdown = shutdown.clone();
-            tracker.spawn(async move { gw.serve_connection(stream, client, shutdown).await });
+            tracker.spawn(async move {
+                gw.serve_connection(stream, client, shutdown).await;
+                drop(permit);
+            });
         }
     }
 

@@ -1,139 +1,404 @@
-//! Upstreams: named groups of endpoints, each endpoint with its own pool of idle connections, and
-//! the choice of endpoint for each attempt.
+//! Upstreams: named groups of endpoints, and everything that keeps requests away from endpoints
+//! that would fail them.
 //!
-//! A pooled connection is handed out only after it was checked: not closed by the upstream, not
-//! idle for longer than the idle timeout, and ready for a request. Whether an attempt ran on a
-//! reused connection is known exactly (`Conn::uses`), which the retry rules and the log rely on.
-//! Connecting and classifying failures is `crates/net`'s job.
+//! - `lib.rs`: [`Upstream`] and [`Endpoint`]; connection pools (checked before reuse, idle
+//!   timeouts learned from the upstream); in-flight limits and the wait for a free slot.
+//! - `balance.rs`: choosing an endpoint (round-robin, weighted, least-request, hash), with slow
+//!   start and the panic threshold.
+//! - `health.rs`: active checks and passive outlier ejection; every transition is an event.
+//! - `dns.rs`: endpoints named by host name, re-resolved as their TTL expires.
+//! - `budget.rs`: the retry budget.
+//!
+//! Connecting and classifying failures is `crates/net`'s job; deciding whether to retry is the
+//! proxy's. This crate only knows which endpoint to try and what happened to each.
+
+mod balance;
+mod budget;
+mod dns;
+mod health;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cause::Failure;
+use cause::{Cause, Failure, Level, Phase};
+use config::UpstreamConfig;
 use net::{Conn, ConnectOptions};
 
-/// Settings of one upstream, from the configuration.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub connect: ConnectOptions,
-    pub max_idle_per_endpoint: usize,
-    pub idle_timeout: Duration,
-}
+pub use balance::hash_key;
+pub use balance::Choice;
+pub use budget::RetryBudget;
+pub use dns::Names;
+pub use health::{HealthState, Outcome};
 
-/// One place an upstream can be reached, as written in the configuration.
-#[derive(Debug)]
+/// Where upstream events (health transitions, ejections, address changes) are reported.
+pub type Events = Arc<dyn Fn(Level, String, Vec<(&'static str, String)>) + Send + Sync>;
+
+/// The shortest idle timeout the pool will learn; below it pooling is pointless.
+const MIN_LEARNED_IDLE: Duration = Duration::from_millis(50);
+
+/// One place an upstream can be reached.
 pub struct Endpoint {
     /// `host:port` as configured.
     pub name: String,
+    pub weight: u32,
+    pub index: usize,
     idle: Mutex<VecDeque<Conn>>,
+    /// The shared HTTP/2 connection, when the upstream speaks h2c.
+    shared: Mutex<Option<Conn>>,
+    in_flight: AtomicUsize,
+    pub(crate) health: Mutex<HealthState>,
+    /// Idle timeout learned from `Keep-Alive: timeout=` or from early closes, if shorter.
+    learned_idle: Mutex<Option<Duration>>,
+    pub(crate) names: Names,
 }
 
-/// A named group of endpoints.
-#[derive(Debug)]
-pub struct Upstream {
-    pub name: String,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    settings: Settings,
-    next: AtomicUsize,
-}
-
-/// A connection checked out for one attempt, with where it goes.
-pub struct Checkout {
-    pub conn: Conn,
-    pub endpoint: Arc<Endpoint>,
-}
-
-impl Upstream {
-    pub fn new(name: &str, endpoints: &[String], settings: Settings) -> Upstream {
-        Upstream {
-            name: name.to_string(),
-            endpoints: endpoints
-                .iter()
-                .map(|e| {
-                    Arc::new(Endpoint {
-                        name: e.clone(),
-                        idle: Mutex::new(VecDeque::new()),
-                    })
-                })
-                .collect(),
-            settings,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// The endpoint for the next attempt, round-robin.
-    pub fn pick(&self) -> Arc<Endpoint> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints[i].clone()
-    }
-
-    /// A ready connection to `endpoint`: a checked idle one if there is one, else a new one.
-    pub async fn checkout(&self, endpoint: &Arc<Endpoint>) -> Result<Checkout, Failure> {
-        while let Some(mut conn) = endpoint.take_idle(self.settings.idle_timeout) {
-            // A connection whose upstream closed it while idle is never handed out.
-            if conn.ready(Duration::from_millis(5)).await {
-                return Ok(Checkout {
-                    conn,
-                    endpoint: endpoint.clone(),
-                });
-            }
-        }
-        let addr = self.address_of(endpoint).await?;
-        let conn = net::connect(addr, &self.settings.connect)
-            .await
-            .map_err(|mut f| {
-                f.upstream = Some(self.name.clone());
-                f
-            })?;
-        Ok(Checkout {
-            conn,
-            endpoint: endpoint.clone(),
-        })
-    }
-
-    async fn address_of(&self, endpoint: &Endpoint) -> Result<SocketAddr, Failure> {
-        net::resolve(&endpoint.name)
-            .await
-            .map(|addrs| addrs[0])
-            .map_err(|mut f| {
-                f.endpoint = Some(endpoint.name.clone());
-                f.upstream = Some(self.name.clone());
-                f
-            })
-    }
-
-    /// Gives a connection back after a complete exchange, for reuse.
-    pub fn release(&self, endpoint: &Endpoint, conn: Conn) {
-        if !conn.is_open() || self.settings.max_idle_per_endpoint == 0 {
-            return;
-        }
-        let mut idle = endpoint.idle.lock().unwrap();
-        // The most recently used connection is the least likely to be closed by the upstream.
-        idle.push_front(conn);
-        idle.truncate(self.settings.max_idle_per_endpoint);
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl Endpoint {
-    fn take_idle(&self, idle_timeout: Duration) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap();
-        while let Some(conn) = idle.pop_front() {
-            if conn.is_open() && conn.last_used.elapsed() < idle_timeout {
-                return Some(conn);
-            }
-        }
-        None
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Idle connections held right now.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap().len()
+    }
+
+    /// The idle timeout in force: the configured one, or a shorter learned one.
+    pub fn idle_timeout(&self, configured: Duration) -> Duration {
+        match *self.learned_idle.lock().unwrap() {
+            Some(l) => l.min(configured),
+            None => configured,
+        }
+    }
+
+    /// Keeps future idle connections below `upstream_idle`, the upstream's own idle limit.
+    fn learn_idle(&self, upstream_idle: Duration, events: &Events, upstream: &str, why: &str) {
+        let safe = (upstream_idle * 3 / 4).max(MIN_LEARNED_IDLE);
+        let mut learned = self.learned_idle.lock().unwrap();
+        if learned.is_none_or(|l| safe < l) {
+            *learned = Some(safe);
+            events(
+                Level::Info,
+                format!("pool idle timeout lowered to {safe:?}: {why}"),
+                vec![
+                    ("upstream", upstream.to_string()),
+                    ("endpoint", self.name.clone()),
+                ],
+            );
+        }
+    }
+}
+
+/// A named group of endpoints with its pools, health and limits.
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub config: UpstreamConfig,
+    connect: ConnectOptions,
+    pub(crate) rr: AtomicUsize,
+    pub(crate) swrr: Mutex<Vec<i64>>,
+    in_flight: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
+    pub budget: RetryBudget,
+    pub(crate) events: Events,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A connection checked out for one attempt, with the slot it holds.
+pub struct Checkout {
+    pub conn: Conn,
+    pub endpoint: Arc<Endpoint>,
+    /// How long the connection had been idle in the pool, when it was reused.
+    pub idle_for: Option<Duration>,
+    pub slot: Slot,
+}
+
+/// An in-flight slot on an endpoint and its upstream; released when dropped.
+pub struct Slot {
+    upstream: Arc<Upstream>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.upstream.freed.notify_one();
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        config: &UpstreamConfig,
+        connect: ConnectOptions,
+        resolver: net::resolver::Resolver,
+        events: Events,
+    ) -> Arc<Upstream> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                Arc::new(Endpoint {
+                    name: e.address.clone(),
+                    weight: e.weight,
+                    index,
+                    idle: Mutex::new(VecDeque::new()),
+                    shared: Mutex::new(None),
+                    in_flight: AtomicUsize::new(0),
+                    health: Mutex::new(HealthState::default()),
+                    learned_idle: Mutex::new(None),
+                    names: Names::new(&e.address, resolver.clone()),
+                })
+            })
+            .collect::<Vec<_>>();
+        let n = endpoints.len();
+        Arc::new(Upstream {
+            name: config.name.clone(),
+            endpoints,
+            config: config.clone(),
+            connect,
+            rr: AtomicUsize::new(0),
+            swrr: Mutex::new(vec![0; n]),
+            in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+            budget: RetryBudget::new(
+                config.retry_budget_percent,
+                config.retry_budget_min_per_second,
+            ),
+            events,
+        })
+    }
+
+    /// Starts the background tasks: DNS refresh for named endpoints and active health checks.
+    /// They stop when `stop` is cancelled.
+    pub fn start(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        for e in &self.endpoints {
+            if e.names.is_name() {
+                tokio::spawn(dns::refresh(self.clone(), e.clone(), stop.clone()));
+            }
+        }
+        if self.config.health.is_some() {
+            for e in &self.endpoints {
+                tokio::spawn(health::check_loop(self.clone(), e.clone(), stop.clone()));
+            }
+        }
+    }
+
+    /// Takes an in-flight slot on `endpoint`, waiting in the queue while the upstream or the
+    /// endpoint is at its limit. `overloaded` when the queue is full or the wait too long.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        endpoint: &Arc<Endpoint>,
+        deadline: Instant,
+    ) -> Result<Slot, Failure> {
+        let cfg = &self.config;
+        let fits = |up: &Upstream, ep: &Endpoint| {
+            (cfg.max_in_flight == 0 || up.in_flight.load(Ordering::Acquire) < cfg.max_in_flight)
+                && (cfg.max_in_flight_per_endpoint == 0
+                    || ep.in_flight.load(Ordering::Acquire) < cfg.max_in_flight_per_endpoint)
+        };
+        if !fits(self, endpoint) {
+            if self.waiting.load(Ordering::Acquire) >= cfg.queue_size {
+                return Err(self.overloaded("the queue is full"));
+            }
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let wait_until = (Instant::now() + cfg.queue_timeout).min(deadline);
+            let mut ok = false;
+            while Instant::now() < wait_until {
+                let notified = self.freed.notified();
+                if fits(self, endpoint) {
+                    ok = true;
+                    break;
+                }
+                if tokio::time::timeout_at(wait_until.into(), notified)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            ok = ok || fits(self, endpoint);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if !ok {
+                return Err(
+                    self.overloaded(&format!("no free slot within {:?}", cfg.queue_timeout))
+                );
+            }
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(Slot {
+            upstream: self.clone(),
+            endpoint: endpoint.clone(),
+        })
+    }
+
+    fn overloaded(&self, why: &str) -> Failure {
+        let mut f = Failure::new(Cause::Overloaded, Phase::Queue).with_detail(format!(
+            "{why} (in flight: {}, limit {}; per endpoint limit {})",
+            self.in_flight.load(Ordering::Relaxed),
+            self.config.max_in_flight,
+            self.config.max_in_flight_per_endpoint
+        ));
+        f.upstream = Some(self.name.clone());
+        f
+    }
+
+    /// A ready connection to `endpoint`: a checked idle one if there is one, else a new one.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        endpoint: &Arc<Endpoint>,
+        slot: Slot,
+    ) -> Result<Checkout, Failure> {
+        let configured_idle = self.config.idle_timeout;
+        if self.connect.h2 {
+            let shared = endpoint.shared.lock().unwrap().as_ref().and_then(|c| {
+                if c.is_open() {
+                    c.share()
+                } else {
+                    None
+                }
+            });
+            if let Some(mut conn) = shared {
+                if conn.ready(Duration::from_millis(50)).await {
+                    return Ok(Checkout {
+                        conn,
+                        endpoint: endpoint.clone(),
+                        idle_for: None,
+                        slot,
+                    });
+                }
+            }
+        } else {
+            loop {
+                // Not `while let`: the lock must be released before the awaits below.
+                let next = endpoint.idle.lock().unwrap().pop_front();
+                let Some(mut conn) = next else { break };
+                let idle_for = conn.last_used.elapsed();
+                if let Some(closed) = conn.closed_at() {
+                    // The upstream closed it while idle: learn how long it keeps idle connections.
+                    let lasted = closed.saturating_duration_since(conn.last_used);
+                    endpoint.learn_idle(
+                        lasted,
+                        &self.events,
+                        &self.name,
+                        "the upstream closed idle connections early",
+                    );
+                    continue;
+                }
+                if idle_for >= endpoint.idle_timeout(configured_idle) {
+                    continue;
+                }
+                // A connection whose upstream closed it while idle is never handed out.
+                if conn.ready(Duration::from_millis(5)).await {
+                    return Ok(Checkout {
+                        conn,
+                        endpoint: endpoint.clone(),
+                        idle_for: Some(idle_for),
+                        slot,
+                    });
+                }
+            }
+        }
+        let addr = endpoint.names.pick().await.map_err(|mut f| {
+            f.endpoint = Some(endpoint.name.clone());
+            f.upstream = Some(self.name.clone());
+            f
+        })?;
+        let conn = net::connect(addr, &self.connect).await.map_err(|mut f| {
+            f.upstream = Some(self.name.clone());
+            f.endpoint = Some(endpoint.name.clone());
+            f
+        })?;
+        if self.connect.h2 {
+            *endpoint.shared.lock().unwrap() = conn.share();
+        }
+        Ok(Checkout {
+            conn,
+            endpoint: endpoint.clone(),
+            idle_for: None,
+            slot,
+        })
+    }
+
+    /// Gives a connection back after a complete exchange, for reuse. `keep_alive` is the
+    /// upstream's `Keep-Alive: timeout=` in seconds, if it sent one.
+    pub fn release(&self, endpoint: &Endpoint, conn: Conn, keep_alive: Option<u64>) {
+        if let Some(secs) = keep_alive {
+            endpoint.learn_idle(
+                Duration::from_secs(secs),
+                &self.events,
+                &self.name,
+                "the upstream announced Keep-Alive: timeout",
+            );
+        }
+        if conn.is_h2() || !conn.is_open() || self.config.max_idle_per_endpoint == 0 {
+            return;
+        }
+        let mut idle = endpoint.idle.lock().unwrap();
+        // The most recently used connection is the least likely to be closed by the upstream.
+        idle.push_front(conn);
+        idle.truncate(self.config.max_idle_per_endpoint);
+    }
+
+    /// A reused connection failed before any response byte: the keep-alive race. The pool
+    /// keeps future idle connections shorter than the idle time that lost the race.
+    pub fn lost_race(&self, endpoint: &Endpoint, idle_for: Duration) {
+        endpoint.learn_idle(
+            idle_for,
+            &self.events,
+            &self.name,
+            "a pooled connection was closed by the upstream as it was reused",
+        );
+        endpoint
+            .idle
+            .lock()
+            .unwrap()
+            .retain(|c| c.last_used.elapsed() < idle_for * 3 / 4);
+    }
+
+    /// Requests in flight to the whole upstream.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Drops every idle connection to addresses a name no longer resolves to.
+    pub(crate) fn forget_addresses(&self, endpoint: &Endpoint, keep: &[SocketAddr]) {
+        endpoint
+            .idle
+            .lock()
+            .unwrap()
+            .retain(|c| keep.contains(&c.addr));
+        let mut shared = endpoint.shared.lock().unwrap();
+        if shared.as_ref().is_some_and(|c| !keep.contains(&c.addr)) {
+            *shared = None;
+        }
+    }
+
+    /// Re-resolves every named endpoint now.
+    pub fn flush_dns(&self) {
+        for e in &self.endpoints {
+            e.names.flush();
+        }
     }
 }
