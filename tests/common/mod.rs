@@ -186,3 +186,220 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A gateway from a complete configuration text, without a lab of its own.
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub gateway: Arc<Gateway>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn gateway(text: &str) -> Gw {
+    let config =
+        config::Config::parse(text, "test.toml", Path::new(".")).unwrap_or_else(|p| panic!("{p}"));
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let logger = Arc::new(Logger::new(Format::Json, Sink::Memory(logs.clone())).unwrap());
+    let gateway = Gateway::new(config, logger).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(gateway.clone().serve(vec![listener], shutdown.clone()));
+    Gw {
+        addr,
+        logs,
+        gateway,
+        shutdown,
+        task,
+    }
+}
+
+impl Gw {
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (bounded, 10 s) for a log line matching `pred`, reading only lines not yet seen.
+    pub async fn wait_line(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut seen = 0;
+        for _ in 0..1000 {
+            let fresh: Vec<String> = {
+                let lines = self.logs.lock().unwrap();
+                let fresh = lines[seen..].to_vec();
+                seen = lines.len();
+                fresh
+            };
+            for l in fresh {
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                if pred(&v) {
+                    return v;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let notices: Vec<String> = self
+            .log_lines()
+            .iter()
+            .filter(|l| l["kind"] != "access")
+            .rev()
+            .take(20)
+            .map(|l| l.to_string())
+            .collect();
+        panic!(
+            "no log line: {what}; latest other lines:\n{}",
+            notices.join("\n")
+        );
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection to the gateway, reused across requests.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub async fn request(&mut self, method: &str, path: &str, body: &'static [u8]) -> Seen {
+        self.sender.ready().await.unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "gw.test")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .expect("a response head");
+        collect(resp).await
+    }
+}
+
+/// Starts one lab fault on `ip`, on `port` (0 = any).
+pub async fn one(fault: Fault, ip: [u8; 4], port: u16, opts: LabOptions) -> Lab {
+    Lab::start(&[(fault, port)], ip.into(), opts)
+        .await
+        .expect("lab starts")
+}
+
+/// How the fake name server answers a name.
+#[derive(Clone, Debug)]
+pub enum DnsAnswer {
+    /// A records with this TTL in seconds.
+    A(Vec<std::net::Ipv4Addr>, u32),
+    NxDomain,
+    /// No answer at all, as a dead name server.
+    Silent,
+}
+
+/// A fake DNS server on 127.0.0.1 (UDP), answering from a table that tests change at will.
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    pub table: Arc<Mutex<std::collections::HashMap<String, DnsAnswer>>>,
+    pub queries: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeDns {
+    pub async fn start() -> FakeDns {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let table: Arc<Mutex<std::collections::HashMap<String, DnsAnswer>>> = Arc::default();
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (t, q) = (table.clone(), queries.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reply = dns_reply(&buf[..n], &t.lock().unwrap());
+                if let Some(reply) = reply {
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+            }
+        });
+        FakeDns {
+            addr,
+            table,
+            queries,
+            task,
+        }
+    }
+
+    pub fn set(&self, name: &str, answer: DnsAnswer) {
+        self.table.lock().unwrap().insert(name.to_string(), answer);
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Builds the reply to one query (RFC 1035 4.1), or `None` to stay silent.
+fn dns_reply(q: &[u8], table: &std::collections::HashMap<String, DnsAnswer>) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    // The question: labels up to the zero byte, then type and class.
+    let mut i = 12;
+    let mut labels = Vec::new();
+    while i < q.len() && q[i] != 0 {
+        let len = q[i] as usize;
+        labels.push(String::from_utf8_lossy(q.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
+        i += 1 + len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i + 1)?, *q.get(i + 2)?]);
+    let question_end = i + 5;
+    let name = labels.join(".");
+    let answer = table.get(&name).cloned().unwrap_or(DnsAnswer::NxDomain);
+    let (rcode, records): (u8, Vec<(std::net::Ipv4Addr, u32)>) = match answer {
+        DnsAnswer::Silent => return None,
+        DnsAnswer::NxDomain => (3, vec![]),
+        // Only A records: an AAAA question gets an empty, successful answer.
+        DnsAnswer::A(ips, ttl) if qtype == 1 => (0, ips.into_iter().map(|ip| (ip, ttl)).collect()),
+        DnsAnswer::A(..) => (0, vec![]),
+    };
+    let mut r = Vec::with_capacity(512);
+    r.extend_from_slice(&q[0..2]);
+    r.push(0x84 | (q[2] & 0x01)); // QR, AA, RD copied
+    r.push(0x80 | rcode); // RA, rcode
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(q.get(12..question_end)?);
+    for (ip, ttl) in records {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&[0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
