@@ -9,7 +9,10 @@
 //! Pooling lives in `crates/upstream`; this crate hands out single connections.
 
 mod classify;
+pub mod dns;
 mod io;
+pub mod probe;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
