@@ -132,12 +132,21 @@ impl Builder {
 }
 
 fn problem_words(p: &Problem) -> String {
-    let mut s = format!("{} {}", p.cause, p.phase.words());
+    let mut s = format!("{} {}", p.cause, crate::phase_words(p.phase));
     if let Some(d) = &p.detail {
         s.push_str(": ");
         s.push_str(d);
     }
     s
+}
+
+fn lower_first(s: &str) -> String {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
 }
 
 fn hop_of_side(cause: Cause, cdn: bool) -> &'static str {
@@ -270,7 +279,7 @@ pub fn diagnose(report: &mut Report) {
                         Some(status),
                         Confidence::Confirmed,
                         60,
-                        format!("{} reports it: {}", m.by, cause.summary()),
+                        format!("{} reports: {}", m.by, lower_first(cause.summary())),
                         vec![m.evidence.clone()],
                     );
                 } else if m.hop == "gateway" || m.hop == "cdn" {
@@ -338,7 +347,10 @@ pub fn diagnose(report: &mut Report) {
                 status,
                 Confidence::Confirmed,
                 55,
-                format!("the upstream itself fails: {}", p.cause.summary()),
+                format!(
+                    "the upstream itself fails: {}",
+                    lower_first(p.cause.summary())
+                ),
                 vec![format!("{evidence_head}: {}", problem_words(p))],
             ),
             (None, Some(s)) if s >= 500 => b.add(
@@ -403,7 +415,10 @@ pub fn diagnose(report: &mut Report) {
                     status,
                     Confidence::Confirmed,
                     54,
-                    format!("the origin itself fails: {}", p.cause.summary()),
+                    format!(
+                        "the origin itself fails: {}",
+                        lower_first(p.cause.summary())
+                    ),
                     vec![format!(
                         "sent straight to the origin {}: {}",
                         origin.given,

@@ -704,6 +704,20 @@ pub(crate) fn display_list<T: Display, S: serde::Serializer>(
     seq.end()
 }
 
+/// The phase in words, as seen from the doctor's side of a connection (the gateway's words
+/// speak of "the upstream", which is not always the hop the doctor talks to).
+pub fn phase_words(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Resolve => "while resolving the name",
+        Phase::Connect => "while connecting",
+        Phase::TlsHandshake => "during the TLS handshake",
+        Phase::SendRequest => "while sending the request",
+        Phase::ReadHead => "while waiting for the response headers",
+        Phase::ReadBody => "while reading the response body",
+        other => other.words(),
+    }
+}
+
 /// A cause × phase in words: "refused while connecting".
 pub fn cause_words(cause: Cause, phase: Option<Phase>) -> String {
     match phase {

@@ -82,6 +82,8 @@ pub struct TlsStep {
     pub verified: bool,
     pub cert_problem: Option<String>,
     pub cert_problem_detail: Option<String>,
+    /// When the handshake failed: the status the port answered in plain HTTP, if it did.
+    pub plaintext_status: Option<u16>,
     pub problem: Option<Problem>,
 }
 
@@ -226,7 +228,32 @@ pub async fn probe(
             Err((failure, f)) => (None, f, Some(Problem::from(&failure))),
         };
         out.timing.tls_ms = Some(elapsed);
-        out.tls = Some(tls_step(&dest.server_name, elapsed, facts, problem.clone()));
+        let mut problem = problem;
+        let mut plaintext = None;
+        if problem.as_ref().is_some_and(|p| {
+            matches!(p.cause, Cause::Timeout | Cause::Tls) && facts.chain.is_empty()
+        }) {
+            // A server waiting for a request head, or answering our hello with an HTTP error,
+            // is a plain HTTP server: ask it in plain HTTP to be sure.
+            let plain = Destination {
+                tls: false,
+                addrs: vec![addr],
+                ..dest.clone()
+            };
+            let seen = Box::pin(probe(&plain, tls, budget, false)).await;
+            if let Some(status) = seen.http.as_ref().and_then(|h| h.status) {
+                plaintext = Some(status);
+                problem = Some(Problem::from(
+                    &Failure::new(Cause::Tls, Phase::TlsHandshake).with_detail(format!(
+                        "the server speaks plain HTTP on this port, not TLS (it answered {status} in plain HTTP): \
+                         use http://, or enable TLS on the server"
+                    )),
+                ));
+            }
+        }
+        let mut step = tls_step(&dest.server_name, elapsed, facts, problem.clone());
+        step.plaintext_status = plaintext;
+        out.tls = Some(step);
         let Some(stream) = stream else {
             out.problem = problem;
             out.timing.total_ms = ms(started.elapsed());
@@ -303,6 +330,7 @@ fn tls_step(name: &str, ms: f64, facts: TlsFacts, problem: Option<Problem>) -> T
         verified: problem.is_none(),
         cert_problem: facts.problem.as_ref().map(|p| p.kind.to_string()),
         cert_problem_detail: facts.problem.map(|p| p.detail),
+        plaintext_status: None,
         problem,
     }
 }

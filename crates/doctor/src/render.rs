@@ -43,7 +43,7 @@ impl Style {
 }
 
 fn problem_line(p: &Problem) -> String {
-    let mut s = format!("{} {}", p.cause, p.phase.words());
+    let mut s = format!("{} {}", p.cause, crate::phase_words(p.phase));
     if let Some(d) = &p.detail {
         s.push_str(&format!(" ({d})"));
     }
