@@ -485,7 +485,9 @@ pub fn diagnose(report: &mut Report) {
     // Keep-alive: a second request on the same connection.
     if let Some(k) = &main.keepalive {
         if let Some(p) = &k.problem {
-            if main.problem.is_none() {
+            // After an error response a server may well close the connection; only a healthy
+            // one dropping it matters.
+            if main.problem.is_none() && status.is_some_and(|s| s < 400) {
                 b.add(
                     Some(p.cause),
                     Some(p.phase),

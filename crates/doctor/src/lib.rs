@@ -321,12 +321,13 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         path: target.path.clone(),
         addrs: addrs.clone(),
     };
-    let probe = if addrs.is_empty() {
+    let mut probe = if addrs.is_empty() {
         empty_probe(dns.as_ref().and_then(|d| d.problem.clone()))
     } else {
         progress(&format!("connecting to {}", list(&addrs)));
         probe::probe(&dest, &tls, &budget, true).await
     };
+    probe.timing.dns_ms = dns.as_ref().map(|d| d.ms);
     let who = probe
         .http
         .as_ref()
@@ -428,7 +429,6 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
             opts.max_time
         ));
     }
-    notes.extend(target.slips.iter().map(|s| format!("URL: {s}")));
 
     let mut report = Report {
         verdict: Verdict::healthy(),

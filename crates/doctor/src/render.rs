@@ -218,9 +218,8 @@ pub fn human(report: &Report, color: bool) -> String {
     let t = &report.probe.timing;
     let _ = writeln!(w);
     let _ = writeln!(w, "{}", st.bold("Timing"));
-    let dns_ms = report.dns.as_ref().map(|d| d.ms);
     let rows = [
-        ("dns", dns_ms),
+        ("dns", t.dns_ms),
         ("connect", t.connect_ms),
         ("tls", t.tls_ms),
         ("first byte", t.first_byte_ms),
