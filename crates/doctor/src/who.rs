@@ -93,7 +93,12 @@ pub fn identify(ex: &Exchange) -> Who {
         .to_ascii_lowercase();
     let via = who.via.clone().unwrap_or_default().to_ascii_lowercase();
     let body = ex.body_text();
-    let lower_body = body.to_ascii_lowercase();
+    // Pages wrap their sentences anywhere; compare with the whitespace collapsed.
+    let lower_body = body
+        .to_ascii_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let status = ex.status.unwrap_or(0);
     let mut add = |name: &'static str, role: Role, evidence: String| {
         if !who.products.iter().any(|p| p.name == name) {
@@ -201,11 +206,16 @@ pub fn identify(ex: &Exchange) -> Who {
     }
 
     // The error pages products make themselves.
-    let page = if status >= 400 {
+    let mut page = if status >= 400 {
         page_maker(status, &body, &lower_body, &server)
     } else {
         None
     };
+    if let Some(p) = page.as_mut().filter(|p| p.0 == "Varnish" && fastly) {
+        // Fastly runs Varnish; its pages are Fastly's.
+        p.0 = "Fastly";
+        p.1 = Role::Cdn;
+    }
     if let Some((name, role, ..)) = &page {
         add(name, *role, "its built-in error page".into());
     }
@@ -694,6 +704,193 @@ mod tests {
         assert_eq!(
             parse_proxy_status("envoy; error=weird_thing")[0].cause,
             None
+        );
+    }
+
+    fn exchange(status: u16, headers: &[(&str, &str)], body: &str) -> Exchange {
+        Exchange {
+            request: String::new(),
+            reused: false,
+            status: Some(status),
+            reason: None,
+            version: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body_bytes: body.len() as u64,
+            body_complete: true,
+            first_byte_ms: None,
+            total_ms: 0.0,
+            problem: None,
+            body_start: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// `products`: the names recognised, outer first; `maker` and its first hint.
+    fn check(
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &str,
+        products: &[&str],
+        maker: Option<&str>,
+        hint: Option<Cause>,
+    ) {
+        let who = identify(&exchange(status, headers, body));
+        let names: Vec<&str> = who.products.iter().map(|p| p.name).collect();
+        assert_eq!(names, products, "{headers:?} {body:?}");
+        let m = who.error_maker.as_ref();
+        assert_eq!(m.map(|m| m.by.as_str()), maker, "{headers:?} {body:?}");
+        assert_eq!(m.and_then(|m| m.hints.first().copied()), hint, "{body:?}");
+    }
+
+    #[test]
+    fn fingerprints() {
+        use Cause::*;
+        let nginx_502 = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n";
+        check(
+            502,
+            &[("server", "nginx/1.22.1")],
+            nginx_502,
+            &["nginx"],
+            Some("nginx"),
+            Some(Refused),
+        );
+        check(
+            504,
+            &[("server", "nginx")],
+            &nginx_502.replace("502 Bad Gateway", "504 Gateway Time-out"),
+            &["nginx"],
+            Some("nginx"),
+            Some(Timeout),
+        );
+        // nginx relaying the application's own 503.
+        check(
+            503,
+            &[("server", "nginx")],
+            "maintenance",
+            &["nginx"],
+            Some("upstream"),
+            None,
+        );
+        check(200, &[("server", "nginx")], "hello", &["nginx"], None, None);
+        check(503, &[], "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n", &["HAProxy"], Some("HAProxy"), Some(Refused));
+        check(502, &[], "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n", &["HAProxy"], Some("HAProxy"), Some(Closed));
+        check(504, &[], "<html><body><h1>504 Gateway Time-out</h1>\nThe server didn't respond in time.\n</body></html>\n", &["HAProxy"], Some("HAProxy"), Some(Timeout));
+        check(503, &[("server", "envoy")], "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: 111 Connection refused", &["Envoy"], Some("Envoy"), Some(Refused));
+        check(
+            503,
+            &[("server", "envoy")],
+            "no healthy upstream",
+            &["Envoy"],
+            Some("Envoy"),
+            Some(NoHealthyUpstream),
+        );
+        check(
+            504,
+            &[("server", "envoy")],
+            "upstream request timeout",
+            &["Envoy"],
+            Some("Envoy"),
+            Some(Timeout),
+        );
+        check(502, &[("server", "Apache/2.4.62 (Debian)")], "<title>502 Proxy Error</title><p>The proxy server received an invalid\nresponse from an upstream server.", &["Apache"], Some("Apache"), Some(Closed));
+        check(503, &[("server", "Apache/2.4.62 (Debian)")], "<p>The server is temporarily unable to service your\nrequest due to maintenance downtime or capacity\nproblems.", &["Apache"], Some("Apache"), Some(Refused));
+        check(
+            502,
+            &[("server", "Caddy")],
+            "",
+            &["Caddy"],
+            Some("Caddy"),
+            Some(Refused),
+        );
+        check(
+            502,
+            &[],
+            "Bad Gateway",
+            &["Traefik"],
+            Some("Traefik"),
+            Some(Refused),
+        );
+        check(
+            521,
+            &[("server", "cloudflare"), ("cf-ray", "8a1b2c3d4e5f6a7b-AMS")],
+            "<title>example.com | 521: Web server is down</title>",
+            &["Cloudflare"],
+            Some("Cloudflare"),
+            Some(Refused),
+        );
+        check(
+            524,
+            &[("server", "cloudflare"), ("cf-ray", "x")],
+            "",
+            &["Cloudflare"],
+            Some("Cloudflare"),
+            Some(Timeout),
+        );
+        check(502, &[("server", "CloudFront"), ("x-amz-cf-id", "abc"), ("x-cache", "Error from cloudfront")], "<H1>502 ERROR</H1><H2>The request could not be satisfied.</H2>Generated by cloudfront (CloudFront)", &["CloudFront"], Some("CloudFront"), Some(Refused));
+        check(
+            503,
+            &[
+                ("x-served-by", "cache-ams21000-AMS"),
+                ("via", "1.1 varnish"),
+            ],
+            "Error 503 Backend fetch failed\nGuru Meditation: XID: 123\nVarnish cache server",
+            &["Fastly"],
+            Some("Fastly"),
+            Some(Refused),
+        );
+        check(
+            503,
+            &[("x-varnish", "32770"), ("via", "1.1 varnish (Varnish/7.1)")],
+            "<h1>Error 503 Backend fetch failed</h1><p>Guru Meditation:</p>",
+            &["Varnish"],
+            Some("Varnish"),
+            Some(Refused),
+        );
+        check(
+            502,
+            &[("server", "AkamaiGHost")],
+            "An error occurred while processing your request.<p>Reference&#32;&#35;97&#46;1234",
+            &["Akamai"],
+            Some("Akamai"),
+            Some(Refused),
+        );
+        // A CDN in front of a gateway: outer first.
+        check(
+            200,
+            &[("server", "nginx"), ("cf-ray", "x")],
+            "ok",
+            &["Cloudflare", "nginx"],
+            None,
+            None,
+        );
+        // cleargate: Proxy-Status is direct evidence.
+        check(
+            504,
+            &[("proxy-status", "cleargate; error=http_response_timeout; next-hop=\"10.0.0.1:80\"; details=\"cause=timeout phase=read_head attempts=1 reused=false sent=60 received=0\""), ("via", "1.1 cleargate")],
+            "504 Gateway Timeout\n\nHop: client -> cleargate -> [upstream: FAILED]",
+            &["cleargate"],
+            Some("cleargate"),
+            Some(Timeout),
+        );
+        // Another RFC 9209 gateway.
+        check(
+            502,
+            &[("proxy-status", "envoy; error=connection_refused")],
+            "",
+            &["Envoy"],
+            Some("Envoy"),
+            Some(Refused),
+        );
+        // Nothing recognised: the server answered itself.
+        check(
+            500,
+            &[("server", "gunicorn")],
+            "Internal Server Error",
+            &[],
+            Some("server"),
+            None,
         );
     }
 
