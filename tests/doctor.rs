@@ -220,6 +220,9 @@ async fn dns_nxdomain_servfail_and_timeout_are_told_apart() {
         assert_eq!(d.a, outcome, "{name}");
         assert_eq!(d.resolver, server.addr.to_string());
         assert!(r.hops.iter().any(|h| h.kind == "dns" && h.failed));
+        if name == "missing.test" {
+            check_snapshot("dns_nxdomain.txt", &doctor::render::human(&r, false));
+        }
     }
 }
 
@@ -337,6 +340,7 @@ async fn tls_good_expired_wrong_name_self_signed_and_plaintext() {
         );
     }
     let r = run(&format!("https://{addr}/", addr = expired), trust).await;
+    check_snapshot("tls_expired.txt", &doctor::render::human(&r, false));
     assert!(r.probe.tls.unwrap().chain[0].days_left < 0);
 
     let r = run(&format!("https://{plain}/"), trust).await;
@@ -402,7 +406,9 @@ fn replace_numbers(line: &str) -> String {
                 || before.ends_with("]:")
                 || before.ends_with("\"port\": ")
                 || before.ends_with(", port ");
-            let is_ms = after.starts_with(" ms")
+            let is_ms = after.starts_with(" day(s)")
+                || before.ends_with("\"days_left\": ")
+                || after.starts_with(" ms")
                 || after.starts_with(" / ")
                 || before.ends_with("_ms\": ")
                 || before.ends_with("\"ms\": ");

@@ -622,7 +622,12 @@ fn fixes(cause: Option<Cause>, hop: &str, status: Option<u16>) -> Vec<String> {
         (_, "server") => cause
             .operator_checks()
             .iter()
-            .map(|c| c.replace("upstream", "server").replace("the gateway's", "the client's"))
+            .map(|c| {
+                c.replace("upstream", "server")
+                    .replace("the gateway's", "the client's")
+                    .replace("the gateway uses", "clients use")
+                    .replace("the gateway", "the client")
+            })
             .collect(),
         _ => cause.operator_checks().iter().map(|c| c.to_string()).collect(),
     }

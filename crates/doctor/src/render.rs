@@ -281,9 +281,9 @@ pub fn human(report: &Report, color: bool) -> String {
         };
         let _ = writeln!(
             w,
-            "  {}. {what} at the {} [{}]: {}",
+            "  {}. {what} {} [{}]: {}",
             i + 1,
-            c.hop,
+            hop_words(c.hop),
             c.confidence.as_str(),
             c.title
         );
@@ -317,19 +317,27 @@ pub fn human(report: &Report, color: bool) -> String {
         st.paint(
             "31;1",
             &format!(
-                "Verdict: {} at the {}{}",
+                "Verdict: {} {}{}",
                 match (v.cause, v.phase) {
                     (Some(c), Some(p)) => format!("{c} ({p})"),
                     (Some(c), None) => c.to_string(),
                     (None, _) => "an error answered by the application".into(),
                 },
-                v.hop.unwrap_or("?"),
+                hop_words(v.hop.unwrap_or("?")),
                 v.status.map(|s| format!(", HTTP {s}")).unwrap_or_default()
             ),
         )
     };
     let _ = writeln!(w, "{line}");
     o
+}
+
+fn hop_words(hop: &str) -> String {
+    match hop {
+        "dns" => "in DNS".into(),
+        "cdn" => "at the CDN".into(),
+        other => format!("at the {other}"),
+    }
 }
 
 fn role(r: crate::who::Role) -> &'static str {
