@@ -82,8 +82,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.max_time = args.max_time;
     for file in &args.cacert {
         let pem = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let certs = net::tls::load_pem_certs(&pem)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let certs =
+            doctor::load_pem_certs(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         opts.extra_roots.extend(certs);
     }
     let stderr_tty = std::io::stderr().is_terminal();

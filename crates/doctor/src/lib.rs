@@ -35,6 +35,9 @@ use crate::probe::{ms, Destination, Probe, Problem};
 use crate::url::Target;
 use crate::who::Who;
 
+/// Reads a PEM bundle of CA certificates for [`Options::extra_roots`].
+pub use net::tls::load_pem_certs;
+
 /// What to check and how.
 #[derive(Clone, Debug)]
 pub struct Options {
