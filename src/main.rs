@@ -23,6 +23,8 @@ enum Command {
     Check(cmd::check::Args),
     /// See it all in one command: the gateway in front of fault-injecting upstreams
     Demo(cmd::demo::Args),
+    /// A URL gives 502 (or 503, 504): find where and why, step by step, and what to do
+    Doctor(cmd::doctor::Args),
     /// Start fault-injecting upstreams, one per failure mode, to test any gateway
     Lab(cmd::lab::Args),
 }
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Lab(a) => cmd::lab::run(a),
+        Command::Doctor(a) => cmd::doctor::run(a),
     };
     match result {
         Ok(code) => code,

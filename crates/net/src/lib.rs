@@ -9,8 +9,11 @@
 //! Pooling lives in `crates/upstream`; this crate hands out single connections.
 
 mod classify;
+pub mod dns;
 mod io;
+pub mod probe;
 pub mod resolver;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,24 +104,22 @@ impl std::fmt::Debug for Conn {
 
 /// Opens a TCP connection to `addr` and performs the HTTP handshake.
 pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Conn, Failure> {
-    let stream = match tokio::time::timeout(
-        opts.connect_timeout,
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(classify_connect_error(&e).with_endpoint(addr.to_string())),
-        Err(_) => {
-            return Err(Failure::new(Cause::Timeout, Phase::Connect)
-                .with_endpoint(addr.to_string())
-                .with_detail(format!("no connection within {:?}", opts.connect_timeout)))
-        }
-    };
-    // Latency over throughput: requests are small and answered in turn.
-    let _ = stream.set_nodelay(true);
+    let stream = probe::tcp_connect(addr, opts.connect_timeout).await?;
+    handshake(stream, addr, opts).await
+}
+
+/// The HTTP handshake (HTTP/1.1, or h2c with prior knowledge) over an open stream to `addr`,
+/// with the stream's bytes counted from here on.
+pub(crate) async fn handshake<IO>(
+    io: IO,
+    addr: SocketAddr,
+    opts: &ConnectOptions,
+) -> Result<Conn, Failure>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let stats = Arc::new(IoStats::default());
-    let io = TokioIo::new(CountingIo::new(stream, stats.clone()));
+    let io = TokioIo::new(CountingIo::new(io, stats.clone()));
     let closed_at = Arc::new(std::sync::Mutex::new(None));
     let mark = closed_at.clone();
     let handshake_failed = |e: hyper::Error| {
