@@ -25,6 +25,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Start fault-injecting upstreams, one per failure mode, to test any gateway
     Lab(cmd::lab::Args),
+    /// Read nginx, Apache, HAProxy or cleargate logs: every gateway error classified, counted and explained
+    Logs(cmd::logs::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Lab(a) => cmd::lab::run(a),
+        Command::Logs(a) => cmd::logs::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod demo;
 pub mod lab;
+pub mod logs;
 pub mod serve;
 
 /// Builds the multi-threaded runtime every long-running subcommand uses.
