@@ -202,7 +202,18 @@ pub fn scan_file(path: &Path, format: Option<Format>, threads: usize) -> io::Res
     if threads <= 1 || len < PARALLEL_MIN {
         return scan_reader(&mut file, format);
     }
-    let ranges = split_ranges(&mut file, len, threads)?;
+    scan_ranges(path, &mut file, len, format, threads)
+}
+
+/// Scans `file` in `threads` byte ranges at once and merges their summaries.
+fn scan_ranges(
+    path: &Path,
+    file: &mut File,
+    len: u64,
+    format: Option<Format>,
+    threads: usize,
+) -> io::Result<Summary> {
+    let ranges = split_ranges(file, len, threads)?;
     let results: Vec<io::Result<Summary>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ranges
             .iter()
@@ -248,6 +259,37 @@ mod tests {
         assert_eq!(lines_of(b"a\nb\n"), vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(lines_of(b"a\nb"), vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(lines_of(b"").is_empty());
+    }
+
+    #[test]
+    fn ranges_start_at_lines_and_their_merge_equals_one_pass() {
+        let path = std::env::temp_dir().join(format!("logscan-ranges-{}", std::process::id()));
+        let lines = [
+            "2024/05/01 10:12:09 [error] 1#1: *1 connect() failed (111: Connection refused) while connecting to upstream, client: 1.2.3.4, server: a, request: \"GET / HTTP/1.1\", upstream: \"http://10.0.0.1:80/\", host: \"a\"",
+            "2024/05/01 10:13:09 [error] 1#1: *2 upstream timed out (110: Connection timed out) while reading response header from upstream, client: 1.2.3.4, server: a, request: \"GET / HTTP/1.1\", upstream: \"http://10.0.0.2:80/\", host: \"b\"",
+            "2024/05/01 10:14:09 [notice] 1#1: signal process started",
+            "2024/05/01 10:15:09 [error] 1#1: *3 something new",
+        ];
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(lines[i % lines.len()]);
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        let one = scan_reader(&mut File::open(&path).unwrap(), None).unwrap();
+        let mut f = File::open(&path).unwrap();
+        let len = text.len() as u64;
+        for (start, _) in split_ranges(&mut f, len, 3).unwrap() {
+            assert!(start == 0 || text.as_bytes()[start as usize - 1] == b'\n');
+        }
+        let many = scan_ranges(&path, &mut f, len, None, 3).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(many.lines, 5000);
+        assert_eq!(many.lines, one.lines);
+        assert_eq!(many.total(), one.total());
+        assert_eq!(many.unrecognized, one.unrecognized);
+        assert_eq!(many.skipped, one.skipped);
+        assert_eq!(many.incidents(), one.incidents());
     }
 
     #[test]

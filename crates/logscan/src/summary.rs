@@ -658,3 +658,77 @@ pub fn detail_fix(detail: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(cause: Cause, phase: Phase, minute: i64, upstream: &[u8]) -> Finding<'_> {
+        Finding {
+            format: Format::Nginx,
+            role: Role::Request,
+            cause,
+            phase,
+            detail: "",
+            rule: "test",
+            time: Some(minute * 60_000),
+            status: None,
+            upstream: Some(upstream),
+            client: None,
+            host: None,
+            request: None,
+            reused: None,
+        }
+    }
+
+    #[test]
+    fn top_lists_stay_bounded() {
+        let mut t = Top::default();
+        for i in 0..TOP_CAP + 10 {
+            t.add(format!("k{i}").as_bytes(), 1);
+        }
+        t.add(b"k0", 5);
+        assert_eq!(t.distinct(), TOP_CAP);
+        assert_eq!(t.others, 10);
+        assert_eq!(t.top(1), vec![("k0".to_string(), 6)]);
+    }
+
+    #[test]
+    fn histogram_coarsens_instead_of_growing() {
+        let mut s = Summary::new();
+        let n = MAX_BUCKETS as i64 * 3;
+        for m in 0..n {
+            s.finding(&finding(Cause::Timeout, Phase::ReadHead, m * 7, b"a"), b"");
+        }
+        assert!(s.buckets.len() <= MAX_BUCKETS);
+        assert!(s.bucket_ms > 60_000);
+        assert_eq!(s.columns(None, 10).iter().sum::<u64>(), n as u64);
+    }
+
+    #[test]
+    fn names_the_keepalive_race_and_the_pool_going_down() {
+        let mut s = Summary::new();
+        for m in 0..4 {
+            let mut f = finding(Cause::Reset, Phase::ReadHead, m * 30, b"a");
+            f.reused = Some(true);
+            s.finding(&f, b"");
+        }
+        s.finding(&finding(Cause::Refused, Phase::Connect, 500, b"a"), b"");
+        s.finding(&finding(Cause::Refused, Phase::Connect, 500, b"b"), b"");
+        let names: Vec<&str> = s.patterns().iter().map(|p| p.name).collect();
+        assert_eq!(names, ["all_upstreams_down", "keepalive_race"]);
+        let incidents = s.incidents();
+        assert_eq!(incidents.len(), 5);
+        assert_eq!(incidents[0].count, 2);
+        assert_eq!(incidents[0].upstreams_down, 2);
+    }
+
+    #[test]
+    fn steady_gaps_are_told_from_random_ones() {
+        assert_eq!(steady_interval(&[60_000; 6]), Some(60_000));
+        assert_eq!(
+            steady_interval(&[1_000, 90_000, 5_000, 400_000, 60_000, 2_000]),
+            None
+        );
+    }
+}
