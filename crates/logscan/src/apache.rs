@@ -8,7 +8,7 @@
 
 use cause::{Cause, Phase};
 
-use crate::bytes::{after, contains, find};
+use crate::bytes::after;
 use crate::time::{self, digits};
 use crate::{hash, Finding, Format, Line, Relayed, Role, State};
 
@@ -47,7 +47,7 @@ pub fn parse<'a>(line: &'a [u8], state: &mut State) -> Line<'a> {
     if rest.first() == Some(&b'(') {
         if let Some(end) = memchr::memchr(b')', rest) {
             errno = digits(&rest[1..end]);
-            if let Some(i) = find(rest, b": ") {
+            if let Some(i) = find!(rest, b": ") {
                 rest = &rest[i + 2..];
             }
             if let Some(c) = rest.strip_prefix(b"[client ") {
@@ -180,7 +180,7 @@ fn classify(code: u32, errno: Option<u32>, msg: &[u8]) -> Option<Finding<'_>> {
             let mut x = f("apache.AH00940", NoHealthyUpstream, Phase::Select)
                 .detail("worker in retry window")
                 .role(Role::FollowUp);
-            x.upstream = after(msg, b"disabled connection for (", b')');
+            x.upstream = after!(msg, b"disabled connection for (", b')');
             x.status = Some(503);
             x
         }
@@ -215,30 +215,30 @@ fn classify(code: u32, errno: Option<u32>, msg: &[u8]) -> Option<Finding<'_>> {
             x
         }
         898 => {
-            let mut x = if contains(msg, b"DNS lookup failure for: ") {
+            let mut x = if has!(msg, b"DNS lookup failure for: ") {
                 let mut x = f("apache.AH00898_dns", Dns, Phase::Resolve).detail("name not found");
                 x.upstream = word_after(msg, b"DNS lookup failure for: ");
                 x
-            } else if contains(msg, b"Error during SSL Handshake") {
+            } else if has!(msg, b"Error during SSL Handshake") {
                 f("apache.AH00898_ssl_handshake", Tls, Phase::TlsHandshake)
                     .detail("handshake failed")
                     .role(Role::FollowUp)
-            } else if contains(msg, b"Corrupt status line") {
+            } else if has!(msg, b"Corrupt status line") {
                 f(
                     "apache.AH00898_corrupt_status",
                     InvalidResponse,
                     Phase::ReadHead,
                 )
                 .detail("invalid status line")
-            } else if contains(msg, b"Timeout on 100-Continue") {
+            } else if has!(msg, b"Timeout on 100-Continue") {
                 f("apache.AH00898_100_continue", Timeout, Phase::ReadHead)
                     .detail("100-continue timed out")
-            } else if contains(msg, b"Error reading from remote server") {
+            } else if has!(msg, b"Error reading from remote server") {
                 f("apache.AH00898_read_error", Closed, Phase::ReadHead).role(Role::FollowUp)
             } else {
                 return None;
             };
-            x.request = after(msg, b" returned by ", b',');
+            x.request = after!(msg, b" returned by ", b',');
             x.status = Some(502);
             x
         }
@@ -330,11 +330,11 @@ fn relayed(code: u32, msg: &[u8]) -> Option<&'static str> {
         return None;
     }
     Some(
-        if contains(msg, b"Primary script unknown") || contains(msg, b"Unable to open primary") {
+        if has!(msg, b"Primary script unknown") || has!(msg, b"Unable to open primary") {
             "php-fpm: primary script unknown (404)"
-        } else if contains(msg, b"Access to the script") {
+        } else if has!(msg, b"Access to the script") {
             "php-fpm: script extension denied (403)"
-        } else if contains(msg, b"PHP Fatal error") {
+        } else if has!(msg, b"PHP Fatal error") {
             "php fatal error (500)"
         } else {
             "php-fpm stderr message"

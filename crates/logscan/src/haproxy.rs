@@ -8,14 +8,14 @@
 
 use cause::{Cause, Phase};
 
-use crate::bytes::{contains, find};
+use crate::bytes::contains;
 use crate::time::{self, digits};
 use crate::{Finding, Format, Line, Relayed, Role};
 
 /// The position of ` [dd/Mmm/yyyy:` (the accept date) in a traffic line.
 fn accept_date(b: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = find(&b[from..], b" [") {
+    while let Some(i) = find!(&b[from..], b" [") {
         let at = from + i;
         let d = &b[at + 2..];
         if d.len() > 21 && d[2] == b'/' && d[6] == b'/' && d[11] == b':' {
@@ -28,8 +28,8 @@ fn accept_date(b: &[u8]) -> Option<usize> {
 
 pub fn looks_like(b: &[u8]) -> bool {
     accept_date(b).is_some()
-        || contains(b, b"haproxy[")
-        || (b.starts_with(b"Server ") && contains(b, b" is DOWN"))
+        || has!(b, b"haproxy[")
+        || (b.starts_with(b"Server ") && has!(b, b" is DOWN"))
         || b.starts_with(b"[ALERT]")
         || b.starts_with(b"[WARNING]")
 }
@@ -170,9 +170,9 @@ fn alert(line: &[u8]) -> Line<'_> {
     use Cause::*;
     let f = |rule, cause, phase| Finding::new(Format::Haproxy, rule, cause, phase);
     let has = |s: &[u8]| contains(line, s);
-    let found = if let Some(i) = find(line, b" is DOWN, reason: ") {
+    let found = if let Some(i) = find!(line, b" is DOWN, reason: ") {
         let reason = &line[i..];
-        let server = find(line, b"Server ").map(|s| {
+        let server = find!(line, b"Server ").map(|s| {
             let name = &line[s + 7..];
             &name[..memchr::memchr(b' ', name).unwrap_or(name.len())]
         });
@@ -217,7 +217,7 @@ fn alert(line: &[u8]) -> Line<'_> {
         )
         .detail("every server down")
         .role(Role::Event);
-        x.upstream = find(line, b"ackend ").map(|s| {
+        x.upstream = find!(line, b"ackend ").map(|s| {
             let name = &line[s + 7..];
             &name[..memchr::memchr(b' ', name).unwrap_or(name.len())]
         });

@@ -11,14 +11,6 @@
 //! This crate does no async, no terminal or HTML rendering, and no file-system walking: the
 //! `cleargate logs` command does those.
 
-mod apache;
-mod cleargate;
-mod haproxy;
-mod nginx;
-pub mod scan;
-pub mod summary;
-pub mod time;
-
 use cause::{Cause, Phase};
 
 pub use scan::{scan_reader, Scanner};
@@ -216,6 +208,42 @@ fn hash(b: &[u8]) -> u64 {
     }
     h
 }
+
+/// `has!(hay, b"needle")`: whether `hay` contains the literal, with its searcher built once per
+/// call site. Building a substring searcher costs more than running it on one log line.
+macro_rules! has {
+    ($hay:expr, $needle:literal) => {
+        find!($hay, $needle).is_some()
+    };
+}
+
+/// `find!(hay, b"needle")`: where the literal starts in `hay`.
+macro_rules! find {
+    ($hay:expr, $needle:literal) => {{
+        static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new($needle));
+        FINDER.find($hay)
+    }};
+}
+
+/// `after!(hay, b"key", b'end')`: the text after the literal up to `end` or the end of `hay`.
+macro_rules! after {
+    ($hay:expr, $key:literal, $end:expr) => {{
+        let hay: &[u8] = $hay;
+        find!(hay, $key).map(|i| {
+            let rest = &hay[i + $key.len()..];
+            &rest[..memchr::memchr($end, rest).unwrap_or(rest.len())]
+        })
+    }};
+}
+
+mod apache;
+mod cleargate;
+mod haproxy;
+mod nginx;
+pub mod scan;
+pub mod summary;
+pub mod time;
 
 /// Helpers on byte slices shared by the parsers.
 mod bytes {

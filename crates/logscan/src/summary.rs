@@ -7,6 +7,7 @@
 //! input merge into the summary of the whole. No rendering happens here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use cause::{Cause, Phase};
 
@@ -28,10 +29,33 @@ fn cause_index(c: Cause) -> usize {
     Cause::ALL.iter().position(|x| *x == c).unwrap_or(0)
 }
 
+/// A quick hash for the short keys of top lists (addresses, host names, request lines). Not
+/// resistant to crafted collisions, which the bound of [`TOP_CAP`] keys makes harmless.
+#[derive(Default, Clone, Copy)]
+struct QuickHasher(u64);
+
+impl Hasher for QuickHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Counts per key, bounded.
 #[derive(Clone, Debug, Default)]
 pub struct Top {
-    counts: HashMap<Box<[u8]>, u64>,
+    counts: HashMap<Box<[u8]>, u64, BuildHasherDefault<QuickHasher>>,
     /// Occurrences of keys that came after the list was full.
     pub others: u64,
 }
@@ -159,7 +183,7 @@ pub struct Summary {
     pub formats: BTreeMap<Format, u64>,
     pub causes: BTreeMap<Cause, CauseStats>,
     bucket_ms: i64,
-    buckets: BTreeMap<i64, Bucket>,
+    buckets: HashMap<i64, Bucket, BuildHasherDefault<QuickHasher>>,
     /// Times of close/reset failures before the response head, for the keep-alive race.
     race_times: Vec<Millis>,
 }
@@ -178,7 +202,7 @@ impl Default for Summary {
             formats: BTreeMap::new(),
             causes: BTreeMap::new(),
             bucket_ms: 60_000,
-            buckets: BTreeMap::new(),
+            buckets: HashMap::default(),
             race_times: Vec::new(),
         }
     }
@@ -284,6 +308,13 @@ impl Summary {
         }
     }
 
+    /// The histogram's buckets in time order.
+    fn sorted_buckets(&self) -> Vec<(&i64, &Bucket)> {
+        let mut v: Vec<(&i64, &Bucket)> = self.buckets.iter().collect();
+        v.sort_unstable_by_key(|(k, _)| **k);
+        v
+    }
+
     /// Re-buckets the histogram at `width` (a multiple of the current width).
     fn coarsen(&mut self, width: i64) {
         let old = std::mem::take(&mut self.buckets);
@@ -386,8 +417,8 @@ impl Summary {
     /// Non-empty buckets in time order: start and count for `cause`.
     pub fn series(&self, cause: Cause) -> Vec<(Millis, u64)> {
         let i = cause_index(cause);
-        self.buckets
-            .iter()
+        self.sorted_buckets()
+            .into_iter()
             .filter(|(_, b)| b.counts[i] > 0)
             .map(|(k, b)| (*k, b.counts[i]))
             .collect()
@@ -420,7 +451,7 @@ impl Summary {
         let mut out: Vec<Incident> = Vec::new();
         let mut down: Vec<u64> = Vec::new();
         let mut prev_end = i64::MIN;
-        for (k, b) in &self.buckets {
+        for (k, b) in self.sorted_buckets() {
             let total = b.total();
             if total == 0 {
                 continue;
@@ -470,8 +501,8 @@ impl Summary {
         // All upstreams down at once: several endpoints could not be connected to within one
         // bucket, or the gateway said outright that none was left.
         let together: Vec<(&i64, &Bucket)> = self
-            .buckets
-            .iter()
+            .sorted_buckets()
+            .into_iter()
             .filter(|(_, b)| {
                 b.down.len() >= 2 || b.counts[cause_index(Cause::NoHealthyUpstream)] > 0
             })
