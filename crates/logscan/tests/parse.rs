@@ -223,3 +223,21 @@ fn catalog_examples() {
     assert!(n > 100, "only {n} examples");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// ARCHITECTURE.md: logscan depends on the cause vocabulary and memchr, nothing else.
+#[test]
+fn dependencies_stay_few() {
+    let manifest = include_str!("../Cargo.toml");
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .expect("a [dependencies] table");
+    let names: Vec<&str> = deps
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split(['=', '.']).next())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(names, ["cleargate-cause", "memchr"]);
+}
