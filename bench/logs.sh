@@ -27,30 +27,34 @@ bin_, log = sys.argv[1], sys.argv[2]
 env = dict(os.environ, LC_ALL="C")
 
 def run(cmd, runs=3):
-    walls, rss = [], 0
+    walls, cpus, rss = [], [], 0
     for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, env=env).stdout
         walls.append(time.perf_counter() - t)
-        rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return min(walls), statistics.median(walls), rss, out
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        rss = max(rss, after.ru_maxrss)
+    return min(walls), statistics.median(walls), statistics.median(cpus), rss, out
 
 size = os.path.getsize(log)
-g_best, g_med, _, g_out = run(["grep", "-c", "upstream", log])
-c_best, c_med, c_rss, c_out = run([bin_, "logs", "--json", log])
-s_best, s_med, s_rss, _ = run([bin_, "logs", "--json", "--threads", "1", log])
+g_best, g_med, g_cpu, _, g_out = run(["grep", "-c", "upstream", log])
+c_best, c_med, c_cpu, c_rss, c_out = run([bin_, "logs", "--json", log])
+s_best, s_med, s_cpu, s_rss, _ = run([bin_, "logs", "--json", "--threads", "1", log])
+load = os.getloadavg()[0]
 import json
 report = json.loads(c_out)
 print("file: %s (%.2f GiB, %d lines, %d gateway errors, %d unrecognized)" % (
     log, size / 2**30, report["lines"], report["gateway_errors"], report["unrecognized"]))
-print("cores: %d" % os.cpu_count())
-print("| command | best wall | median wall | throughput | peak memory |")
-print("| --- | --- | --- | --- | --- |")
-print("| `grep -c upstream` (%s matches) | %.2f s | %.2f s | %.0f MB/s | - |" % (g_out.decode().strip(), g_best, g_med, size / g_best / 1e6))
-print("| `cleargate logs --json` | %.2f s | %.2f s | %.0f MB/s | %.0f MiB |" % (c_best, c_med, size / c_best / 1e6, c_rss / 1024))
-print("| `cleargate logs --json --threads 1` | %.2f s | %.2f s | %.0f MB/s | %.0f MiB |" % (s_best, s_med, size / s_best / 1e6, s_rss / 1024))
+print("cores: %d, load average during the run: %.1f" % (os.cpu_count(), load))
+print("| command | best wall | median wall | median CPU (user+sys) | throughput (best) | peak memory |")
+print("| --- | --- | --- | --- | --- | --- |")
+print("| `grep -c upstream` (%s matches) | %.2f s | %.2f s | %.2f s | %.0f MB/s | - |" % (g_out.decode().strip(), g_best, g_med, g_cpu, size / g_best / 1e6))
+print("| `cleargate logs --json` | %.2f s | %.2f s | %.2f s | %.0f MB/s | %.0f MiB |" % (c_best, c_med, c_cpu, size / c_best / 1e6, c_rss / 1024))
+print("| `cleargate logs --json --threads 1` | %.2f s | %.2f s | %.2f s | %.0f MB/s | %.0f MiB |" % (s_best, s_med, s_cpu, size / s_best / 1e6, s_rss / 1024))
 ratio = c_med / g_med
 print("cleargate / grep (median wall): %.2fx (target: at most 2x)" % ratio)
+print("cleargate CPU / grep CPU: %.2fx" % (c_cpu / g_cpu))
 sys.exit(0 if ratio <= 2.0 else 1)
 PY

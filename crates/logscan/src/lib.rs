@@ -179,6 +179,10 @@ pub struct State {
     last_key: u64,
     last_time: Option<time::Millis>,
     has_last: bool,
+    /// The last timestamp text parsed and its value: consecutive lines mostly share it.
+    stamp: [u8; 24],
+    stamp_len: usize,
+    stamp_ms: Option<time::Millis>,
 }
 
 impl State {
@@ -190,6 +194,27 @@ impl State {
                 (Some(a), Some(b)) => (b - a).abs() <= 2_000,
                 _ => true,
             }
+    }
+
+    /// Parses the timestamp text `raw` with `parse`, or reuses the previous result for the same text.
+    fn stamp(
+        &mut self,
+        raw: &[u8],
+        parse: impl FnOnce(&[u8]) -> Option<time::Millis>,
+    ) -> Option<time::Millis> {
+        if raw.len() <= self.stamp.len()
+            && self.stamp_len == raw.len()
+            && &self.stamp[..raw.len()] == raw
+        {
+            return self.stamp_ms;
+        }
+        let ms = parse(raw);
+        if raw.len() <= self.stamp.len() {
+            self.stamp[..raw.len()].copy_from_slice(raw);
+            self.stamp_len = raw.len();
+            self.stamp_ms = ms;
+        }
+        ms
     }
 
     fn remember(&mut self, key: u64, time: Option<time::Millis>) {

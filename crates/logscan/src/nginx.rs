@@ -12,7 +12,10 @@ use crate::time::{self, digits};
 use crate::{hash, Finding, Format, Line, Relayed, Role, State};
 
 pub fn parse<'a>(line: &'a [u8], state: &mut State) -> Line<'a> {
-    let Some(when) = timestamp(line) else {
+    let Some(when) = line
+        .get(..19)
+        .and_then(|raw| state.stamp(raw, |_| timestamp(line)))
+    else {
         return Line::Skipped(None);
     };
     let rest = &line[19..];
@@ -23,6 +26,10 @@ pub fn parse<'a>(line: &'a [u8], state: &mut State) -> Line<'a> {
         return Line::Skipped(Some(Format::Nginx));
     };
     let level = &rest[..close];
+    // nginx writes no upstream or client failure at these levels.
+    if level == b"notice" || level == b"debug" {
+        return Line::Skipped(Some(Format::Nginx));
+    }
     let mut msg = rest.get(close + 2..).unwrap_or_default();
     // `PID#TID: ` then, for request-bound lines, `*CONN `.
     if let Some(sp) = memchr::memchr(b' ', msg) {
@@ -99,11 +106,23 @@ impl<'a> Context<'a> {
     fn of(mut rest: &'a [u8]) -> Context<'a> {
         let mut c = Context::default();
         while let Some(r) = rest.strip_prefix(b", ") {
-            let Some(colon) = memchr::memchr(b':', r) else {
-                break;
+            // The keys nginx writes are few and known: compare them rather than search.
+            let key = |k: &[u8]| r.starts_with(k).then_some(k.len());
+            let (known, len) = match r.first() {
+                Some(b'c') => (0, key(b"client: ")),
+                Some(b'r') => (1, key(b"request: ")),
+                Some(b'u') => (2, key(b"upstream: ")),
+                Some(b'h') => (3, key(b"host: ")),
+                _ => (4, None),
             };
-            let key = &r[..colon];
-            let Some(v) = r.get(colon + 2..) else { break };
+            let (known, skip) = match len {
+                Some(n) => (known, n),
+                None => match memchr::memchr(b':', r) {
+                    Some(colon) => (4, colon + 2),
+                    None => break,
+                },
+            };
+            let Some(v) = r.get(skip..) else { break };
             let value;
             if let Some(q) = v.strip_prefix(b"\"") {
                 let end = memchr::memchr(b'"', q).unwrap_or(q.len());
@@ -114,11 +133,11 @@ impl<'a> Context<'a> {
                 value = &v[..end];
                 rest = &v[end..];
             }
-            match key {
-                b"client" => c.client = Some(value),
-                b"request" => c.request = Some(value),
-                b"upstream" => c.upstream = Some(value),
-                b"host" => c.host = Some(value),
+            match known {
+                0 => c.client = Some(value),
+                1 => c.request = Some(value),
+                2 => c.upstream = Some(value),
+                3 => c.host = Some(value),
                 _ => {}
             }
         }
@@ -144,8 +163,11 @@ fn timestamp(b: &[u8]) -> Option<time::Millis> {
 
 /// The phase named by the `while ...` action at the end of the message.
 fn phase_of(text: &[u8], default: Phase) -> Phase {
-    // Messages hold one ` while `, near their end; a forward search is the faster one.
-    let Some(i) = find!(text, b" while ") else {
+    // Messages hold one ` while `; `w` is rare enough in them to step from one to the next.
+    let Some(i) = memchr::memchr_iter(b'w', text)
+        .find(|&i| i > 0 && text[i - 1] == b' ' && text[i..].starts_with(b"while "))
+        .map(|i| i - 1)
+    else {
         return default;
     };
     let action = &text[i + 7..];
@@ -170,13 +192,14 @@ fn phase_of(text: &[u8], default: Phase) -> Phase {
 
 /// The strerror text inside `failed (NN: TEXT)` or `timed out (NN: TEXT)`.
 fn errno_text(text: &[u8]) -> &[u8] {
-    let Some(open) = find!(text, b" (") else {
+    // `failed (111: Connection refused)`: the first ` (` starts it (`connect()` has no space).
+    let Some(open) = memchr::memchr_iter(b'(', text).find(|&i| i > 0 && text[i - 1] == b' ') else {
         return b"";
     };
-    let inner = &text[open + 2..];
+    let inner = &text[open + 1..];
     let inner = &inner[..memchr::memchr(b')', inner).unwrap_or(inner.len())];
-    match find!(inner, b": ") {
-        Some(i) => &inner[i + 2..],
+    match memchr::memchr(b':', inner) {
+        Some(i) => inner[i + 1..].trim_ascii_start(),
         None => inner,
     }
 }
@@ -189,6 +212,13 @@ enum Lead {
     Connect,
     Closed,
     Io,
+    NoLive,
+    Disabled,
+    Sent,
+    Ssl,
+    Client,
+    /// Frequent and never a gateway error (a response buffered to a temporary file).
+    Harmless,
     Other,
 }
 
@@ -212,6 +242,21 @@ fn lead(text: &[u8]) -> Lead {
     .any(|p| text.starts_with(p))
     {
         Lead::Io
+    } else if text.starts_with(b"no live upstreams") {
+        Lead::NoLive
+    } else if text.starts_with(b"upstream server temporarily disabled") {
+        Lead::Disabled
+    } else if text.starts_with(b"upstream sent") || text.starts_with(b"upstream rejected") {
+        Lead::Sent
+    } else if text.starts_with(b"SSL_do_handshake()") || text.starts_with(b"upstream SSL") {
+        Lead::Ssl
+    } else if text.starts_with(b"client ") || text.starts_with(b"epoll_wait() reported that client")
+    {
+        Lead::Client
+    } else if text.starts_with(b"an upstream response is buffered")
+        || text.ends_with(b"closed keepalive connection")
+    {
+        Lead::Harmless
     } else {
         Lead::Other
     }
@@ -219,6 +264,9 @@ fn lead(text: &[u8]) -> Lead {
 
 fn classify(text: &[u8]) -> Option<Finding<'_>> {
     let lead = lead(text);
+    if lead == Lead::Harmless {
+        return None;
+    }
     if lead != Lead::Other {
         if let Some(f) = classify_as(text, lead) {
             return Some(f);
@@ -233,7 +281,7 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
     let f = |rule, cause, phase| Finding::new(Format::Nginx, rule, cause, phase);
     let may = |l: Lead| lead == l || lead == Lead::Other;
     let other = lead == Lead::Other;
-    if may(Lead::TimedOut) && has!(text, b"upstream timed out") {
+    if lead == Lead::TimedOut || (other && has!(text, b"upstream timed out")) {
         let phase = phase_of(text, Phase::ReadHead);
         let rule = match phase {
             Phase::Connect => "nginx.connect_timeout",
@@ -246,7 +294,12 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
         x.status = (phase != Phase::ReadBody).then_some(504);
         return Some(x);
     }
-    if let Some(at) = find!(text, b"connect() ").filter(|_| may(Lead::Connect)) {
+    let connect = match lead {
+        Lead::Connect => Some(0),
+        Lead::Other => find!(text, b"connect() "),
+        _ => None,
+    };
+    if let Some(at) = connect {
         let call = &text[at..];
         if has!(call, b"failed (") {
             let unix = call.starts_with(b"connect() to unix:");
@@ -268,12 +321,12 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
             return Some(x);
         }
     }
-    if other && has!(text, b"no live upstreams") {
+    if may(Lead::NoLive) && has!(text, b"no live upstreams") {
         let mut x = f("nginx.no_live_upstreams", NoHealthyUpstream, Phase::Select);
         x.status = Some(502);
         return Some(x);
     }
-    if other && has!(text, b"upstream server temporarily disabled") {
+    if may(Lead::Disabled) && has!(text, b"upstream server temporarily disabled") {
         return Some(
             f(
                 "nginx.server_temporarily_disabled",
@@ -284,7 +337,7 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
             .role(Role::FollowUp),
         );
     }
-    if may(Lead::Closed) && has!(text, b"upstream prematurely closed") {
+    if lead == Lead::Closed || (other && has!(text, b"upstream prematurely closed")) {
         let phase = phase_of(text, Phase::ReadHead);
         let fastcgi = has!(text, b"FastCGI");
         let mut x = f(
@@ -304,12 +357,12 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
         x.status = (phase != Phase::ReadBody).then_some(502);
         return Some(x);
     }
-    if other && has!(text, b"upstream sent too big header") {
+    if may(Lead::Sent) && has!(text, b"upstream sent too big header") {
         let mut x = f("nginx.too_big_header", ResponseTooLarge, Phase::ReadHead);
         x.status = Some(502);
         return Some(x);
     }
-    if other && has!(text, b"upstream sent no valid HTTP/1.0 header") {
+    if may(Lead::Sent) && has!(text, b"upstream sent no valid HTTP/1.0 header") {
         return Some(
             f(
                 "nginx.no_valid_http_header",
@@ -319,7 +372,7 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
             .detail("not HTTP (protocol mismatch)"),
         );
     }
-    if other && has!(text, b"upstream sent unsupported FastCGI protocol version") {
+    if may(Lead::Sent) && has!(text, b"upstream sent unsupported FastCGI protocol version") {
         let mut x = f(
             "nginx.fastcgi_unsupported_version",
             InvalidResponse,
@@ -329,7 +382,7 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
         x.status = Some(502);
         return Some(x);
     }
-    if other
+    if may(Lead::Sent)
         && has!(text, b"upstream sent")
         && (has!(text, b"invalid")
             || has!(text, b"unexpected FastCGI")
@@ -360,19 +413,19 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
         x.status = (phase != Phase::ReadBody).then_some(502);
         return Some(x);
     }
-    if other && has!(text, b"upstream SSL certificate verify error") {
+    if may(Lead::Ssl) && has!(text, b"upstream SSL certificate verify error") {
         return Some(
             f("nginx.ssl_cert_verify", Tls, Phase::TlsHandshake)
                 .detail("certificate verify failed"),
         );
     }
-    if other && has!(text, b"upstream SSL certificate does not match") {
+    if may(Lead::Ssl) && has!(text, b"upstream SSL certificate does not match") {
         return Some(
             f("nginx.ssl_cert_verify", Tls, Phase::TlsHandshake)
                 .detail("certificate name mismatch"),
         );
     }
-    if other
+    if may(Lead::Ssl)
         && (has!(text, b"SSL_do_handshake() failed")
             || has!(text, b"peer closed connection in SSL handshake"))
         && has!(text, b"to upstream")
@@ -395,7 +448,7 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
         x.status = Some(502);
         return Some(x);
     }
-    if other && has!(text, b"upstream rejected request with error") {
+    if may(Lead::Sent) && has!(text, b"upstream rejected request with error") {
         return Some(
             f("nginx.grpc_rejected", Reset, Phase::ReadHead).detail("http/2 stream rejected"),
         );
@@ -451,23 +504,23 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
                 .detail("file descriptors exhausted"),
         );
     }
-    if other && has!(text, b"client intended to send too large") {
+    if may(Lead::Client) && has!(text, b"client intended to send too large") {
         return Some(
             f("nginx.client_body_too_large", ClientInvalid, Phase::Client)
                 .detail("request body too large"),
         );
     }
-    if other && has!(text, b"client sent") {
+    if may(Lead::Client) && has!(text, b"client sent") {
         return Some(
             f("nginx.client_invalid", ClientInvalid, Phase::Client).detail("malformed request"),
         );
     }
-    if other && has!(text, b"client timed out") {
+    if may(Lead::Client) && has!(text, b"client timed out") {
         return Some(
             f("nginx.client_timeout", ClientInvalid, Phase::Client).detail("request too slow"),
         );
     }
-    if other
+    if may(Lead::Client)
         && (has!(text, b"client prematurely closed connection")
             || has!(text, b"client closed connection"))
     {
@@ -486,23 +539,23 @@ fn classify_as(text: &[u8], lead: Lead) -> Option<Finding<'_>> {
 
 fn connect_error(err: &[u8], unix: bool) -> Option<(&'static str, Cause, &'static str)> {
     use Cause::*;
-    Some(if unix && has!(err, b"No such file or directory") {
+    // `err` is exactly the C library's strerror text, so comparisons need no search.
+    let is = |s: &[u8]| err == s;
+    Some(if unix && is(b"No such file or directory") {
         ("nginx.unix_socket_missing", Refused, "unix socket missing")
-    } else if unix && has!(err, b"Permission denied") {
+    } else if unix && is(b"Permission denied") {
         (
             "nginx.unix_socket_permission",
             Refused,
             "unix socket permission denied",
         )
-    } else if unix
-        && (has!(err, b"Resource temporarily unavailable") || has!(err, b"Operation would block"))
-    {
+    } else if unix && (is(b"Resource temporarily unavailable") || is(b"Operation would block")) {
         (
             "nginx.unix_socket_backlog_full",
             Refused,
             "unix socket backlog full",
         )
-    } else if has!(err, b"Connection refused") {
+    } else if is(b"Connection refused") {
         if unix {
             (
                 "nginx.unix_socket_refused",
@@ -512,22 +565,19 @@ fn connect_error(err: &[u8], unix: bool) -> Option<(&'static str, Cause, &'stati
         } else {
             ("nginx.connect_refused", Refused, "connection refused")
         }
-    } else if has!(err, b"timed out") {
+    } else if err.ends_with(b"timed out") {
         ("nginx.connect_timeout", Timeout, "connect timed out")
-    } else if has!(err, b"No route to host")
-        || has!(err, b"unreachable")
-        || has!(err, b"Host is down")
-    {
+    } else if is(b"No route to host") || err.ends_with(b"unreachable") || is(b"Host is down") {
         ("nginx.connect_unreachable", Unreachable, "no route")
-    } else if has!(err, b"Cannot assign requested address") || has!(err, b"Address not available") {
+    } else if is(b"Cannot assign requested address") || is(b"Address not available") {
         (
             "nginx.connect_no_ephemeral_port",
             LocalExhausted,
             "no free local port",
         )
-    } else if has!(err, b"Connection reset by peer") {
+    } else if is(b"Connection reset by peer") {
         ("nginx.connect_reset", Reset, "reset while connecting")
-    } else if has!(err, b"Too many open files") {
+    } else if is(b"Too many open files") {
         (
             "nginx.too_many_open_files",
             LocalExhausted,

@@ -101,10 +101,11 @@ pub struct CauseStats {
     pub count: u64,
     pub first: Option<Millis>,
     pub last: Option<Millis>,
-    pub phases: BTreeMap<Phase, u64>,
-    pub details: BTreeMap<&'static str, u64>,
+    phases: [u64; 10],
+    /// Few distinct details per cause: a list beats a map, and equal details share one pointer.
+    details: Vec<(&'static str, u64)>,
     pub statuses: BTreeMap<u16, u64>,
-    pub formats: BTreeMap<Format, u64>,
+    formats: [u64; 4],
     pub upstreams: Top,
     pub hosts: Top,
     pub requests: Top,
@@ -112,6 +113,55 @@ pub struct CauseStats {
     pub reused: u64,
     /// The first line seen, shortened.
     pub example: Option<String>,
+}
+
+fn phase_index(p: Phase) -> usize {
+    Phase::ALL.iter().position(|x| *x == p).unwrap_or(0)
+}
+
+fn format_index(f: Format) -> usize {
+    Format::ALL.iter().position(|x| *x == f).unwrap_or(0)
+}
+
+impl CauseStats {
+    /// Phases with their counts, in the order of a request's life.
+    pub fn phases(&self) -> Vec<(Phase, u64)> {
+        Phase::ALL
+            .iter()
+            .zip(self.phases)
+            .filter(|(_, n)| *n > 0)
+            .map(|(p, n)| (*p, n))
+            .collect()
+    }
+
+    /// Details with their counts, by name.
+    pub fn details(&self) -> Vec<(&'static str, u64)> {
+        let mut v = self.details.clone();
+        v.sort_unstable();
+        v
+    }
+
+    /// Findings per log format.
+    pub fn formats(&self) -> Vec<(Format, u64)> {
+        counted(&self.formats)
+    }
+
+    fn add_detail(&mut self, detail: &'static str, n: u64) {
+        let same = |d: &&'static str| std::ptr::eq(d.as_ptr(), detail.as_ptr()) || *d == detail;
+        match self.details.iter_mut().find(|(d, _)| same(d)) {
+            Some((_, c)) => *c += n,
+            None => self.details.push((detail, n)),
+        }
+    }
+}
+
+fn counted(counts: &[u64; 4]) -> Vec<(Format, u64)> {
+    Format::ALL
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(f, n)| (*f, *n))
+        .collect()
 }
 
 /// One histogram bucket.
@@ -180,8 +230,9 @@ pub struct Summary {
     pub follow_ups: u64,
     pub relayed: BTreeMap<&'static str, u64>,
     /// Lines read per format.
-    pub formats: BTreeMap<Format, u64>,
-    pub causes: BTreeMap<Cause, CauseStats>,
+    formats: [u64; 4],
+    /// Per cause, in the order of `Cause::ALL`; a count of 0 means not seen.
+    causes: Vec<CauseStats>,
     bucket_ms: i64,
     buckets: HashMap<i64, Bucket, BuildHasherDefault<QuickHasher>>,
     /// Times of close/reset failures before the response head, for the keep-alive race.
@@ -199,8 +250,8 @@ impl Default for Summary {
             unrecognized_examples: Vec::new(),
             follow_ups: 0,
             relayed: BTreeMap::new(),
-            formats: BTreeMap::new(),
-            causes: BTreeMap::new(),
+            formats: [0; 4],
+            causes: vec![CauseStats::default(); Cause::ALL.len()],
             bucket_ms: 60_000,
             buckets: HashMap::default(),
             race_times: Vec::new(),
@@ -231,7 +282,7 @@ impl Summary {
     pub fn line(&mut self, format: Option<Format>) {
         self.lines += 1;
         if let Some(f) = format {
-            *self.formats.entry(f).or_default() += 1;
+            self.formats[format_index(f)] += 1;
         }
     }
 
@@ -256,18 +307,18 @@ impl Summary {
             self.follow_ups += 1;
             return;
         }
-        let s = self.causes.entry(f.cause).or_default();
+        let s = &mut self.causes[cause_index(f.cause)];
         s.count += 1;
         s.first = min_opt(s.first, f.time);
         s.last = max_opt(s.last, f.time);
-        *s.phases.entry(f.phase).or_default() += 1;
+        s.phases[phase_index(f.phase)] += 1;
         if !f.detail.is_empty() {
-            *s.details.entry(f.detail).or_default() += 1;
+            s.add_detail(f.detail, 1);
         }
         if let Some(st) = f.status {
             *s.statuses.entry(st).or_default() += 1;
         }
-        *s.formats.entry(f.format).or_default() += 1;
+        s.formats[format_index(f.format)] += 1;
         if let Some(u) = f.upstream {
             s.upstreams.add(u, 1);
         }
@@ -344,25 +395,24 @@ impl Summary {
         for (k, n) in &other.relayed {
             *self.relayed.entry(k).or_default() += n;
         }
-        for (k, n) in &other.formats {
-            *self.formats.entry(*k).or_default() += n;
+        for (a, b) in self.formats.iter_mut().zip(other.formats) {
+            *a += b;
         }
-        for (c, o) in &other.causes {
-            let s = self.causes.entry(*c).or_default();
+        for (s, o) in self.causes.iter_mut().zip(&other.causes) {
             s.count += o.count;
             s.first = min_opt(s.first, o.first);
             s.last = max_opt(s.last, o.last);
-            for (k, n) in &o.phases {
-                *s.phases.entry(*k).or_default() += n;
+            for (a, b) in s.phases.iter_mut().zip(o.phases) {
+                *a += b;
             }
-            for (k, n) in &o.details {
-                *s.details.entry(k).or_default() += n;
+            for (d, n) in &o.details {
+                s.add_detail(d, *n);
             }
             for (k, n) in &o.statuses {
                 *s.statuses.entry(*k).or_default() += n;
             }
-            for (k, n) in &o.formats {
-                *s.formats.entry(*k).or_default() += n;
+            for (a, b) in s.formats.iter_mut().zip(o.formats) {
+                *a += b;
             }
             s.upstreams.merge(&o.upstreams);
             s.hosts.merge(&o.hosts);
@@ -389,24 +439,39 @@ impl Summary {
         }
     }
 
+    /// What was counted under `cause`, if anything.
+    pub fn cause(&self, cause: Cause) -> Option<&CauseStats> {
+        Some(&self.causes[cause_index(cause)]).filter(|s| s.count > 0)
+    }
+
+    /// Lines read per format.
+    pub fn formats(&self) -> Vec<(Format, u64)> {
+        counted(&self.formats)
+    }
+
     /// Gateway errors counted under a cause (requests and events; follow-ups apart).
     pub fn total(&self) -> u64 {
-        self.causes.values().map(|s| s.count).sum()
+        self.causes.iter().map(|s| s.count).sum()
     }
 
     /// Causes by count, largest first.
     pub fn ranked(&self) -> Vec<(Cause, &CauseStats)> {
-        let mut v: Vec<(Cause, &CauseStats)> = self.causes.iter().map(|(c, s)| (*c, s)).collect();
+        let mut v: Vec<(Cause, &CauseStats)> = Cause::ALL
+            .iter()
+            .copied()
+            .zip(&self.causes)
+            .filter(|(_, s)| s.count > 0)
+            .collect();
         v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
         v
     }
 
     pub fn first_seen(&self) -> Option<Millis> {
-        self.causes.values().filter_map(|s| s.first).min()
+        self.causes.iter().filter_map(|s| s.first).min()
     }
 
     pub fn last_seen(&self) -> Option<Millis> {
-        self.causes.values().filter_map(|s| s.last).max()
+        self.causes.iter().filter_map(|s| s.last).max()
     }
 
     /// The histogram's bucket width in milliseconds.
@@ -534,7 +599,7 @@ impl Summary {
         let races = self.race_times.len() as u64;
         let reused: u64 = [Cause::Closed, Cause::Reset]
             .iter()
-            .filter_map(|c| self.causes.get(c))
+            .filter_map(|c| self.cause(*c))
             .map(|s| s.reused)
             .sum();
         if reused >= 3 && reused * 2 >= races {
@@ -580,7 +645,7 @@ impl Summary {
         }
 
         // Timeouts that concentrate on one request.
-        if let Some(s) = self.causes.get(&Cause::Timeout) {
+        if let Some(s) = self.cause(Cause::Timeout) {
             if let Some((req, n)) = s.requests.top(1).into_iter().next() {
                 if n >= 3 && n * 2 >= s.count && s.requests.distinct() > 1 {
                     out.push(Pattern {
@@ -603,8 +668,8 @@ impl Summary {
         self.ranked()
             .into_iter()
             .map(|(cause, s)| {
-                let mut details: Vec<(&&'static str, &u64)> = s.details.iter().collect();
-                details.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let mut details = s.details();
+                details.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
                 let mut fixes: Vec<String> = details
                     .iter()
                     .filter_map(|(d, _)| detail_fix(d))

@@ -118,7 +118,11 @@ pub fn report(files: &[FileReport], total: &Summary, n: usize) -> String {
         } else {
             s.count as f64 * 100.0 / all as f64
         };
-        let phases: Vec<String> = s.phases.iter().map(|(k, v)| format!("{k} ({v})")).collect();
+        let phases: Vec<String> = s
+            .phases()
+            .iter()
+            .map(|(k, v)| format!("{k} ({v})"))
+            .collect();
         let ups: Vec<String> = s
             .upstreams
             .top(n)

@@ -81,9 +81,9 @@ impl FileReport {
     /// The format most of its lines had.
     pub fn format(&self) -> &'static str {
         self.summary
-            .formats
-            .iter()
-            .max_by_key(|(_, n)| **n)
+            .formats()
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
             .map_or("unknown", |(f, _)| f.as_str())
     }
 }

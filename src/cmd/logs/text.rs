@@ -126,11 +126,18 @@ pub fn report(
                 sparkline(&total.columns(Some(c), SPARK_COLUMNS))
             )?;
             writeln!(out, "      {}", st.dim(c.summary()))?;
-            let phases: Vec<String> = s.phases.iter().map(|(p, k)| format!("{p} ({k})")).collect();
+            let phases: Vec<String> = s
+                .phases()
+                .iter()
+                .map(|(p, k)| format!("{p} ({k})"))
+                .collect();
             writeln!(out, "      phase: {}", phases.join(", "))?;
-            if !s.details.is_empty() {
-                let mut d: Vec<(String, u64)> =
-                    s.details.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            if !s.details().is_empty() {
+                let mut d: Vec<(String, u64)> = s
+                    .details()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
                 d.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                 writeln!(out, "      detail: {}", list(&d))?;
             }
