@@ -27,6 +27,8 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Start fault-injecting upstreams, one per failure mode, to test any gateway
     Lab(cmd::lab::Args),
+    /// Read nginx, Apache, HAProxy or cleargate logs: every gateway error classified, counted and explained
+    Logs(cmd::logs::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Lab(a) => cmd::lab::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
+        Command::Logs(a) => cmd::logs::run(a),
     };
     match result {
         Ok(code) => code,

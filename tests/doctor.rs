@@ -159,7 +159,7 @@ async fn intermittent_resets_are_measured_by_the_repeats() {
 }
 
 #[tokio::test]
-async fn origin_bypasses_the_front_and_error_log_says_it_is_not_available() {
+async fn origin_bypasses_the_front_and_an_unreadable_error_log_is_said_so() {
     let lab = lab().await;
     let ok = lab.addr(Fault::Ok).unwrap();
     let refused = lab.addr(Fault::Refused).unwrap();
@@ -176,8 +176,75 @@ async fn origin_bypasses_the_front_and_error_log_says_it_is_not_available() {
         .any(|c| c.title.contains("origin answers")));
     let log = r.error_log.as_ref().unwrap();
     assert!(!log.available);
-    assert!(log.note.contains("not available yet"));
+    assert!(log.note.starts_with("cannot read it"), "{}", log.note);
     assert_eq!(r.exit_code(), 1);
+    lab.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_log_lines_near_the_request_are_classified() {
+    let lab = lab().await;
+    let refused = lab.addr(Fault::Refused).unwrap();
+    let dir = std::env::temp_dir().join(format!("cg-doctor-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("error.log");
+    // An nginx line written now (UTC), and one from long ago that must not be shown.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let stamp = |secs: i64| {
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!(
+            "{y:04}/{m:02}/{d:02} {:02}:{:02}:{:02}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    };
+    let line = |t: i64, port: u16| {
+        format!(
+            "{} [error] 31#31: *7 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: _, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:{port}/\", host: \"x\"\n",
+            stamp(t)
+        )
+    };
+    std::fs::write(
+        &file,
+        format!("{}{}", line(now - 86_400, 1111), line(now, 2222)),
+    )
+    .unwrap();
+    let r = run(&format!("http://{refused}/"), |o| {
+        o.error_log = Some(file.clone())
+    })
+    .await;
+    let log = r.error_log.as_ref().unwrap();
+    assert!(log.available, "{}", log.note);
+    assert_eq!(log.findings.len(), 1, "{:?}", log.findings);
+    assert!(
+        log.findings[0].contains("refused@connect"),
+        "{:?}",
+        log.findings
+    );
+    assert!(
+        log.findings[0].contains("127.0.0.1:2222"),
+        "{:?}",
+        log.findings
+    );
+    assert!(
+        log.note.starts_with("1 gateway error(s) within 5 minutes"),
+        "{}",
+        log.note
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
     lab.shutdown().await;
 }
 

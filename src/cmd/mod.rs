@@ -4,6 +4,7 @@ pub mod check;
 pub mod demo;
 pub mod doctor;
 pub mod lab;
+pub mod logs;
 pub mod serve;
 
 /// Builds the multi-threaded runtime every long-running subcommand uses.
