@@ -511,3 +511,53 @@ async fn weighted_and_hash_balancing() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn h2_refused_streams_and_goaway_are_replayed_even_for_post() {
+    use lab::h2::{H2Lab, H2Mode};
+    let refuse = H2Lab::start(H2Mode::RefuseEveryOther).await.unwrap();
+    let goaway = H2Lab::start(H2Mode::GoawayEveryOther).await.unwrap();
+    let text = format!(
+        "{TOP}{}{}{}{}",
+        upstream("r", &[refuse.addr.to_string()], "protocol = \"h2c\""),
+        upstream("g", &[goaway.addr.to_string()], "protocol = \"h2c\""),
+        route("/r", "r", ""),
+        route("/g", "g", ""),
+    );
+    let gw = gateway(&text).await;
+    let mut c = Client::connect(gw.addr).await;
+    for _ in 0..10 {
+        let seen = c.request("POST", "/r", b"order=1").await;
+        assert_eq!(seen.status, 200, "{}", seen.header("proxy-status"));
+        assert_eq!(seen.text(), "ok from h2\n");
+    }
+    let st = &refuse.stats;
+    assert_eq!(
+        st.refused.load(Ordering::Relaxed),
+        10,
+        "every request was refused once"
+    );
+    assert_eq!(st.answered.load(Ordering::Relaxed), 10, "and replayed once");
+    assert_eq!(
+        st.connections.load(Ordering::Relaxed),
+        1,
+        "over one multiplexed connection"
+    );
+
+    for _ in 0..5 {
+        let seen = c.request("POST", "/g", b"order=2").await;
+        assert_eq!(seen.status, 200, "{}", seen.header("proxy-status"));
+    }
+    assert_eq!(goaway.stats.goaways.load(Ordering::Relaxed), 1);
+    assert_eq!(goaway.stats.answered.load(Ordering::Relaxed), 5);
+    let lines = gw.log_lines();
+    let replayed = lines
+        .iter()
+        .filter(|l| l["kind"] == "access" && l["attempts"].as_array().is_some_and(|a| a.len() == 2))
+        .count();
+    assert_eq!(
+        replayed, 11,
+        "10 refused streams and 1 GOAWAY, each replayed once"
+    );
+    gw.stop().await;
+}

@@ -23,6 +23,7 @@
 //! ```
 
 mod fault;
+pub mod h2;
 mod lab;
 mod serve;
 mod wire;

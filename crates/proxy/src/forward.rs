@@ -441,9 +441,11 @@ impl Gateway {
                         tried.clear();
                         continue;
                     }
-                    // Every endpoint already failed this request: only a lost keep-alive race is
-                    // worth another try on the same ones, with a fresh connection.
-                    if retries_left == 0 || (tried.len() >= upstream.endpoints.len() && !race) {
+                    // Every endpoint already failed this request: only a lost keep-alive race or a
+                    // request the upstream refused unprocessed is worth another try on them.
+                    if retries_left == 0
+                        || (tried.len() >= upstream.endpoints.len() && !race && !f.unprocessed)
+                    {
                         return Err(f);
                     }
                     if !upstream.budget.try_retry() {
