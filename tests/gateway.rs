@@ -19,6 +19,9 @@ fn empty() -> Full<Bytes> {
 /// Causes that come from the request itself rather than from an upstream fault.
 const REQUEST_SIDE: &[Cause] = &[Cause::NoRoute, Cause::ClientInvalid, Cause::ClientAborted];
 
+/// Causes provoked through the gateway's own state in `tests/resilience.rs`.
+const GATEWAY_STATE: &[Cause] = &[Cause::Dns, Cause::NoHealthyUpstream, Cause::Overloaded];
+
 #[tokio::test]
 async fn spine_every_lab_fault_is_reported_the_same_everywhere() {
     let h = start("").await;

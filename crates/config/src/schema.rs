@@ -1097,6 +1097,64 @@ upstream = "nowhere"
     }
 
     #[test]
+    fn resilience_settings() {
+        let src = r#"listen = ["127.0.0.1:8080"]
+[upstream.app]
+endpoints = ["127.0.0.1:1", { address = "127.0.0.1:2", weight = 3 }]
+balance = "hash"
+hash_on = "cookie:sid"
+protocol = "h2c"
+max_in_flight = 10
+queue_timeout = "50ms"
+[upstream.app.health]
+path = "/h"
+expect = [204, "3xx"]
+fall = 1
+[upstream.app.outlier]
+consecutive_5xx = 2
+[[route]]
+path = "/"
+upstream = "app"
+retry = { attempts = 2, on = ["timeout"] }
+"#;
+        let c = Config::parse(src, "t.toml", Path::new(".")).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.endpoints[1],
+            EndpointConfig {
+                address: "127.0.0.1:2".into(),
+                weight: 3
+            }
+        );
+        assert_eq!(u.balance, Balance::Hash(HashOn::Cookie("sid".into())));
+        assert_eq!(u.protocol, Protocol::H2c);
+        assert_eq!(u.max_in_flight, 10);
+        let h = u.health.as_ref().unwrap();
+        assert_eq!(h.check, HealthCheck::Http { path: "/h".into() });
+        assert_eq!(h.expect, vec![(204, 204), (300, 399)]);
+        assert_eq!(u.outlier.consecutive_5xx, 2);
+        assert_eq!(c.routes[0].retry.attempts, 2);
+        assert_eq!(c.routes[0].retry.on, vec![cause::Cause::Timeout]);
+
+        let bad = src
+            .replace("\"hash\"", "\"hsah\"")
+            .replace("on = [\"timeout\"]", "on = [\"no_route\"]")
+            .replace("fall = 1", "fall = 0");
+        let got = problems(&bad);
+        assert!(got.iter().any(|g| g.contains("unknown balance `hsah`") && g.contains("did you mean `hash`?")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|g| g.contains("cause `no_route` is never retried")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.contains("health `fall` must be a whole number from 1 to 100")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn full_file_reads_every_setting() {
         let dir = std::env::temp_dir().join(format!("cg-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
