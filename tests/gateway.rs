@@ -127,6 +127,11 @@ async fn spine_every_lab_fault_is_reported_the_same_everywhere() {
                 lab_line.contains("provoked by the request itself"),
                 "{lab_line}"
             );
+        } else if GATEWAY_STATE.contains(cause) {
+            assert!(
+                lab_line.contains("provoked by the gateway's own state"),
+                "{lab_line}"
+            );
         } else {
             assert!(
                 lab_line.contains("not provoked here:"),
