@@ -450,9 +450,19 @@ async fn retry_budget_bounds_attempts_when_everything_fails() {
     let gw = gateway(&text).await;
     let started = Instant::now();
     let mut c = Client::connect(gw.addr).await;
-    for _ in 0..100 {
+    for i in 0..100 {
         let seen = c.request("GET", "/", b"").await;
         assert_eq!(seen.status, 502);
+        if i == 0 {
+            // The first request was retried once (the floor): both attempts are in Proxy-Status.
+            let ps = seen.header("proxy-status");
+            assert!(
+                ps.contains("cause=reset")
+                    && ps.contains("attempts=2")
+                    && ps.contains(" earlier=127.0.0.1:"),
+                "{ps}"
+            );
+        }
     }
     let secs = started.elapsed().as_secs() + 1;
     let attempts: u64 = labs.iter().map(|l| l.stats(Fault::Reset).requests).sum();
@@ -559,5 +569,35 @@ async fn h2_refused_streams_and_goaway_are_replayed_even_for_post() {
         replayed, 11,
         "10 refused streams and 1 GOAWAY, each replayed once"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn dns_flush_resolves_names_again_at_once() {
+    let dns = FakeDns::start().await;
+    let a = one(Fault::Ok, [127, 0, 0, 1], 0, LabOptions::default()).await;
+    let port = addr_of(&a, Fault::Ok).port();
+    let b = one(Fault::Ok, [127, 0, 0, 2], port, LabOptions::default()).await;
+    dns.set("app.test", DnsAnswer::A(vec![[127, 0, 0, 1].into()], 3600));
+    let text = format!(
+        "{TOP}[resolver]\nnameservers = [\"{}\"]\n{}{}",
+        dns.addr,
+        upstream("app", &[format!("app.test:{port}")], "dns_max_ttl = \"1h\""),
+        route("/", "app", ""),
+    );
+    let gw = gateway(&text).await;
+    let mut c = Client::connect(gw.addr).await;
+    assert_eq!(c.request("GET", "/", b"").await.status, 200);
+    dns.set("app.test", DnsAnswer::A(vec![[127, 0, 0, 2].into()], 3600));
+    // The hour-long TTL would keep the old address; a flush (SIGUSR1 on `serve`) does not wait.
+    gw.gateway.flush_dns();
+    gw.wait_line("address change", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("now resolves to other addresses"))
+    })
+    .await;
+    assert_eq!(c.request("GET", "/", b"").await.status, 200);
+    assert_eq!(b.stats(Fault::Ok).requests, 1);
     gw.stop().await;
 }

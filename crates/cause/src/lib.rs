@@ -443,6 +443,8 @@ pub struct Failure {
     /// The upstream certainly did not process the request (HTTP/2 REFUSED_STREAM, or a stream
     /// above a GOAWAY's last stream id): it may be replayed whatever its method.
     pub unprocessed: bool,
+    /// The earlier attempts of the same request, as `endpoint/cause@phase`, oldest first.
+    pub earlier: Vec<String>,
 }
 
 impl Failure {
@@ -460,6 +462,7 @@ impl Failure {
             client_fault: ClientFault::default(),
             retry_after: None,
             unprocessed: false,
+            earlier: Vec::new(),
         }
     }
 
@@ -545,6 +548,10 @@ impl Failure {
         if let Some(upstream) = &self.upstream {
             details.push_str(" upstream=");
             details.push_str(upstream);
+        }
+        if !self.earlier.is_empty() {
+            details.push_str(" earlier=");
+            details.push_str(&self.earlier.join(","));
         }
         value.push_str("; details=");
         push_sf_string(&mut value, &details);
@@ -809,6 +816,13 @@ mod tests {
             v,
             "cleargate; error=connection_refused; next-hop=\"127.0.0.1:3001\"; \
              details=\"cause=refused phase=connect attempts=2 reused=false sent=0 received=0 upstream=app\""
+        );
+        assert_eq!(parse_details(&v), Some((Cause::Refused, Phase::Connect)));
+        f.earlier = vec!["127.0.0.1:3002/reset@read_head".into()];
+        let v = f.proxy_status("cleargate", 2);
+        assert!(
+            v.ends_with(" upstream=app earlier=127.0.0.1:3002/reset@read_head\""),
+            "{v}"
         );
         assert_eq!(parse_details(&v), Some((Cause::Refused, Phase::Connect)));
         let odd = Failure::new(Cause::Dns, Phase::Resolve).with_endpoint("we\"ird\\name\n");

@@ -136,12 +136,22 @@ impl Gateway {
     /// Builds the error response for `failure`, logs it, and attaches the request log.
     fn fail(
         &self,
-        failure: Failure,
+        mut failure: Failure,
         method: &Method,
         format: page::Format,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
         let status = failure.answer().status;
+        // Every attempt appears in Proxy-Status: the earlier ones in `details`.
+        let tried = &log.record.attempts;
+        failure.earlier = tried
+            .iter()
+            .take(tried.len().saturating_sub(1))
+            .map(|a| match (a.cause, a.phase) {
+                (Some(c), Some(p)) => format!("{}/{c}@{p}", a.endpoint),
+                _ => format!("{}/{}", a.endpoint, a.status.unwrap_or(0)),
+            })
+            .collect();
         let attempts = log.attempts;
         self.logger
             .gateway_error(&log.record.request_id, &failure, attempts, None);
@@ -330,6 +340,7 @@ impl Gateway {
                     attempt.connect = Some(attempt_started.elapsed());
                     attempt.idle = checkout.idle_for;
                     attempt.conn_uses = checkout.conn.uses;
+                    attempt.conn_age = Some(checkout.conn.created.elapsed());
                     let idle_for = checkout.idle_for;
                     let Some(req_body) = body.take_for_attempt() else {
                         // The retry rules below never allow this; say so loudly if they ever do.

@@ -218,6 +218,7 @@ impl Logger {
                     "reused": a.reused,
                     "idle_ms": a.idle.map(ms),
                     "conn_uses": a.conn_uses,
+                    "conn_age_ms": a.conn_age.map(ms),
                     "cause": a.cause.map(Cause::as_str),
                     "phase": a.phase.map(Phase::as_str),
                     "status": a.status,
@@ -281,6 +282,8 @@ pub struct AttemptRecord {
     pub idle: Option<Duration>,
     /// Requests the connection had carried before this one.
     pub conn_uses: u32,
+    /// How old the connection was when this attempt started.
+    pub conn_age: Option<Duration>,
     pub cause: Option<Cause>,
     pub phase: Option<Phase>,
     pub status: Option<u16>,

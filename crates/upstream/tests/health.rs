@@ -1,0 +1,155 @@
+//! Passive health on its own: ejection after consecutive failures, the cap on ejected endpoints,
+//! the panic threshold, growing ejection times and 5xx ejection. No network: failures are
+//! reported the way the proxy reports them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cause::{Cause, Failure, Level, Phase};
+use config::{EndpointConfig, UpstreamConfig};
+use net::ConnectOptions;
+use upstream::{Outcome, Upstream};
+
+type Events = Arc<Mutex<Vec<String>>>;
+
+fn pool(n: usize, tune: impl FnOnce(&mut UpstreamConfig)) -> (Arc<Upstream>, Events) {
+    let mut cfg = UpstreamConfig::new("app");
+    cfg.endpoints = (0..n)
+        .map(|i| EndpointConfig {
+            address: format!("127.0.0.1:{}", 1000 + i),
+            weight: 1,
+        })
+        .collect();
+    cfg.outlier.consecutive_failures = 2;
+    tune(&mut cfg);
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let connect = ConnectOptions {
+        connect_timeout: Duration::from_secs(1),
+        max_response_header_bytes: 65536,
+        h2: false,
+    };
+    let resolver = net::resolver::Resolver::new(
+        &["127.0.0.1:53".parse().unwrap()],
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let up = Upstream::new(
+        &cfg,
+        connect,
+        resolver,
+        Arc::new(move |_: Level, message: String, _| sink.lock().unwrap().push(message)),
+    );
+    (up, events)
+}
+
+fn fail(up: &Upstream, i: usize, times: usize) {
+    let f = Failure::new(Cause::Refused, Phase::Connect);
+    for _ in 0..times {
+        up.report(&up.endpoints[i], Outcome::Failed(&f));
+    }
+}
+
+/// Which endpoints `select` hands out over many picks.
+fn chosen(up: &Upstream) -> Vec<usize> {
+    let mut seen: Vec<usize> = (0..40)
+        .map(|_| up.select(&[], None).unwrap().endpoint.index)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+#[tokio::test]
+async fn consecutive_failures_eject_and_ejections_are_capped() {
+    let (up, events) = pool(4, |c| c.panic_threshold = 0);
+    fail(&up, 0, 1);
+    assert_eq!(chosen(&up), vec![0, 1, 2, 3], "one failure is not enough");
+    fail(&up, 0, 1);
+    assert_eq!(chosen(&up), vec![1, 2, 3]);
+    fail(&up, 1, 2);
+    assert_eq!(chosen(&up), vec![2, 3]);
+    // 50% of the pool is the most that may be ejected.
+    fail(&up, 2, 2);
+    assert_eq!(chosen(&up), vec![2, 3]);
+    let ev = events.lock().unwrap();
+    assert_eq!(
+        ev.iter()
+            .filter(|m| m.starts_with("endpoint ejected for 10s after 2 consecutive failures"))
+            .count(),
+        2,
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|m| m.contains("not ejected despite")),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test]
+async fn under_the_panic_threshold_ejections_are_ignored() {
+    let (up, _) = pool(4, |c| {
+        c.panic_threshold = 75;
+        c.outlier.max_ejected_percent = 100;
+    });
+    fail(&up, 0, 2);
+    assert_eq!(chosen(&up), vec![1, 2, 3], "3 of 4 usable: not below 75%");
+    fail(&up, 1, 2);
+    let choice = up.select(&[], None).unwrap();
+    assert!(choice.panic, "2 of 4 usable is below 75%");
+    assert_eq!(chosen(&up), vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn every_endpoint_ejected_is_no_healthy_upstream() {
+    let (up, _) = pool(2, |c| {
+        c.panic_threshold = 0;
+        c.outlier.max_ejected_percent = 100;
+    });
+    fail(&up, 0, 2);
+    fail(&up, 1, 2);
+    let err = up.select(&[], None).err().expect("nothing to choose");
+    assert_eq!(
+        (err.cause, err.phase),
+        (Cause::NoHealthyUpstream, Phase::Select)
+    );
+}
+
+#[tokio::test]
+async fn upstream_5xx_ejects_when_asked_and_success_resets_the_count() {
+    let (up, events) = pool(3, |c| {
+        c.panic_threshold = 0;
+        c.outlier.consecutive_5xx = 3;
+    });
+    let e = &up.endpoints[0];
+    up.report(e, Outcome::Answered(503));
+    up.report(e, Outcome::Answered(503));
+    up.report(e, Outcome::Answered(200));
+    up.report(e, Outcome::Answered(502));
+    up.report(e, Outcome::Answered(502));
+    assert_eq!(chosen(&up), vec![0, 1, 2], "the 200 reset the count");
+    up.report(e, Outcome::Answered(500));
+    assert_eq!(chosen(&up), vec![1, 2]);
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains("3 consecutive 5xx answers (last 500)")));
+    // A client that leaves says nothing about the upstream.
+    let gone = Failure::new(Cause::ClientAborted, Phase::Client);
+    for _ in 0..5 {
+        up.report(&up.endpoints[1], Outcome::Failed(&gone));
+    }
+    assert_eq!(chosen(&up), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn retries_prefer_endpoints_not_yet_tried() {
+    let (up, _) = pool(3, |_| {});
+    for _ in 0..10 {
+        let c = up.select(&[0, 1], None).unwrap();
+        assert_eq!(c.endpoint.index, 2);
+    }
+    // When every endpoint was tried, any may be chosen again.
+    assert!(up.select(&[0, 1, 2], None).is_ok());
+}
