@@ -463,6 +463,13 @@ fn normalise(text: &str) -> String {
                 .count();
             line.replace_range(i..i + 9 + digits, "attempts#N");
         }
+        // So do the earlier attempts listed in Proxy-Status.
+        if let Some(i) = line.find(" earlier=") {
+            let end = line[i + 1..]
+                .find(['"', ' ', '\\'])
+                .map_or(line.len(), |e| i + 1 + e);
+            line.replace_range(i..end, "");
+        }
         out.push_str(&replace_numbers(&line).replace("attempts#N", "attempts=N"));
         out.push('\n');
     }
