@@ -108,6 +108,8 @@ pub struct Upstream {
     pub(crate) rr: AtomicUsize,
     pub(crate) swrr: Mutex<Vec<i64>>,
     in_flight: AtomicUsize,
+    /// Held while checking the limits and taking a slot, so two requests never take the last one.
+    admit: Mutex<()>,
     waiting: AtomicUsize,
     freed: tokio::sync::Notify,
     pub budget: RetryBudget,
@@ -179,6 +181,7 @@ impl Upstream {
             rr: AtomicUsize::new(0),
             swrr: Mutex::new(vec![0; n]),
             in_flight: AtomicUsize::new(0),
+            admit: Mutex::new(()),
             waiting: AtomicUsize::new(0),
             freed: tokio::sync::Notify::new(),
             budget: RetryBudget::new(
@@ -212,32 +215,45 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<Slot, Failure> {
         let cfg = &self.config;
-        let fits = |up: &Upstream, ep: &Endpoint| {
-            (cfg.max_in_flight == 0 || up.in_flight.load(Ordering::Acquire) < cfg.max_in_flight)
+        let limited = cfg.max_in_flight > 0 || cfg.max_in_flight_per_endpoint > 0;
+        // Takes a slot if one is free, checking and taking under one lock.
+        let take = |up: &Upstream, ep: &Endpoint| {
+            let _admit = if limited {
+                Some(up.admit.lock().unwrap())
+            } else {
+                None
+            };
+            let fits = (cfg.max_in_flight == 0
+                || up.in_flight.load(Ordering::Acquire) < cfg.max_in_flight)
                 && (cfg.max_in_flight_per_endpoint == 0
-                    || ep.in_flight.load(Ordering::Acquire) < cfg.max_in_flight_per_endpoint)
+                    || ep.in_flight.load(Ordering::Acquire) < cfg.max_in_flight_per_endpoint);
+            if fits {
+                up.in_flight.fetch_add(1, Ordering::AcqRel);
+                ep.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
+            fits
         };
-        if !fits(self, endpoint) {
+        if !take(self, endpoint) {
             if self.waiting.load(Ordering::Acquire) >= cfg.queue_size {
                 return Err(self.overloaded("the queue is full"));
             }
             self.waiting.fetch_add(1, Ordering::AcqRel);
             let wait_until = (Instant::now() + cfg.queue_timeout).min(deadline);
             let mut ok = false;
-            while Instant::now() < wait_until {
+            loop {
                 let notified = self.freed.notified();
-                if fits(self, endpoint) {
+                if take(self, endpoint) {
                     ok = true;
                     break;
                 }
-                if tokio::time::timeout_at(wait_until.into(), notified)
-                    .await
-                    .is_err()
+                if Instant::now() >= wait_until
+                    || tokio::time::timeout_at(wait_until.into(), notified)
+                        .await
+                        .is_err()
                 {
                     break;
                 }
             }
-            ok = ok || fits(self, endpoint);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             if !ok {
                 return Err(
@@ -245,8 +261,6 @@ impl Upstream {
                 );
             }
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Slot {
             upstream: self.clone(),
             endpoint: endpoint.clone(),
