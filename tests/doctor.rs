@@ -194,22 +194,8 @@ async fn error_log_lines_near_the_request_are_classified() {
         .unwrap()
         .as_secs() as i64;
     let stamp = |secs: i64| {
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        format!(
-            "{y:04}/{m:02}/{d:02} {:02}:{:02}:{:02}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        let (y, m, d, h, mi, sec) = logscan::time::civil(secs * 1000);
+        format!("{y:04}/{m:02}/{d:02} {h:02}:{mi:02}:{sec:02}")
     };
     let line = |t: i64, port: u16| {
         format!(
