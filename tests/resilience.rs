@@ -387,14 +387,15 @@ async fn dns_changes_are_followed_failures_bridged_and_unknown_names_are_502_dns
     let changed = Instant::now();
     while b.stats(Fault::Ok).requests == 0 {
         assert!(
-            changed.elapsed() < Duration::from_secs(3),
+            changed.elapsed() < Duration::from_secs(6),
             "traffic did not follow the new address"
         );
         assert_eq!(c.request("GET", "/app", b"").await.status, 200);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The TTL is 1 s; the rest is slack for a loaded two-core machine running tests in parallel.
     assert!(
-        changed.elapsed() < Duration::from_millis(2500),
+        changed.elapsed() < Duration::from_secs(4),
         "followed after {:?}",
         changed.elapsed()
     );
@@ -599,5 +600,45 @@ async fn dns_flush_resolves_names_again_at_once() {
     .await;
     assert_eq!(c.request("GET", "/", b"").await.status, 200);
     assert_eq!(b.stats(Fault::Ok).requests, 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_endpoint_that_resets_new_connections_is_waited_for() {
+    // A process being killed still has its listener for a moment: the kernel accepts new
+    // connections, which then die before a response byte. Idempotent requests wait it out.
+    let dying = one(Fault::Reset, [127, 0, 0, 1], 0, LabOptions::default()).await;
+    let port = addr_of(&dying, Fault::Reset).port();
+    let text = format!(
+        "{TOP}{}{}",
+        upstream(
+            "app",
+            &[format!("127.0.0.1:{port}")],
+            "restart_wait = \"5s\""
+        ),
+        route("/", "app", "")
+    );
+    let gw = gateway(&text).await;
+    let addr = gw.addr;
+    let waiting =
+        tokio::spawn(async move { Client::connect(addr).await.request("GET", "/", b"").await });
+    for _ in 0..500 {
+        if dying.stats(Fault::Reset).requests >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A POST that reached the dying process may have been processed: it is not sent again.
+    let post = Client::connect(addr).await.request("POST", "/", b"x").await;
+    assert_eq!(post.status, 502);
+    assert!(
+        post.header("proxy-status").contains("cause=reset")
+            && post.header("proxy-status").contains("attempts=1")
+    );
+    dying.shutdown().await;
+    let back = one(Fault::Ok, [127, 0, 0, 1], port, LabOptions::default()).await;
+    let seen = waiting.await.unwrap();
+    assert_eq!(seen.status, 200, "{}", seen.header("proxy-status"));
+    assert_eq!(back.stats(Fault::Ok).requests, 1);
     gw.stop().await;
 }

@@ -313,11 +313,11 @@ impl Gateway {
         let restart_until = started + upstream.config.restart_wait;
         let mut backoff = Duration::from_millis(25);
         loop {
-            log.attempts += 1;
-            let attempt_no = log.attempts;
             let attempt_started = Instant::now();
+            // Choosing an endpoint and waiting for a slot are not attempts: nothing reached the
+            // upstream if they fail, and the attempt count says so.
             let choice = upstream.select(&tried, key).map_err(|mut f| {
-                f.attempt = attempt_no;
+                f.attempt = log.attempts;
                 f
             })?;
             let endpoint = choice.endpoint;
@@ -330,9 +330,11 @@ impl Gateway {
                 .acquire(&endpoint, deadline)
                 .await
                 .map_err(|mut f| {
-                    f.attempt = attempt_no;
+                    f.attempt = log.attempts;
                     f
                 })?;
+            log.attempts += 1;
+            let attempt_no = log.attempts;
             let outcome = match upstream.checkout(&endpoint, slot).await {
                 Err(f) => Err((f, None)),
                 Ok(checkout) => {
@@ -438,17 +440,30 @@ impl Gateway {
                         return Err(f);
                     }
                     tried.push(endpoint.index);
-                    let everyone_refused = f.phase == Phase::Connect
-                        && matches!(f.cause, Cause::Refused | Cause::Unreachable)
-                        && tried.len() >= upstream.endpoints.len();
-                    if everyone_refused {
-                        // A restart gap: every endpoint refuses. Idempotent requests wait a
+                    // The signs of an endpoint going down or coming up: nothing listens, or a new
+                    // connection dies before a single response byte (a process being killed).
+                    let going_away = (f.phase == Phase::Connect
+                        && matches!(f.cause, Cause::Refused | Cause::Unreachable | Cause::Reset))
+                        || (!f.reused
+                            && f.response_bytes == 0
+                            && matches!(f.cause, Cause::Reset | Cause::Closed));
+                    if going_away && tried.len() >= upstream.endpoints.len() {
+                        // A restart gap: every endpoint is down. Idempotent requests wait a
                         // little for one to come back instead of failing at once.
                         if !idempotent || Instant::now() + backoff >= restart_until.min(deadline) {
                             return Err(f);
                         }
+                        // A refused connect costs the upstream nothing; a request it received
+                        // and dropped does, so those waits draw on the retry budget.
+                        if f.request_bytes > 0 && !upstream.budget.try_retry() {
+                            f.detail = Some(format!(
+                                "{}; not retried: the retry budget is spent",
+                                f.detail.unwrap_or_default()
+                            ));
+                            return Err(f);
+                        }
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        backoff = (backoff * 2).min(Duration::from_millis(250));
                         tried.clear();
                         continue;
                     }

@@ -25,6 +25,8 @@ pub struct HealthState {
     ejections: u32,
     /// When the endpoint last came back (for slow start).
     pub recovered_at: Option<Instant>,
+    /// The cap on ejections was already reported for the current run of failures.
+    cap_reported: bool,
 }
 
 impl Default for HealthState {
@@ -38,6 +40,7 @@ impl Default for HealthState {
             ejected_until: None,
             ejections: 0,
             recovered_at: None,
+            cap_reported: false,
         }
     }
 }
@@ -109,6 +112,7 @@ impl Upstream {
             Outcome::Answered(_) => {
                 h.consecutive_failures = 0;
                 h.consecutive_5xx = 0;
+                h.cap_reported = false;
                 if h.recovered_at
                     .is_some_and(|at| now.saturating_duration_since(at) > o.max_ejection)
                 {
@@ -150,6 +154,10 @@ impl Upstream {
         if (ejected_now as u64 + 1) * 100
             > self.endpoints.len() as u64 * o.max_ejected_percent as u64
         {
+            // Said once per run of failures, not at every failure after the threshold.
+            if std::mem::replace(&mut e.health.lock().unwrap().cap_reported, true) {
+                return;
+            }
             self.event(
                 Level::Warn,
                 e,

@@ -39,6 +39,9 @@ pub type Events = Arc<dyn Fn(Level, String, Vec<(&'static str, String)>) + Send 
 /// The shortest idle timeout the pool will learn; below it pooling is pointless.
 const MIN_LEARNED_IDLE: Duration = Duration::from_millis(50);
 
+/// How long a learned idle timeout is kept before the configured one applies again.
+const LEARNED_IDLE_LIFETIME: Duration = Duration::from_secs(300);
+
 /// One place an upstream can be reached.
 pub struct Endpoint {
     /// `host:port` as configured.
@@ -51,7 +54,8 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     pub(crate) health: Mutex<HealthState>,
     /// Idle timeout learned from `Keep-Alive: timeout=` or from early closes, if shorter.
-    learned_idle: Mutex<Option<Duration>>,
+    /// (and when it was learned).
+    learned_idle: Mutex<Option<(Duration, Instant)>>,
     pub(crate) names: Names,
 }
 
@@ -76,8 +80,10 @@ impl Endpoint {
     /// The idle timeout in force: the configured one, or a shorter learned one.
     pub fn idle_timeout(&self, configured: Duration) -> Duration {
         match *self.learned_idle.lock().unwrap() {
-            Some(l) => l.min(configured),
-            None => configured,
+            // A lesson expires: a crash can look like an early close, and the upstream's
+            // settings change. What is still true is learned again from the next close.
+            Some((l, at)) if at.elapsed() < LEARNED_IDLE_LIFETIME => l.min(configured),
+            _ => configured,
         }
     }
 
@@ -85,8 +91,9 @@ impl Endpoint {
     fn learn_idle(&self, upstream_idle: Duration, events: &Events, upstream: &str, why: &str) {
         let safe = (upstream_idle * 3 / 4).max(MIN_LEARNED_IDLE);
         let mut learned = self.learned_idle.lock().unwrap();
-        if learned.is_none_or(|l| safe < l) {
-            *learned = Some(safe);
+        let current = learned.filter(|(_, at)| at.elapsed() < LEARNED_IDLE_LIFETIME);
+        if current.is_none_or(|(l, _)| safe < l) {
+            *learned = Some((safe, Instant::now()));
             events(
                 Level::Info,
                 format!("pool idle timeout lowered to {safe:?}: {why}"),
