@@ -335,7 +335,7 @@ impl Gateway {
                 })?;
             log.attempts += 1;
             let attempt_no = log.attempts;
-            let outcome = match upstream.checkout(&endpoint, slot).await {
+            let outcome = match upstream.checkout(&endpoint, slot, !idempotent).await {
                 Err(f) => Err((f, None)),
                 Ok(checkout) => {
                     attempt.reused = checkout.conn.uses > 0;

@@ -39,6 +39,10 @@ pub type Events = Arc<dyn Fn(Level, String, Vec<(&'static str, String)>) + Send 
 /// The shortest idle timeout the pool will learn; below it pooling is pointless.
 const MIN_LEARNED_IDLE: Duration = Duration::from_millis(50);
 
+/// The longest idle time assumed safe for requests that must not be sent twice, while the
+/// upstream's own idle limit is unknown; they reuse connections idle for under half of it.
+const CAUTIOUS_IDLE: Duration = Duration::from_secs(2);
+
 /// How long a learned idle timeout is kept before the configured one applies again.
 const LEARNED_IDLE_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -286,12 +290,18 @@ impl Upstream {
     }
 
     /// A ready connection to `endpoint`: a checked idle one if there is one, else a new one.
+    ///
+    /// A `cautious` request (one that must not be sent twice) only reuses a connection idle for
+    /// well under the upstream's idle limit, so that it cannot meet the keep-alive race; otherwise
+    /// it gets a new connection and the idle ones stay for requests that may be retried.
     pub async fn checkout(
         self: &Arc<Self>,
         endpoint: &Arc<Endpoint>,
         slot: Slot,
+        cautious: bool,
     ) -> Result<Checkout, Failure> {
         let configured_idle = self.config.idle_timeout;
+        let fresh_enough = (endpoint.idle_timeout(configured_idle).min(CAUTIOUS_IDLE)) / 2;
         if self.connect.h2 {
             let shared = endpoint.shared.lock().unwrap().as_ref().and_then(|c| {
                 if c.is_open() {
@@ -313,7 +323,17 @@ impl Upstream {
         } else {
             loop {
                 // Not `while let`: the lock must be released before the awaits below.
-                let next = endpoint.idle.lock().unwrap().pop_front();
+                let next = {
+                    let mut idle = endpoint.idle.lock().unwrap();
+                    let too_idle = idle
+                        .front()
+                        .is_some_and(|c| cautious && c.last_used.elapsed() > fresh_enough);
+                    if too_idle {
+                        None
+                    } else {
+                        idle.pop_front()
+                    }
+                };
                 let Some(mut conn) = next else { break };
                 let idle_for = conn.last_used.elapsed();
                 if let Some(closed) = conn.closed_at() {
