@@ -544,14 +544,15 @@ Statuses in scenario 5: cleargate %s; nginx %s; HAProxy %s.
   connection does not count as a try) but answers 502 to a POST; HAProxy closes the client
   connection. cleargate retries GETs too, and after the first early close it lowers its idle
   timeout for that endpoint below the upstream's (logged as `pool idle timeout lowered`), so it
-  stops racing at all. Counts vary between runs: the race needs a close and a request within
+  stops racing at all; a POST, which may not be retried, only reuses a connection idle for under
+  half that limit. Counts vary between runs: the race needs a close and a request within
   microseconds of each other.
 - **2 and 3.** nginx and HAProxy retry a failed connect on another server (`proxy_next_upstream
   error`, `retries 3` + `option redispatch`). With a single server, nginx has nowhere to go and
   answers 502 for the whole outage; HAProxy waits about one second between connect retries to a
   server that refused, which bridges a short restart (its longest answers took about 2 s).
   cleargate holds idempotent requests up to `restart_wait` while every endpoint refuses (backing off
-  from 25 to 500 ms between tries) and connects as soon as one listens again.
+  from 25 to 250 ms between tries) and connects as soon as one listens again.
 - **4.** Open source nginx has no active health checks: it tries both servers, marks them failed
   (`max_fails=1`, `fail_timeout=10s`) and answers 502 `no live upstreams` without connecting after
   that. HAProxy and cleargate know from their checks that nothing is up and answer 503 without
