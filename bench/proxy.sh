@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# Proxy throughput and latency: cleargate, nginx and HAProxy in front of the same origin, in one
+# run, reported as ratios to nginx.
+#
+#   bench/proxy.sh                    (about 2 minutes)
+#   DURATION=5 bench/proxy.sh         (seconds measured per target and response; default 10)
+#
+# One nginx origin serves `/hello` (`return 200 "hello\n"`) and `/16k` (a 16 KiB static file)
+# on loopback with keep-alive. The three proxies forward `/` to it, each with pooled keep-alive
+# upstream connections and an access log written to a file. For each response, `wrk` runs against
+# the origin directly (the baseline), then through each proxy in turn, never two at a time: a 2 s
+# warm-up, then the measurement, with the same parameters. wrk, the proxy and the origin share
+# the machine's cores. Ports are free ones picked by the kernel; everything lives in a temporary
+# directory that is removed at exit, and every process started here is stopped by a trap.
+#
+# Prints a table (req/s, p50, p99, ratio to nginx, proxy CPU per request, upstream connections
+# opened) as text and as markdown. Figures go to BENCHMARKS.md by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-64}
+BIN=target/release/cleargate
+PATH=$PATH:/usr/sbin:/sbin
+
+need=()
+for tool in wrk nginx haproxy curl python3; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "${CI:-}" = "true" ]; then
+    pkgs=()
+    for t in "${need[@]}"; do
+      case $t in wrk | nginx | haproxy | curl) pkgs+=("$t") ;; *)
+        echo "missing: $t" >&2
+        exit 1
+        ;;
+      esac
+    done
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}"
+  else
+    echo "missing: ${need[*]} (install them, e.g. apt-get install -y wrk nginx haproxy; CI=true does it)" >&2
+    exit 1
+  fi
+fi
+[ -x "$BIN" ] || cargo build --release
+
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/cleargate-proxy-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    # nginx masters stop their workers on TERM; give everyone a moment, then insist.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Four distinct free loopback ports, held together while they are chosen.
+read -r ORIGIN_PORT NGINX_PORT HAPROXY_PORT CLEARGATE_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+for s in socks:
+    s.close()
+')
+
+USER_LINE=""
+[ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
+# Common nginx boilerplate: everything under $DIR, in the foreground.
+nginx_common() { # NAME
+  cat <<EOF
+$USER_LINE
+daemon off;
+pid $DIR/$1.pid;
+error_log $DIR/$1-error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+nginx_http_common() { # NAME
+  cat <<EOF
+    default_type text/plain;
+    client_body_temp_path $DIR/$1-tmp/body;
+    proxy_temp_path $DIR/$1-tmp/proxy;
+    fastcgi_temp_path $DIR/$1-tmp/fastcgi;
+    uwsgi_temp_path $DIR/$1-tmp/uwsgi;
+    scgi_temp_path $DIR/$1-tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+EOF
+}
+
+# The origin: one worker, no access log, keep-alive without a request limit.
+mkdir -p "$DIR/www" "$DIR/origin-tmp" "$DIR/nginx-tmp"
+head -c 16384 /dev/urandom | base64 -w 76 | head -c 16384 >"$DIR/www/16k"
+cat >"$DIR/origin.conf" <<EOF
+$(nginx_common origin)
+worker_processes 1;
+http {
+$(nginx_http_common origin)
+    access_log off;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        root $DIR/www;
+        location = /hello { return 200 "hello\n"; }
+        location = /16k { }
+        location = /status { stub_status; }
+    }
+}
+EOF
+
+# nginx as the proxy: 2 workers, pooled upstream connections, combined access log to a file.
+cat >"$DIR/nginx.conf" <<EOF
+$(nginx_common nginx)
+worker_processes 2;
+http {
+$(nginx_http_common nginx)
+    access_log $DIR/nginx-access.log combined;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+# HAProxy: 2 threads, safe connection reuse, the httplog line of every request to stdout, which
+# goes to a file (one write per line, as nginx's unbuffered access_log).
+cat >"$DIR/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn 4096
+    log stdout format raw local0
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 75s
+    timeout server 60s
+    http-reuse safe
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+backend be
+    server origin 127.0.0.1:$ORIGIN_PORT
+EOF
+
+# cleargate: JSON access log to a file (written by its log thread), pool sized as nginx's.
+cat >"$DIR/cleargate.toml" <<EOF
+listen = ["127.0.0.1:$CLEARGATE_PORT"]
+
+[log]
+format = "json"
+destination = "$DIR/cleargate.log"
+
+[upstream.origin]
+endpoints = ["127.0.0.1:$ORIGIN_PORT"]
+max_idle_per_endpoint = 64
+
+[[route]]
+path = "/"
+upstream = "origin"
+EOF
+
+wait_port() { # PORT NAME
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "$2 did not start on port $1; its output:" >&2
+  cat "$DIR/$2.out" >&2 || true
+  exit 1
+}
+
+start() { # NAME PORT COMMAND...
+  local name=$1 port=$2
+  shift 2
+  "$@" >"$DIR/$name.out" 2>&1 &
+  PIDS+=($!)
+  eval "${name^^}_PID=$!"
+  wait_port "$port" "$name"
+}
+
+nginx -t -q -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf"
+nginx -t -q -p "$DIR/" -e "$DIR/nginx-error.log" -c "$DIR/nginx.conf"
+haproxy -c -q -f "$DIR/haproxy.cfg"
+"$BIN" check -c "$DIR/cleargate.toml" >/dev/null
+
+start origin "$ORIGIN_PORT" nginx -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf"
+start nginx "$NGINX_PORT" nginx -p "$DIR/" -e "$DIR/nginx-error.log" -c "$DIR/nginx.conf"
+start haproxy "$HAPROXY_PORT" haproxy -db -f "$DIR/haproxy.cfg"
+start cleargate "$CLEARGATE_PORT" "$BIN" serve -c "$DIR/cleargate.toml"
+
+# Correctness first: every target answers 200 with the right body for both responses.
+printf 'hello\n' >"$DIR/hello.expected"
+for target in origin:$ORIGIN_PORT nginx:$NGINX_PORT haproxy:$HAPROXY_PORT cleargate:$CLEARGATE_PORT; do
+  name=${target%%:*} port=${target##*:}
+  for path in hello 16k; do
+    expected=$DIR/hello.expected
+    [ "$path" = 16k ] && expected=$DIR/www/16k
+    code=$(curl -s -o "$DIR/got" -w '%{http_code}' "http://127.0.0.1:$port/$path")
+    if [ "$code" != 200 ] || ! cmp -s "$DIR/got" "$expected"; then
+      echo "check failed: $name /$path gave $code, body $(wc -c <"$DIR/got") bytes" >&2
+      exit 1
+    fi
+  done
+done
+echo "check: origin, nginx, haproxy, cleargate answer 200 with the right body on /hello and /16k"
+
+# CPU seconds (user+system) of a process and its direct children (nginx's workers).
+cpu_of() { # PID
+  python3 - "$1" <<'PY'
+import os, sys
+root = sys.argv[1]
+hz = os.sysconf("SC_CLK_TCK")
+total = 0
+for p in os.listdir("/proc"):
+    if not p.isdigit():
+        continue
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if p == root or fields[1] == root:
+        total += int(fields[11]) + int(fields[12])
+print(total / hz)
+PY
+}
+origin_accepts() {
+  curl -s "http://127.0.0.1:$ORIGIN_PORT/status" | awk 'NR == 3 { print $1 }'
+}
+
+RESULTS=$DIR/results.tsv
+: >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for path in hello 16k; do
+  for target in origin:$ORIGIN_PORT:$ORIGIN_PID nginx:$NGINX_PORT:$NGINX_PID \
+    haproxy:$HAPROXY_PORT:$HAPROXY_PID cleargate:$CLEARGATE_PORT:$CLEARGATE_PID; do
+    IFS=: read -r name port pid <<<"$target"
+    url=http://127.0.0.1:$port/$path
+    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >"$DIR/warmup-$name-$path.txt"
+    accepts_before=$(origin_accepts)
+    cpu_before=$(cpu_of "$pid")
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$DIR/wrk-$name-$path.txt"
+    cpu_after=$(cpu_of "$pid")
+    accepts_after=$(origin_accepts)
+    # The origin's own /status request opens one connection; it is not the proxy's.
+    printf '%s\t%s\t%s\t%s\t%s\n' "$path" "$name" "$(python3 -c "print($cpu_after - $cpu_before)")" \
+      "$((accepts_after - accepts_before - 1))" "$DIR/wrk-$name-$path.txt" >>"$RESULTS"
+    echo "measured $name /$path"
+  done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Every proxy logs every request: count the lines against the requests wrk completed (the
+# startup probes and the checks add a few lines; wrk's requests cut off at its end add a few).
+sleep 0.5
+sent() { cat "$DIR"/warmup-"$1"-*.txt "$DIR"/wrk-"$1"-*.txt | awk '/requests in/ { n += $1 } END { print n }'; }
+lines() { # FILE PATTERN NAME
+  grep -F "$2" "$1" | awk -v sent="$(sent "$3")" '{ n++; b += length($0) + 1 }
+    END { printf "%d lines for %d requests, %.0f bytes a line", n, sent, n ? b / n : 0 }'
+}
+NGINX_LINES=$(lines "$DIR/nginx-access.log" ' "GET /' nginx)
+HAPROXY_LINES=$(lines "$DIR/haproxy.out" ' "GET /' haproxy)
+CLEARGATE_LINES=$(lines "$DIR/cleargate.log" '"kind":"access"' cleargate)
+
+echo
+echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
+echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print "wrk " $2}'), $("$BIN" --version 2>/dev/null || echo cleargate)"
+echo "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), one target at a time; wrk, proxy and origin share the cores"
+echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
+echo "access logs: nginx $NGINX_LINES; haproxy $HAPROXY_LINES; cleargate $CLEARGATE_LINES"
+echo
+
+python3 - "$RESULTS" <<'PY'
+import re, sys
+
+def ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+rows = []
+for line in open(sys.argv[1]):
+    path, name, cpu, conns, wrk_file = line.rstrip("\n").split("\t")
+    out = open(wrk_file).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: (.*)", out)
+    problems = []
+    if bad:
+        problems.append(f"{bad.group(1)} non-2xx")
+    if errs:
+        problems.append("socket errors: " + errs.group(1))
+    rows.append(dict(path=path, name=name, rps=rps, p50=p50, p99=p99,
+                     cpu_us=float(cpu) / total * 1e6 if total else 0.0,
+                     conns=int(conns), problems="; ".join(problems) or "-"))
+
+def fmt_ms(v):
+    return f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms"
+
+header = ["response", "target", "req/s", "p50", "p99", "ratio to nginx (req/s)",
+          "proxy CPU per request", "upstream conns opened", "errors"]
+table = []
+for r in rows:
+    nginx = next(x for x in rows if x["path"] == r["path"] and x["name"] == "nginx")
+    name = "origin (direct, baseline)" if r["name"] == "origin" else r["name"]
+    cpu = "-" if r["name"] == "origin" else f"{r['cpu_us']:.0f} µs"
+    conns = "-" if r["name"] == "origin" else str(r["conns"])
+    table.append(["/" + r["path"], name, f"{r['rps']:.0f}", fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+                  f"{r['rps'] / nginx['rps']:.2f}x", cpu, conns, r["problems"]])
+
+widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+print(line(header))
+for row in table:
+    print(line(row))
+print()
+print("| " + " | ".join(header) + " |")
+print("| " + " | ".join("---" for _ in header) + " |")
+for row in table:
+    print("| " + " | ".join(row) + " |")
+PY
