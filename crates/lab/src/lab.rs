@@ -39,7 +39,8 @@ pub struct Lab {
     entries: Vec<Entry>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    /// `unaccepted`'s listening sockets: never accepted from, kept open for the lab's lifetime.
+    /// `unaccepted`'s listening sockets (never accepted from) and `refused`'s bound, never
+    /// listening sockets, kept open for the lab's lifetime.
     parked_listeners: Vec<Socket>,
     /// The lab's own connections filling those accept queues.
     parked_fillers: Vec<std::net::TcpStream>,
@@ -48,8 +49,8 @@ pub struct Lab {
 impl Lab {
     /// Starts every fault in `faults`, each on its port (0 = ephemeral), on `host`.
     ///
-    /// `refused` ports are reserved last (bound, read, released) so that no other listener of
-    /// this lab can be handed the port it reports as dead.
+    /// `refused` ports are reserved by a socket bound without listening, held as long as the lab
+    /// runs, so that no other listener can be handed the port it reports as dead.
     pub async fn start(faults: &[(Fault, u16)], host: IpAddr, opts: LabOptions) -> io::Result<Lab> {
         validate(&opts)?;
         let (stop, _) = watch::channel(false);
@@ -83,7 +84,9 @@ impl Lab {
         for (i, &(fault, port)) in faults.iter().enumerate() {
             if fault == Fault::Refused {
                 let want = SocketAddr::new(host, port);
-                addrs[i] = Some(dead_port(want).map_err(|e| context(fault, want, e))?);
+                let (addr, socket) = dead_port(want).map_err(|e| context(fault, want, e))?;
+                lab.parked_listeners.push(socket);
+                addrs[i] = Some(addr);
             }
         }
 
@@ -255,9 +258,17 @@ fn context(fault: Fault, want: SocketAddr, e: io::Error) -> io::Error {
 }
 
 /// An address where nothing listens: bind it to learn (or check) the port, then release it.
-fn dead_port(want: SocketAddr) -> io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(want)?;
-    listener.local_addr()
+/// A port where nothing listens, reserved for the lab's lifetime: a socket bound to it that
+/// never listens. Connects get a refusal (RST), and no other program can be handed the port
+/// meanwhile, as could happen with a port merely bound and released.
+fn dead_port(want: SocketAddr) -> io::Result<(SocketAddr, Socket)> {
+    let socket = Socket::new(Domain::for_address(want), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&want.into())?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
+    Ok((addr, socket))
 }
 
 /// Accepts connections for one fault until told to stop, then closes the listener and ends
