@@ -8,8 +8,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cause::{Cause, Failure, Level, Phase};
@@ -31,14 +31,48 @@ pub enum Format {
     Text,
 }
 
-enum Msg {
-    Line(String),
-    /// Answered once every earlier line is written and flushed.
-    Flush(mpsc::Sender<()>),
+/// Lines waiting for the writer thread. Requests only append to the buffer; the writer takes
+/// it whole every few milliseconds (or at once when it grows large), so a busy gateway writes in
+/// large batches and no request pays for a thread wake-up.
+struct Pending {
+    buf: Mutex<Vec<u8>>,
+    wake: Condvar,
+    /// Lines dropped because the writer could not keep up (the buffer is bounded).
+    dropped: AtomicU64,
+    writer: Mutex<Box<dyn Write + Send>>,
+}
+
+/// The buffer is handed over early past this size.
+const BATCH: usize = 64 * 1024;
+/// Past this size lines are dropped (and counted) rather than let memory grow.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
+/// How long a line may wait in the buffer when traffic is light.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+impl Pending {
+    /// Writes out everything pending; called by the writer thread and by `flush`.
+    fn drain(&self) {
+        // The writer lock is taken first, so a batch taken out is written before another drain
+        // (a `flush`) can return.
+        let mut w = self.writer.lock().unwrap();
+        let batch = std::mem::take(&mut *self.buf.lock().unwrap());
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if !batch.is_empty() {
+            let _ = w.write_all(&batch);
+        }
+        if dropped > 0 {
+            let _ = writeln!(
+                w,
+                "{{\"time\":\"{}\",\"level\":\"WARN\",\"kind\":\"gateway\",\"message\":\"{dropped} log lines dropped: the log destination is slower than the traffic\"}}",
+                rfc3339(SystemTime::now())
+            );
+        }
+        let _ = w.flush();
+    }
 }
 
 enum Out {
-    Channel(mpsc::Sender<Msg>),
+    Buffered(Arc<Pending>),
     Memory(Arc<Mutex<Vec<String>>>),
 }
 
@@ -53,7 +87,7 @@ impl Logger {
         let out = match sink {
             Sink::Memory(lines) => Out::Memory(lines),
             other => {
-                let mut writer: Box<dyn Write + Send> = match other {
+                let writer: Box<dyn Write + Send> = match other {
                     Sink::Stdout => Box::new(std::io::stdout()),
                     Sink::Stderr => Box::new(std::io::stderr()),
                     Sink::File(path) => Box::new(
@@ -64,30 +98,25 @@ impl Logger {
                     ),
                     Sink::Memory(_) => unreachable!(),
                 };
-                let (tx, rx) = mpsc::channel::<Msg>();
+                let pending = Arc::new(Pending {
+                    buf: Mutex::new(Vec::with_capacity(BATCH)),
+                    wake: Condvar::new(),
+                    dropped: AtomicU64::new(0),
+                    writer: Mutex::new(writer),
+                });
+                let p = pending.clone();
                 std::thread::Builder::new()
                     .name("cleargate-log".into())
-                    .spawn(move || {
-                        let mut buf = std::io::BufWriter::new(&mut writer);
-                        let write = |msg: Msg, buf: &mut std::io::BufWriter<_>| match msg {
-                            Msg::Line(line) => {
-                                let _ = writeln!(buf, "{line}");
-                            }
-                            Msg::Flush(done) => {
-                                let _ = buf.flush();
-                                let _ = done.send(());
-                            }
-                        };
-                        while let Ok(msg) = rx.recv() {
-                            write(msg, &mut buf);
-                            // Flush when the burst is over, so lines appear promptly but in batches.
-                            while let Ok(msg) = rx.try_recv() {
-                                write(msg, &mut buf);
-                            }
-                            let _ = buf.flush();
+                    .spawn(move || loop {
+                        {
+                            let buf = p.buf.lock().unwrap();
+                            let _ = p
+                                .wake
+                                .wait_timeout_while(buf, FLUSH_EVERY, |b| b.len() < BATCH);
                         }
+                        p.drain();
                     })?;
-                Out::Channel(tx)
+                Out::Buffered(pending)
             }
         };
         Ok(Logger { format, out })
@@ -95,20 +124,26 @@ impl Logger {
 
     fn emit(&self, line: String) {
         match &self.out {
-            Out::Channel(tx) => {
-                let _ = tx.send(Msg::Line(line));
+            Out::Buffered(p) => {
+                let mut buf = p.buf.lock().unwrap();
+                if buf.len() + line.len() > MAX_PENDING {
+                    p.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                if buf.len() >= BATCH {
+                    p.wake.notify_one();
+                }
             }
             Out::Memory(lines) => lines.lock().unwrap().push(line),
         }
     }
 
-    /// Waits (at most a second) until every line logged so far is written out.
+    /// Writes out every line logged so far.
     pub fn flush(&self) {
-        if let Out::Channel(tx) = &self.out {
-            let (done_tx, done_rx) = mpsc::channel();
-            if tx.send(Msg::Flush(done_tx)).is_ok() {
-                let _ = done_rx.recv_timeout(Duration::from_secs(1));
-            }
+        if let Out::Buffered(p) = &self.out {
+            p.drain();
         }
     }
 
@@ -193,6 +228,11 @@ impl Logger {
     }
 
     pub fn access(&self, record: &AccessRecord) {
+        if self.format == Format::Json {
+            // The busiest line of all: written straight into a string, no intermediate map.
+            self.emit(access_json(record));
+            return;
+        }
         let mut m = Map::new();
         m.insert("client".into(), json!(record.client.map(|c| c.to_string())));
         m.insert("method".into(), json!(record.method));
@@ -233,6 +273,96 @@ impl Logger {
         }
         self.event("INFO", "access", m);
     }
+}
+
+/// The JSON access line, with the same fields in the same order as the text format.
+fn access_json(r: &AccessRecord) -> String {
+    let mut o = String::with_capacity(512);
+    o.push_str("{\"time\":\"");
+    o.push_str(&rfc3339(SystemTime::now()));
+    o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
+    let client = r.client.map(|c| c.to_string());
+    json_str(&mut o, "client", client.as_deref());
+    json_str(&mut o, "method", Some(&r.method));
+    json_str(&mut o, "host", Some(&r.host));
+    json_str(&mut o, "path", Some(&r.path));
+    json_str(&mut o, "proto", Some(r.proto));
+    json_raw(&mut o, "status", Some(r.status));
+    json_raw(&mut o, "bytes_in", Some(r.bytes_in));
+    json_raw(&mut o, "bytes_out", Some(r.bytes_out));
+    json_raw(&mut o, "duration_ms", Some(ms(r.duration)));
+    json_str(&mut o, "request_id", Some(&r.request_id));
+    json_str(&mut o, "upstream", r.upstream.as_deref());
+    json_str(&mut o, "endpoint", r.endpoint.as_deref());
+    json_str(&mut o, "cause", r.cause.map(Cause::as_str));
+    json_str(&mut o, "phase", r.phase.map(Phase::as_str));
+    json_raw(&mut o, "gateway_error", Some(r.gateway_error));
+    o.push_str(",\"attempts\":[");
+    for (i, a) in r.attempts.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str("{\"endpoint\":");
+        json_string(&mut o, &a.endpoint);
+        json_raw(&mut o, "reused", Some(a.reused));
+        json_raw(&mut o, "idle_ms", a.idle.map(ms));
+        json_raw(&mut o, "conn_uses", Some(a.conn_uses));
+        json_raw(&mut o, "conn_age_ms", a.conn_age.map(ms));
+        json_str(&mut o, "cause", a.cause.map(Cause::as_str));
+        json_str(&mut o, "phase", a.phase.map(Phase::as_str));
+        json_raw(&mut o, "status", a.status);
+        json_raw(&mut o, "connect_ms", a.connect.map(ms));
+        json_raw(&mut o, "first_byte_ms", a.first_byte.map(ms));
+        json_raw(&mut o, "total_ms", a.total.map(ms));
+        o.push('}');
+    }
+    o.push_str("]}");
+    o
+}
+
+/// `,"key":value` for numbers and booleans, `null` when absent.
+fn json_raw(o: &mut String, key: &str, v: Option<impl std::fmt::Display>) {
+    use std::fmt::Write as _;
+    o.push_str(",\"");
+    o.push_str(key);
+    o.push_str("\":");
+    match v {
+        Some(v) => {
+            let _ = write!(o, "{v}");
+        }
+        None => o.push_str("null"),
+    }
+}
+
+/// `,"key":"escaped"`, `null` when absent.
+fn json_str(o: &mut String, key: &str, v: Option<&str>) {
+    o.push_str(",\"");
+    o.push_str(key);
+    o.push_str("\":");
+    match v {
+        Some(v) => json_string(o, v),
+        None => o.push_str("null"),
+    }
+}
+
+/// A JSON string literal (RFC 8259 escaping).
+fn json_string(o: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
 }
 
 /// `127.0.0.1:3001/refused@connect/0.2ms` or `127.0.0.1:3001/200/connect=0.1ms,first_byte=2.3ms`.
@@ -348,6 +478,57 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-23T12:04:05.123Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_access_lines_escape_and_parse() {
+        let r = AccessRecord {
+            client: Some("127.0.0.1:5000".parse().unwrap()),
+            method: "GET".into(),
+            host: "h".into(),
+            path: "/a\"b\\c\n\u{1}é".into(),
+            proto: "HTTP/1.1",
+            status: 502,
+            duration: Duration::from_micros(1500),
+            request_id: "id".into(),
+            cause: Some(Cause::Reset),
+            phase: Some(Phase::ReadHead),
+            gateway_error: true,
+            attempts: vec![AttemptRecord {
+                endpoint: "127.0.0.1:1".into(),
+                reused: true,
+                idle: Some(Duration::from_millis(40)),
+                cause: Some(Cause::Reset),
+                phase: Some(Phase::ReadHead),
+                ..AttemptRecord::default()
+            }],
+            ..AccessRecord::default()
+        };
+        let v: Value = serde_json::from_str(&access_json(&r)).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c\n\u{1}é");
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["upstream"], Value::Null);
+        assert_eq!(v["cause"], "reset");
+        assert_eq!(v["attempts"][0]["idle_ms"], 40.0);
+        assert_eq!(v["attempts"][0]["reused"], true);
+        assert_eq!(v["attempts"][0]["status"], Value::Null);
+    }
+
+    #[test]
+    fn buffered_lines_reach_the_file() {
+        let path = std::env::temp_dir().join(format!("cg-log-{}.log", std::process::id()));
+        let log = Logger::new(Format::Json, Sink::File(path.clone())).unwrap();
+        for i in 0..1000 {
+            log.notice(Level::Info, &format!("line {i}"), &[]);
+        }
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1000);
+        assert!(text
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
