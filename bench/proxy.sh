@@ -108,7 +108,8 @@ EOF
 
 # The origin: one worker, no access log, keep-alive without a request limit.
 mkdir -p "$DIR/www" "$DIR/origin-tmp" "$DIR/nginx-tmp"
-head -c 16384 /dev/urandom | base64 -w 76 | head -c 16384 >"$DIR/www/16k"
+# 12288 random bytes are exactly 16384 base64 characters; no pipe is cut short.
+head -c 12288 /dev/urandom | base64 -w 0 >"$DIR/www/16k"
 cat >"$DIR/origin.conf" <<EOF
 $(nginx_common origin)
 worker_processes 1;
