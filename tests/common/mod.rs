@@ -53,22 +53,13 @@ pub async fn start(top: &str) -> Harness {
 }
 
 pub async fn start_with(lab: Lab, top: &str) -> Harness {
-    let text = config_text(&lab, top);
-    let config =
-        config::Config::parse(&text, "test.toml", Path::new(".")).unwrap_or_else(|p| panic!("{p}"));
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let logger = Arc::new(Logger::new(Format::Json, Sink::Memory(logs.clone())).unwrap());
-    let gateway = Gateway::new(config, logger).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(gateway.serve(vec![listener], shutdown.clone()));
+    let gw = gateway(&config_text(&lab, top)).await;
     Harness {
-        addr,
+        addr: gw.addr,
         lab,
-        logs,
-        shutdown,
-        task,
+        logs: gw.logs,
+        shutdown: gw.shutdown,
+        task: gw.task,
     }
 }
 
