@@ -31,7 +31,7 @@ pub const DEMO_ROUTES: &[(&str, Fault, &str)] = &[
     (
         "/refused",
         Fault::Refused,
-        "502 refused: nothing listens there",
+        "502 refused: nothing listens there (after waiting 1 s for a restart)",
     ),
     (
         "/connect-timeout",
@@ -46,12 +46,12 @@ pub const DEMO_ROUTES: &[(&str, Fault, &str)] = &[
     (
         "/reset",
         Fault::Reset,
-        "502 reset: the upstream resets the connection",
+        "502 reset: every new connection is reset (after waiting 1 s)",
     ),
     (
         "/closed",
         Fault::Close,
-        "502 closed: the upstream closes without a word",
+        "502 closed: the upstream closes without a word (after waiting 1 s)",
     ),
     (
         "/midheader",
@@ -98,7 +98,7 @@ pub fn demo_config(listen: SocketAddr, lab: &Lab, log_format: &str) -> String {
             .expect("the demo starts every fault it routes to");
         let name = fault.name();
         toml.push_str(&format!(
-            "[upstream.{name}]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"3s\"\nbody_timeout = \"3s\"\n\n[[route]]\npath = \"{path}\"\nupstream = \"{name}\"\n\n"
+            "[upstream.{name}]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"3s\"\nbody_timeout = \"3s\"\nrestart_wait = \"1s\"\n\n[[route]]\npath = \"{path}\"\nupstream = \"{name}\"\n\n"
         ));
     }
     toml
