@@ -406,6 +406,27 @@ async fn client_limits_answer_with_client_invalid_and_keep_serving() {
 }
 
 #[tokio::test]
+async fn a_client_that_stalls_its_upload_gets_408_not_a_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // 100 KB announced (too large to buffer for replay, so it streams), 10 bytes sent, then
+    // silence: the upstream is not to blame, and its health must not suffer for it.
+    let h = start("").await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"POST /f/ok HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("cause=client_invalid phase=client"), "{text}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn never_an_open_proxy() {
     let h = start("").await;
     let text = raw(

@@ -271,8 +271,20 @@ impl Conn {
                         send_deadline = now + deadlines.send;
                         continue;
                     }
-                    break Err(Failure::new(if progress.client_failed() { Cause::ClientAborted } else { Cause::Timeout }, Phase::SendRequest)
-                        .with_detail(format!("no request bytes could be written for {:?}", deadlines.send)));
+                    // Nothing moved: either the client stopped sending its body (its fault, 408)
+                    // or the upstream stopped reading it (timeout in send_request).
+                    if progress.client_failed() {
+                        break Err(Failure::new(Cause::ClientAborted, Phase::Client)
+                            .with_detail("the client's request body ended early"));
+                    }
+                    if progress.waiting_on_client() {
+                        break Err(Failure::client(
+                            cause::ClientFault::Slow,
+                            format!("the client sent no request body bytes for {:?}", deadlines.send),
+                        ));
+                    }
+                    break Err(Failure::new(Cause::Timeout, Phase::SendRequest)
+                        .with_detail(format!("the upstream accepted no request bytes for {:?}", deadlines.send)));
                 }
             }
         };
@@ -322,6 +334,8 @@ pub struct BodyProgress {
     finished: AtomicBool,
     finished_at: std::sync::Mutex<Option<Instant>>,
     client_failed: AtomicBool,
+    /// The last poll of the client's body found nothing yet: the gateway waits on the client.
+    waiting_on_client: AtomicBool,
     bytes: AtomicU64,
 }
 
@@ -334,6 +348,9 @@ impl BodyProgress {
     }
     pub fn client_failed(&self) -> bool {
         self.client_failed.load(Ordering::Acquire)
+    }
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Acquire)
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
@@ -402,7 +419,15 @@ impl Body for RequestBody {
             std::task::Poll::Ready(Some(Err(_))) => {
                 self.progress.client_failed.store(true, Ordering::Release)
             }
-            std::task::Poll::Pending => {}
+            std::task::Poll::Pending => self
+                .progress
+                .waiting_on_client
+                .store(true, Ordering::Release),
+        }
+        if r.is_ready() {
+            self.progress
+                .waiting_on_client
+                .store(false, Ordering::Release);
         }
         r
     }
