@@ -85,6 +85,9 @@ struct Streamed {
     incoming: Incoming,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
+    /// The idle deadline runs only while the gateway waits on the upstream: a slow client that
+    /// takes a while to ask for the next frame must not count against the upstream.
+    waiting: bool,
     lease: Option<PoolLease>,
     exchange: Exchange,
     attempt_started: Instant,
@@ -124,6 +127,7 @@ impl ProxyBody {
             kind: Kind::Stream(Box::new(Streamed {
                 incoming,
                 idle: Box::pin(tokio::time::sleep(idle_timeout)),
+                waiting: true,
                 idle_timeout,
                 lease: Some(lease),
                 exchange,
@@ -205,8 +209,7 @@ impl Body for ProxyBody {
                 if let Some(d) = frame.data_ref() {
                     s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
-                let deadline = tokio::time::Instant::now() + s.idle_timeout;
-                s.idle.as_mut().reset(deadline);
+                s.waiting = false;
                 if s.incoming.is_end_stream() {
                     s.finish();
                 }
@@ -223,6 +226,11 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Err(this.fail(f))))
             }
             Poll::Pending => {
+                if !s.waiting {
+                    s.waiting = true;
+                    let deadline = tokio::time::Instant::now() + s.idle_timeout;
+                    s.idle.as_mut().reset(deadline);
+                }
                 ready!(s.idle.as_mut().poll(cx));
                 let mut f = Failure::new(Cause::Timeout, Phase::ReadBody)
                     .with_detail(format!("no response body bytes for {:?}", s.idle_timeout));
