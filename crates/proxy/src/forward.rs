@@ -53,7 +53,13 @@ fn via_version(v: Version) -> &'static str {
 
 /// Size of the request head as the client sent it (request line and header lines).
 fn head_size(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    // Measured without formatting the URI: this runs on every request.
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| {
+            a.as_str().len() + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        });
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
