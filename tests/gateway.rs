@@ -365,6 +365,7 @@ async fn client_limits_answer_with_client_invalid_and_keep_serving() {
     );
 
     let post = Request::post("/f/ok")
+        .header("host", "x")
         .body(Full::new(Bytes::from(vec![b'x'; 2048])))
         .unwrap();
     let seen = send(h.addr, post).await;
@@ -429,13 +430,20 @@ async fn a_client_that_stalls_its_upload_gets_408_not_a_504() {
 #[tokio::test]
 async fn never_an_open_proxy() {
     let h = start("").await;
+    // Absolute form routes like any request: the catch-all route serves it, the target's host
+    // is only matched against routes (and forwarded as Host), never dialed.
     let text = raw(
         h.addr,
-        b"GET http://evil.example/f/ok HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        b"GET http://elsewhere.example/f/ok HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(text.starts_with("HTTP/1.1 404"), "{text:.300}");
-    assert!(text.contains("cause=no_route"), "{text:.400}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.300}");
+    assert!(
+        text.contains("\"host\":\"elsewhere.example\""),
+        "{text:.900}"
+    );
+    assert!(!text.contains("other.example"), "{text:.900}");
+    assert_eq!(h.lab.stats(Fault::Ok).requests, 1);
     let text = raw(
         h.addr,
         b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
@@ -443,7 +451,11 @@ async fn never_an_open_proxy() {
     .await;
     assert!(text.starts_with("HTTP/1.1 404"), "{text:.300}");
     assert!(text.contains("cause=no_route"), "{text:.400}");
-    assert_eq!(h.lab.stats(Fault::Ok).requests, 0, "nothing was forwarded");
+    assert_eq!(
+        h.lab.stats(Fault::Ok).requests,
+        1,
+        "CONNECT was not forwarded"
+    );
     let seen = send(
         h.addr,
         get(h.addr, "/nowhere")

@@ -397,6 +397,8 @@ pub enum ClientFault {
     BodyTooLarge,
     /// The header section is larger than the limit: 431.
     HeadersTooLarge,
+    /// The request uses a transfer coding the gateway does not implement: 501.
+    NotImplemented,
 }
 
 /// How loud a failure is in the log.
@@ -484,6 +486,27 @@ impl Failure {
         self
     }
 
+    /// The failure as a client outside `trusted_clients` may see it: the upstream's name instead
+    /// of any address, port or host name of an endpoint, and no technical detail (which may hold
+    /// OS error text or resolved addresses). The log always gets the whole failure.
+    pub fn redacted(&self) -> Failure {
+        let name = self.upstream.clone();
+        let shown = name.as_deref().unwrap_or("upstream");
+        Failure {
+            endpoint: self.endpoint.as_ref().map(|_| shown.to_string()),
+            detail: None,
+            earlier: self
+                .earlier
+                .iter()
+                .map(|e| match e.split_once('/') {
+                    Some((_, rest)) => format!("{shown}/{rest}"),
+                    None => shown.to_string(),
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The one mapping: status, headers, log level and metric label for this failure.
     pub fn answer(&self) -> Answer {
         let status = match self.cause {
@@ -506,6 +529,7 @@ impl Failure {
                 ClientFault::Slow => 408,
                 ClientFault::BodyTooLarge => 413,
                 ClientFault::HeadersTooLarge => 431,
+                ClientFault::NotImplemented => 501,
             },
             Cause::ClientAborted => 499,
             Cause::Internal => 500,
@@ -829,5 +853,23 @@ mod tests {
         assert!(odd
             .proxy_status("1 bad name", 1)
             .starts_with("gw-1badname; error=dns_error; next-hop=\"we\\\"ird\\\\name\""));
+    }
+
+    #[test]
+    fn redacted_failures_name_the_upstream_only() {
+        let mut f = Failure::new(Cause::Refused, Phase::Connect).with_endpoint("10.0.0.7:3001");
+        f.upstream = Some("app".into());
+        f.detail = Some("connection refused (os error 111)".into());
+        f.earlier = vec!["10.0.0.8:3001/reset@read_head".into()];
+        let r = f.redacted();
+        assert_eq!(r.endpoint.as_deref(), Some("app"));
+        assert_eq!(r.detail, None);
+        assert_eq!(r.earlier, vec!["app/reset@read_head".to_string()]);
+        let ps = r.proxy_status("cleargate", 2);
+        assert!(!ps.contains("10.0.0"), "{ps}");
+        assert!(ps.contains("next-hop=\"app\""), "{ps}");
+        assert_eq!(parse_details(&ps), Some((Cause::Refused, Phase::Connect)));
+        let client = Failure::client(ClientFault::NotImplemented, "gzip");
+        assert_eq!(client.answer().status, 501);
     }
 }

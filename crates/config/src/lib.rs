@@ -31,6 +31,29 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub resolver: ResolverConfig,
+    /// Clients that see upstream addresses and error details on error pages and in
+    /// `Proxy-Status`; everyone else sees the upstream's name only.
+    pub trusted_clients: Vec<ipnet::IpNet>,
+}
+
+/// Loopback only: an operator on the gateway's own host sees everything.
+pub fn default_trusted_clients() -> Vec<ipnet::IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("valid CIDR"),
+        "::1/128".parse().expect("valid CIDR"),
+    ]
+}
+
+impl Config {
+    /// True when `ip` is inside one of the `trusted_clients` networks. An IPv4 client reached
+    /// over an IPv6 socket (`::ffff:a.b.c.d`) is judged by its IPv4 address.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_clients.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// How upstream host names are resolved.

@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream",
     "route",
     "resolver",
+    "trusted_clients",
 ];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
@@ -669,6 +670,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         upstreams: Vec::new(),
         routes: Vec::new(),
         resolver: ResolverConfig::default(),
+        trusted_clients: default_trusted_clients(),
     };
 
     match root.get("listen") {
@@ -796,6 +798,28 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
             .and_then(|v| w.integer(v, "`max_client_connections`", 1..=10_000_000))
         {
             l.max_client_connections = n as usize;
+        }
+    }
+
+    if let Some(v) = root.get("trusted_clients") {
+        if let Some(items) = w.array(v, "`trusted_clients`") {
+            cfg.trusted_clients.clear();
+            for item in items {
+                let Some(s) = w.string(item, "a `trusted_clients` entry") else {
+                    continue;
+                };
+                // A bare address is a network of one.
+                let net = s
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                match net {
+                    Ok(n) => cfg.trusted_clients.push(n.trunc()),
+                    Err(_) => w.problem(
+                        item.span(),
+                        format!("cannot read `{s}` as a network; write a CIDR such as \"10.0.0.0/8\" or an address such as \"::1\""),
+                    ),
+                }
+            }
         }
     }
 
@@ -1014,6 +1038,30 @@ upstream = "app"
         assert_eq!(
             c.summary(),
             "1 listener(s), 1 upstream(s) with 2 endpoint(s), 1 route(s)"
+        );
+    }
+
+    #[test]
+    fn trusted_clients_default_to_loopback_and_are_checked() {
+        let c = Config::parse(MINIMAL, "t.toml", Path::new(".")).unwrap();
+        assert!(c.is_trusted("127.0.0.1".parse().unwrap()));
+        assert!(c.is_trusted("::1".parse().unwrap()));
+        assert!(!c.is_trusted("192.0.2.1".parse().unwrap()));
+        let src = format!("trusted_clients = [\"10.0.0.0/8\", \"2001:db8::1\"]\n{MINIMAL}");
+        let c = Config::parse(&src, "t.toml", Path::new(".")).unwrap();
+        assert!(c.is_trusted("10.1.2.3".parse().unwrap()));
+        assert!(c.is_trusted("2001:db8::1".parse().unwrap()));
+        assert!(!c.is_trusted("127.0.0.1".parse().unwrap()));
+        let c = Config::parse(
+            &format!("trusted_clients = []\n{MINIMAL}"),
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(!c.is_trusted("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            problems(&format!("trusted_clients = [\"10.0.0.0/33\"]\n{MINIMAL}")),
+            vec!["t.toml:1:20: cannot read `10.0.0.0/33` as a network; write a CIDR such as \"10.0.0.0/8\" or an address such as \"::1\"".to_string()]
         );
     }
 

@@ -56,6 +56,11 @@ pub struct ConnectOptions {
     pub h2: bool,
 }
 
+/// How many response header lines are accepted within `max_bytes` of head.
+pub fn max_response_headers(max_bytes: usize) -> usize {
+    (max_bytes / 32).clamp(100, 4096)
+}
+
 /// Resolves `endpoint` (`ip:port` or `name:port`) to addresses.
 pub async fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, Failure> {
     if let Ok(addr) = endpoint.parse::<SocketAddr>() {
@@ -86,6 +91,8 @@ pub struct Conn {
     stats: Arc<IoStats>,
     /// When the connection task ended (the upstream or the gateway closed it).
     closed_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The largest response head accepted, for the detail of a `response_too_large`.
+    head_limit: usize,
     pub addr: SocketAddr,
     pub created: Instant,
     /// Requests sent on this connection before the current one.
@@ -138,7 +145,12 @@ where
         Sender::H2(sender)
     } else {
         let (sender, conn) = http1::Builder::new()
-            .max_buf_size(opts.max_response_header_bytes.max(8192))
+            // The limit is exact: a head of the limit is read, one byte more is too large.
+            .max_header_size(opts.max_response_header_bytes)
+            .max_buf_size(opts.max_response_header_bytes + 8192)
+            // Any number of header lines fits in the byte limit, up to one per 32 bytes of it:
+            // hyper sizes its parse arrays by this count for every response.
+            .max_headers(max_response_headers(opts.max_response_header_bytes))
             .handshake(io)
             .await
             .map_err(handshake_failed)?;
@@ -154,6 +166,7 @@ where
         sender,
         stats,
         closed_at,
+        head_limit: opts.max_response_header_bytes,
         addr,
         created: now,
         uses: 0,
@@ -186,6 +199,7 @@ impl Conn {
                 sender: Sender::H2(s.clone()),
                 stats: self.stats.clone(),
                 closed_at: self.closed_at.clone(),
+                head_limit: self.head_limit,
                 addr: self.addr,
                 created: self.created,
                 uses: self.uses,
@@ -252,9 +266,17 @@ impl Conn {
                     let phase = if progress.is_finished() { Phase::ReadHead } else { Phase::SendRequest };
                     if progress.client_failed() {
                         // The client's body broke off; the upstream is not to blame.
-                        return Failure::new(Cause::ClientAborted, Phase::Client).with_detail("the client's request body ended early");
+                        return progress.client_failure();
                     }
-                    classify_hyper_error(&e, phase, reused)
+                    let mut f = classify_hyper_error(&e, phase, reused);
+                    if f.cause == Cause::ResponseTooLarge {
+                        f.detail = Some(format!(
+                            "the upstream's response head exceeds the limit of {} bytes ({} header lines at most)",
+                            self.head_limit,
+                            max_response_headers(self.head_limit)
+                        ));
+                    }
+                    f
                 }),
                 _ = tokio::time::sleep_until(wake) => {
                     let now = tokio::time::Instant::now();
@@ -274,8 +296,7 @@ impl Conn {
                     // Nothing moved: either the client stopped sending its body (its fault, 408)
                     // or the upstream stopped reading it (timeout in send_request).
                     if progress.client_failed() {
-                        break Err(Failure::new(Cause::ClientAborted, Phase::Client)
-                            .with_detail("the client's request body ended early"));
+                        break Err(progress.client_failure());
                     }
                     if progress.waiting_on_client() {
                         break Err(Failure::client(
@@ -337,6 +358,8 @@ pub struct BodyProgress {
     /// The last poll of the client's body found nothing yet: the gateway waits on the client.
     waiting_on_client: AtomicBool,
     bytes: AtomicU64,
+    /// What broke the client's body, once it broke.
+    client_error: std::sync::Mutex<Option<String>>,
 }
 
 impl BodyProgress {
@@ -354,6 +377,21 @@ impl BodyProgress {
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+    /// The failure for a request body that broke off on the client's side: a `400`, whether the
+    /// chunked framing was broken or the body ended before its length (the client closed or
+    /// half-closed), as nginx also answers; it is the client's doing, never the upstream's.
+    pub fn client_failure(&self) -> Failure {
+        let why = self
+            .client_error
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+        Failure::client(
+            cause::ClientFault::Malformed,
+            format!("the client's request body broke off: {why}"),
+        )
     }
     fn finish(&self) {
         if !self.finished.swap(true, Ordering::AcqRel) {
@@ -416,7 +454,8 @@ impl Body for RequestBody {
                     self.progress.finish();
                 }
             }
-            std::task::Poll::Ready(Some(Err(_))) => {
+            std::task::Poll::Ready(Some(Err(e))) => {
+                *self.progress.client_error.lock().unwrap() = Some(error_chain(e.as_ref()));
                 self.progress.client_failed.store(true, Ordering::Release)
             }
             std::task::Poll::Pending => self
@@ -439,6 +478,21 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Classifies an error from reading an upstream response body (phase `read_body`).

@@ -68,6 +68,8 @@ pub struct PoolLease {
     /// The upstream's `Keep-Alive: timeout=`, in seconds.
     pub keep_alive: Option<u64>,
     pub slot: upstream::Slot,
+    /// The response's framing was ambiguous: close the connection instead of pooling it.
+    pub close: bool,
 }
 
 /// A response body towards the client.
@@ -93,6 +95,9 @@ struct Streamed {
     attempt_started: Instant,
     sent: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
+    /// What a look at the body before the head went out found: a first frame to send, or
+    /// (`Some(None)`) the end of the body.
+    early: Option<Option<Frame<Bytes>>>,
 }
 
 impl ProxyBody {
@@ -134,9 +139,18 @@ impl ProxyBody {
                 attempt_started,
                 sent: Arc::new(AtomicU64::new(0)),
                 done: Arc::new(AtomicBool::new(false)),
+                early: None,
             })),
             log: None,
         }
+    }
+
+    /// Puts back what [`first_frame`] read before the head went out.
+    pub fn with_early(mut self, early: Option<Option<Frame<Bytes>>>) -> ProxyBody {
+        if let Kind::Stream(s) = &mut self.kind {
+            s.early = early;
+        }
+        self
     }
 
     /// Attaches the request log, written when this body ends.
@@ -204,6 +218,19 @@ impl Body for ProxyBody {
             Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => s,
         };
+        if let Some(early) = s.early.take() {
+            let Some(frame) = early else {
+                s.finish();
+                return Poll::Ready(None);
+            };
+            if let Some(d) = frame.data_ref() {
+                s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+            if s.incoming.is_end_stream() {
+                s.finish();
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match Pin::new(&mut s.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -245,7 +272,8 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Stream(s) => s.incoming.is_end_stream(),
+            // A frame read early is still to be sent, or the end still to be seen by `finish`.
+            Kind::Stream(s) => s.early.is_none() && s.incoming.is_end_stream(),
         }
     }
 
@@ -264,9 +292,11 @@ impl Streamed {
     fn finish(&mut self) {
         self.done.store(true, Ordering::Relaxed);
         if let Some(lease) = self.lease.take() {
-            lease
-                .upstream
-                .release(&lease.endpoint, lease.conn, lease.keep_alive);
+            if !lease.close {
+                lease
+                    .upstream
+                    .release(&lease.endpoint, lease.conn, lease.keep_alive);
+            }
         }
     }
 
@@ -282,8 +312,36 @@ impl Streamed {
     }
 }
 
-/// The client's request body on its way upstream, cut off at the configured limit.
+/// Reads the first frame of an upstream body if it is already there or arrives at once, so
+/// that a body broken from its first byte (a chunk size that overflows, say) becomes an error
+/// response instead of a head followed by an abort. Only bodies without a known length are
+/// looked at: a length-framed body cannot be broken before its first byte.
+pub async fn first_frame(
+    incoming: &mut Incoming,
+) -> Result<Option<Option<Frame<Bytes>>>, hyper::Error> {
+    if incoming.is_end_stream() || incoming.size_hint().exact().is_some() {
+        return Ok(None);
+    }
+    // Two turns of the scheduler let the connection task decode what it has already read.
+    let mut turns = 0;
+    std::future::poll_fn(|cx| match Pin::new(&mut *incoming).poll_frame(cx) {
+        Poll::Ready(Some(Ok(frame))) => Poll::Ready(Ok(Some(Some(frame)))),
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
+        Poll::Ready(None) => Poll::Ready(Ok(Some(None))),
+        Poll::Pending if turns < 2 => {
+            turns += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(Ok(None)),
+    })
+    .await
+}
+
+/// The client's request body on its way upstream, cut off at the configured limit. A body
+/// that was partly read to find out whether it could be kept whole starts with that prefix.
 pub struct LimitedBody {
+    prefix: Option<Bytes>,
     inner: Incoming,
     remaining: u64,
     pub exceeded: Arc<AtomicBool>,
@@ -291,9 +349,15 @@ pub struct LimitedBody {
 
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+        LimitedBody::with_prefix(Bytes::new(), inner, limit)
+    }
+
+    /// `prefix` was read from `inner` already and counts against `limit`.
+    pub fn with_prefix(prefix: Bytes, inner: Incoming, limit: u64) -> LimitedBody {
         LimitedBody {
+            remaining: limit.saturating_sub(prefix.len() as u64),
+            prefix: (!prefix.is_empty()).then_some(prefix),
             inner,
-            remaining: limit,
             exceeded: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -307,6 +371,9 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
@@ -325,10 +392,18 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.prefix {
+            None => self.inner.size_hint(),
+            // A prefix is only read from bodies of unknown length, which stay unknown.
+            Some(p) => {
+                let mut h = SizeHint::new();
+                h.set_lower(p.len() as u64 + self.inner.size_hint().lower());
+                h
+            }
+        }
     }
 }

@@ -17,18 +17,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cause::{Cause, ClientFault, Failure, Phase};
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::{LimitedBody, PoolLease, ProxyBody, RequestLog};
+use crate::admit::{admit, Admitted};
+use crate::body::{first_frame, LimitedBody, PoolLease, ProxyBody, RequestLog};
+use crate::framing::response_framing;
 use crate::headers::{
     append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
     Forwarding,
 };
 use crate::log::{AccessRecord, AttemptRecord};
 use crate::page::{self, PageContext};
-use crate::route::normalize_host;
 use crate::server::ConnState;
 use crate::Gateway;
 use bytes::Bytes;
@@ -68,12 +69,13 @@ fn head_size(req: &Request<Incoming>) -> usize {
 }
 
 impl Gateway {
-    /// Handles one client request from start to response head.
+    /// Handles one client request from start to response head. `conn` is the client
+    /// connection's state and the request's number on it (absent in unit tests).
     pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
-        conn_state: Option<Arc<ConnState>>,
+        conn: Option<(Arc<ConnState>, u64)>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = req
@@ -81,31 +83,39 @@ impl Gateway {
             .get("x-request-id")
             .and_then(sane_request_id)
             .unwrap_or_else(new_request_id);
-        // HTTP/1 absolute-form names a target host, as sent to forward proxies; an HTTP/2
-        // `:authority` is the Host header's equivalent and always present.
-        let absolute = req.version() != Version::HTTP_2 && req.uri().authority().is_some();
-        let host_raw = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
-        let host = normalize_host(&host_raw);
+        let trusted = self.config.is_trusted(client.ip());
+        let length_and_coding = conn
+            .as_ref()
+            .is_some_and(|(state, n)| state.had_length_and_coding(*n));
+        let oversized = conn
+            .as_ref()
+            .and_then(|(state, n)| state.oversized_head(*n));
         let path_and_query = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
+        let limit = self.config.limits.max_request_header_bytes;
+        let admitted = if let Some(size) = oversized {
+            Err(Failure::client(
+                ClientFault::HeadersTooLarge,
+                format!("request header section is {size} bytes, the limit is {limit}"),
+            ))
+        } else if req.method() == Method::CONNECT {
+            // Never an open proxy: CONNECT tunnels go nowhere.
+            Err(Failure::new(Cause::NoRoute, Phase::Select)
+                .with_detail("CONNECT tunnels are not offered by this gateway"))
+        } else {
+            admit(&req, length_and_coding)
+        };
         let mut log = RequestLog {
             record: AccessRecord {
                 client: Some(client),
                 method: req.method().to_string(),
-                host: host.clone(),
+                host: match &admitted {
+                    Ok(a) => a.host.clone(),
+                    Err(_) => String::new(),
+                },
                 path: path_and_query.clone(),
                 proto: proto_name(req.version()),
                 request_id: request_id.clone(),
@@ -116,18 +126,20 @@ impl Gateway {
             bytes_in: None,
             responded: false,
             attempts: 0,
-            inflight: conn_state,
+            inflight: conn.map(|(state, _)| state),
             armed: true,
         };
         let format = page::negotiate(req.headers());
         let method = req.method().clone();
-
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(failure) => return self.fail(failure, &method, format, trusted, log),
+        };
         match self
             .forward(
                 req,
                 client,
-                &host,
-                absolute,
+                &admitted,
                 &path_and_query,
                 &request_id,
                 &mut log,
@@ -135,7 +147,7 @@ impl Gateway {
             .await
         {
             Ok(resp) => resp,
-            Err(failure) => self.fail(failure, &method, format, log),
+            Err(failure) => self.fail(failure, &method, format, trusted, log),
         }
     }
 
@@ -145,8 +157,19 @@ impl Gateway {
         mut failure: Failure,
         method: &Method,
         format: page::Format,
+        trusted: bool,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
+        if !failure.answer().sent_to_client {
+            // A status that is only ever logged (499) must not reach the wire; a request that
+            // still gets an answer broke off on the client's side, which is a 400.
+            failure = Failure::client(
+                ClientFault::Malformed,
+                failure
+                    .detail
+                    .unwrap_or_else(|| "the request broke off".into()),
+            );
+        }
         let status = failure.answer().status;
         // Every attempt appears in Proxy-Status: the earlier ones in `details`.
         let tried = &log.record.attempts;
@@ -174,7 +197,12 @@ impl Gateway {
             format,
             template,
         };
-        let mut resp = page::error_response(&failure, &cx);
+        // The log above has everything; a client outside `trusted_clients` sees names only.
+        let mut resp = if trusted {
+            page::error_response(&failure, &cx)
+        } else {
+            page::error_response(&failure.redacted(), &cx)
+        };
         append_via(resp.headers_mut(), &self.via);
         log.record.status = status;
         log.record.cause = Some(failure.cause);
@@ -185,63 +213,48 @@ impl Gateway {
         resp.map(|b| b.with_log(log))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
-        host: &str,
-        absolute: bool,
+        admitted: &Admitted,
         path_and_query: &str,
         request_id: &str,
         log: &mut RequestLog,
     ) -> Result<Response<ProxyBody>, Failure> {
+        use http_body::Body as _;
         let limits = &self.config.limits;
-        // Limits first: an oversized or odd request is refused before anything else is spent on it.
-        let size = head_size(&req);
-        if size > limits.max_request_header_bytes {
-            return Err(Failure::client(
-                ClientFault::HeadersTooLarge,
-                format!(
-                    "request header section is {size} bytes, the limit is {}",
-                    limits.max_request_header_bytes
-                ),
-            ));
+        // Limits first: an oversized request is refused before anything else is spent on it.
+        // hyper enforces the HTTP/1 head limit exactly while parsing; HTTP/2 heads are measured
+        // here.
+        if req.version() == Version::HTTP_2 {
+            let size = head_size(&req);
+            if size > limits.max_request_header_bytes {
+                return Err(Failure::client(
+                    ClientFault::HeadersTooLarge,
+                    format!(
+                        "request header section is {size} bytes, the limit is {}",
+                        limits.max_request_header_bytes
+                    ),
+                ));
+            }
         }
-        if let Some(len) = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-        {
-            match len.trim().parse::<u64>() {
-                Ok(n) if n > limits.max_request_body_bytes => {
-                    return Err(Failure::client(
-                        ClientFault::BodyTooLarge,
-                        format!(
-                            "request body is {n} bytes, the limit is {}",
-                            limits.max_request_body_bytes
-                        ),
-                    ))
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(Failure::client(
-                        ClientFault::Malformed,
-                        "invalid Content-Length",
-                    ))
-                }
+        // The length hyper framed the body by; it cannot disagree with what is read.
+        if let Some(n) = req.body().size_hint().exact() {
+            if n > limits.max_request_body_bytes {
+                return Err(Failure::client(
+                    ClientFault::BodyTooLarge,
+                    format!(
+                        "request body is {n} bytes, the limit is {}",
+                        limits.max_request_body_bytes
+                    ),
+                ));
             }
         }
 
-        // Never an open proxy: CONNECT and requests for foreign hosts go nowhere.
-        if req.method() == Method::CONNECT {
-            return Err(Failure::new(Cause::NoRoute, Phase::Select)
-                .with_detail("CONNECT tunnels are not offered by this gateway"));
-        }
-        if absolute && !self.router.names_host(host) {
-            return Err(Failure::new(Cause::NoRoute, Phase::Select)
-                .with_detail(format!("no route names host `{host}`")));
-        }
+        // Absolute-form requests route like any other: the gateway never dials the target's
+        // host, it only matches it against the routes.
+        let host = admitted.host.as_str();
         let path = req.uri().path().to_string();
         let Some(route) = self.router.find(host, &path) else {
             return Err(Failure::new(Cause::NoRoute, Phase::Select)
@@ -268,12 +281,7 @@ impl Gateway {
         ) || req.headers().contains_key("idempotency-key");
         let key = self.hash_key(&upstream, &req, client);
         let (mut parts, body) = req.into_parts();
-        let host_header = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let host_header = admitted.host_value.clone();
         let via = format!("{} {}", via_version(version), self.config.server_name);
         forward_request_headers(
             &mut parts.headers,
@@ -305,9 +313,18 @@ impl Gateway {
             Version::HTTP_11
         };
 
-        let mut body = self.prepare_body(body, &parts.headers, &upstream).await?;
-        if let PreparedBody::Buffered(b) = &body {
-            log.record.bytes_in = b.len() as u64;
+        let mut body = self.prepare_body(body, &upstream).await?;
+        // hyper's client writes the framing from the body: a length for a body of known size,
+        // chunks otherwise (said explicitly, or hyper would drop a GET's body of unknown size).
+        parts.headers.remove(CONTENT_LENGTH);
+        match &body {
+            PreparedBody::Buffered(b) => log.record.bytes_in = b.len() as u64,
+            PreparedBody::Streaming(Some(b)) if !h2 && b.size_hint().exact().is_none() => {
+                parts
+                    .headers
+                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+            PreparedBody::Streaming(_) => {}
         }
         let too_large = match &body {
             PreparedBody::Streaming(Some(b)) => Some(b.exceeded.clone()),
@@ -371,13 +388,39 @@ impl Gateway {
                     }
                 }
             };
-            match outcome {
+            // The response head arrived; is its body framed so that it can be relayed, and is
+            // its start readable?
+            let outcome = match outcome {
                 Ok((resp, conn, exchange, endpoint, slot)) => {
+                    let (mut parts, mut incoming) = resp.into_parts();
+                    let checked = match response_framing(&mut parts.headers) {
+                        Ok(framing) => match first_frame(&mut incoming).await {
+                            Ok(early) => Ok((framing, early)),
+                            Err(e) => Err(net::body_failure(&e, &exchange)),
+                        },
+                        Err(mut f) => {
+                            exchange.fill(&mut f);
+                            Err(f)
+                        }
+                    };
+                    match checked {
+                        Ok((framing, early)) => Ok((
+                            parts, incoming, framing, early, conn, exchange, endpoint, slot,
+                        )),
+                        Err(mut f) => {
+                            f.endpoint = Some(endpoint.name.clone());
+                            Err((f, None))
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((mut parts, incoming, framing, early, conn, exchange, endpoint, slot)) => {
                     attempt.first_byte = Some(attempt_started.elapsed());
-                    attempt.status = Some(resp.status().as_u16());
+                    attempt.status = Some(parts.status.as_u16());
                     log.record.attempts.push(attempt);
-                    upstream.report(&endpoint, Outcome::Answered(resp.status().as_u16()));
-                    let (mut parts, incoming) = resp.into_parts();
+                    upstream.report(&endpoint, Outcome::Answered(parts.status.as_u16()));
                     let keep_alive = keep_alive_timeout(&parts.headers);
                     strip_hop_by_hop(&mut parts.headers);
                     append_via(
@@ -394,6 +437,7 @@ impl Gateway {
                         endpoint,
                         keep_alive,
                         slot,
+                        close: framing.close_upstream,
                     };
                     let body = ProxyBody::stream(
                         incoming,
@@ -401,7 +445,8 @@ impl Gateway {
                         exchange,
                         attempt_started,
                         self.deadlines[route.upstream].body_idle,
-                    );
+                    )
+                    .with_early(early);
                     let log = std::mem::replace(log, RequestLog::detached(&self.logger));
                     return Ok(Response::from_parts(parts, body.with_log(log)));
                 }
@@ -493,42 +538,86 @@ impl Gateway {
         }
     }
 
-    /// Reads a small request body whole, so that a failed attempt can be replayed; larger or
-    /// unknown-length bodies are streamed and sent once.
+    /// Reads a small request body whole, so that a failed attempt can be replayed; larger
+    /// bodies are streamed and sent once. A body of unknown length (chunked) is read up to the
+    /// replay limit within the upstream's send timeout: if it ends by then it is kept whole
+    /// like a small length-framed one, otherwise what was read is sent first and the rest
+    /// streamed after it. A body the client breaks (bad chunk framing, an early end) is a 400.
     async fn prepare_body(
         &self,
-        body: Incoming,
-        headers: &http::HeaderMap,
+        mut body: Incoming,
         upstream: &upstream::Upstream,
     ) -> Result<PreparedBody, Failure> {
         use http_body::Body as _;
+        use http_body_util::BodyExt;
         let limits = &self.config.limits;
         if body.is_end_stream() {
             return Ok(PreparedBody::Buffered(Bytes::new()));
         }
-        let length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match length {
-            Some(n) if n <= limits.max_replay_body_bytes as u64 => {
-                use http_body_util::BodyExt;
-                let read =
-                    tokio::time::timeout(upstream.config.timeouts.send, body.collect()).await;
-                match read {
+        let broke = |e: hyper::Error| {
+            Failure::client(
+                ClientFault::Malformed,
+                format!(
+                    "the client's request body broke off: {}",
+                    net::error_chain(&e)
+                ),
+            )
+        };
+        let replay = limits.max_replay_body_bytes as u64;
+        let send_timeout = upstream.config.timeouts.send;
+        match body.size_hint().exact() {
+            Some(n) if n <= replay => {
+                match tokio::time::timeout(send_timeout, body.collect()).await {
                     Ok(Ok(collected)) => Ok(PreparedBody::Buffered(collected.to_bytes())),
-                    Ok(Err(e)) => Err(Failure::new(Cause::ClientAborted, Phase::Client)
-                        .with_detail(format!("reading the request body: {e}"))),
+                    Ok(Err(e)) => Err(broke(e)),
                     Err(_) => Err(Failure::client(
                         ClientFault::Slow,
                         "the request body did not arrive in time",
                     )),
                 }
             }
-            _ => Ok(PreparedBody::Streaming(Some(LimitedBody::new(
+            Some(_) => Ok(PreparedBody::Streaming(Some(LimitedBody::new(
                 body,
                 limits.max_request_body_bytes,
             )))),
+            None => {
+                let cap = replay.min(limits.max_request_body_bytes);
+                let mut read = bytes::BytesMut::new();
+                let until = tokio::time::Instant::now() + send_timeout;
+                loop {
+                    let frame = match tokio::time::timeout_at(until, body.frame()).await {
+                        Err(_) => break,
+                        Ok(None) => return Ok(PreparedBody::Buffered(read.freeze())),
+                        Ok(Some(Err(e))) => return Err(broke(e)),
+                        Ok(Some(Ok(frame))) => frame,
+                    };
+                    // Trailers are not forwarded (hyper's client sends only declared ones).
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    read.extend_from_slice(&data);
+                    if read.len() as u64 > limits.max_request_body_bytes {
+                        return Err(Failure::client(
+                            ClientFault::BodyTooLarge,
+                            format!(
+                                "request body exceeds the limit of {} bytes",
+                                limits.max_request_body_bytes
+                            ),
+                        ));
+                    }
+                    if body.is_end_stream() {
+                        return Ok(PreparedBody::Buffered(read.freeze()));
+                    }
+                    if read.len() as u64 > cap {
+                        break;
+                    }
+                }
+                Ok(PreparedBody::Streaming(Some(LimitedBody::with_prefix(
+                    read.freeze(),
+                    body,
+                    limits.max_request_body_bytes,
+                ))))
+            }
         }
     }
 

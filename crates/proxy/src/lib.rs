@@ -1,7 +1,11 @@
 //! The gateway: turns a validated configuration into a running reverse proxy.
 //!
-//! - `server`: accept loop, client connections, client timeouts, graceful shutdown;
+//! - `server`: accept loop, client connections, protocol detection, client timeouts, graceful
+//!   shutdown;
+//! - `prescan`: the raw request bytes, for what hyper's parsed request no longer shows;
+//! - `admit`: the first phase: Host, authority and body framing of a request;
 //! - `forward`: the request lifecycle, from client request to upstream response;
+//! - `framing`: how an upstream response's body is framed, and what is relayed of it;
 //! - `body`: streaming bodies both ways, and the request log written when a response ends;
 //! - `page`: the error surface (status, `Proxy-Status`, negotiated page);
 //! - `headers`: hop-by-hop and forwarding headers, request ids;
@@ -12,11 +16,14 @@
 //! endpoint choice are `crates/upstream`'s. This crate decides nothing about statuses: it asks
 //! `cause::Failure::answer`.
 
+mod admit;
 mod body;
 mod forward;
+mod framing;
 mod headers;
 pub mod log;
 pub mod page;
+mod prescan;
 mod route;
 mod server;
 

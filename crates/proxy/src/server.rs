@@ -1,9 +1,14 @@
 //! The client side: accept loop, one task per connection, client timeouts, graceful shutdown.
 //!
-//! Each connection is served by hyper (HTTP/1.1, or HTTP/2 with prior knowledge, detected from
-//! the first bytes). A small watchdog per HTTP/1 connection enforces the request-head deadline
-//! with a real `408` page (hyper alone would close silently) and closes idle keep-alive
-//! connections. Errors hyper answers by itself (malformed requests) are logged here.
+//! Each connection is served by hyper: HTTP/2 when its first bytes are the HTTP/2 preface (prior
+//! knowledge), HTTP/1.1 otherwise. The protocol is told apart here rather than by hyper-util, so
+//! that bytes that are neither (an HTTP/2 client speaking to the wrong port, say) are closed
+//! without an HTTP/1 answer that such a client would misread as a frame, and so that hyper's
+//! HTTP/1 builder gets the exact header-size limit. A small watchdog per HTTP/1 connection
+//! enforces the request-head deadline with a real `408` page (hyper alone would close silently)
+//! and closes idle keep-alive connections. The raw request bytes pass through the
+//! [`HeadScanner`], which notices what hyper's parsed request no longer shows. Errors hyper
+//! answers by itself (malformed requests) are logged here.
 
 use std::convert::Infallible;
 use std::io;
@@ -14,20 +19,67 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes, BytesMut};
 use cause::{ClientFault, Failure, Level};
 use http::Method;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
+use crate::prescan::{Finding, HeadScanner};
 use crate::Gateway;
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a connection say it speaks.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    Http2,
+    /// Neither an HTTP/1 request line nor the HTTP/2 preface.
+    Neither(&'static str),
+}
+
+/// Tells HTTP/2 with prior knowledge from HTTP/1 by the first bytes; `None` while they are a
+/// prefix of the preface and more must be read.
+fn sniff(first: &[u8]) -> Option<Sniffed> {
+    if first.len() >= H2_PREFACE.len() {
+        if first.starts_with(H2_PREFACE) {
+            return Some(Sniffed::Http2);
+        }
+    } else if H2_PREFACE.starts_with(first) {
+        return None;
+    }
+    if first.starts_with(b"PRI ") {
+        return Some(Sniffed::Neither("an HTTP/2 preface that is not valid"));
+    }
+    // A complete first line of three or more words whose last is not an HTTP version is neither
+    // HTTP/1 nor HTTP/2. Shorter lines (HTTP/0.9 style) are left to hyper's 400.
+    if let Some(end) = memchr::memchr(b'\n', first) {
+        let mut words = first[..end]
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty());
+        let count = words.clone().count();
+        if count >= 3
+            && !words
+                .nth(count - 1)
+                .is_some_and(|w| w.starts_with(b"HTTP/"))
+        {
+            return Some(Sniffed::Neither(
+                "a first line that is neither an HTTP/1 request line nor the HTTP/2 preface",
+            ));
+        }
+    }
+    Some(Sniffed::Http1)
+}
 
 /// What the watchdog of one client connection knows about it.
 #[derive(Debug)]
@@ -38,8 +90,13 @@ pub struct ConnState {
     head_started: Mutex<Option<Instant>>,
     /// When the connection last became idle.
     idle_since: Mutex<Instant>,
-    saw_first_read: AtomicBool,
     h2: AtomicBool,
+    /// The number of the request head that carried both `Content-Length` and
+    /// `Transfer-Encoding` on the wire, or `u64::MAX`.
+    cl_and_te: AtomicU64,
+    /// The number of the first request head over the size limit, or `u64::MAX`, and its size.
+    oversized: AtomicU64,
+    oversized_bytes: AtomicUsize,
     wake: tokio::sync::Notify,
 }
 
@@ -50,16 +107,31 @@ impl ConnState {
             requests: AtomicU64::new(0),
             head_started: Mutex::new(None),
             idle_since: Mutex::new(Instant::now()),
-            saw_first_read: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            cl_and_te: AtomicU64::new(u64::MAX),
+            oversized: AtomicU64::new(u64::MAX),
+            oversized_bytes: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
         }
     }
 
-    fn request_started(&self) {
+    /// Counts a request in; returns its number on the connection (1 for the first).
+    fn request_started(&self) -> u64 {
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         *self.head_started.lock().unwrap() = None;
+        n
+    }
+
+    /// True when request number `n` carried both `Content-Length` and `Transfer-Encoding`.
+    pub fn had_length_and_coding(&self, n: u64) -> bool {
+        self.cl_and_te.load(Ordering::Relaxed) == n
+    }
+
+    /// The size of request number `n`'s head, when it was over the limit.
+    pub fn oversized_head(&self, n: u64) -> Option<usize> {
+        (self.oversized.load(Ordering::Relaxed) == n)
+            .then(|| self.oversized_bytes.load(Ordering::Relaxed))
     }
 
     /// Called when a request's response is over (sent, aborted or abandoned).
@@ -70,12 +142,7 @@ impl ConnState {
         }
     }
 
-    fn bytes_arrived(&self, first: &[u8]) {
-        if !self.saw_first_read.swap(true, Ordering::Relaxed)
-            && first.starts_with(b"PRI * HTTP/2.0")
-        {
-            self.h2.store(true, Ordering::Relaxed);
-        }
+    fn bytes_arrived(&self) {
         if self.inflight.load(Ordering::Acquire) == 0 {
             let mut head = self.head_started.lock().unwrap();
             if head.is_none() {
@@ -86,10 +153,36 @@ impl ConnState {
     }
 }
 
-/// The client connection's I/O, reporting arriving bytes to the watchdog.
+/// The client connection's I/O: replays the bytes read to tell the protocol, reports arriving
+/// bytes to the watchdog, and shows HTTP/1 bytes to the head scanner.
 struct ClientIo {
     stream: TcpStream,
     state: Arc<ConnState>,
+    replay: Bytes,
+    scan: Option<HeadScanner>,
+}
+
+impl ClientIo {
+    fn scan(&mut self, bytes: &[u8]) {
+        if let Some(scan) = &mut self.scan {
+            match scan.feed(bytes) {
+                Some(Finding::LengthAndCoding { head }) => {
+                    self.state.cl_and_te.store(head, Ordering::Relaxed)
+                }
+                Some(Finding::TooLarge { head, bytes })
+                    if self.state.oversized.load(Ordering::Relaxed) == u64::MAX =>
+                {
+                    self.state.oversized_bytes.store(bytes, Ordering::Relaxed);
+                    self.state.oversized.store(head, Ordering::Relaxed);
+                }
+                Some(Finding::TooLarge { .. }) => {}
+                None => {}
+            }
+            if !scan.following() {
+                self.scan = None;
+            }
+        }
+    }
 }
 
 impl AsyncRead for ClientIo {
@@ -98,10 +191,21 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.state.bytes_arrived(&buf.filled()[before..]);
+            self.state.bytes_arrived();
+            let this = &mut *self;
+            if this.scan.is_some() {
+                let fresh = &buf.filled()[before..];
+                this.scan(fresh);
+            }
         }
         r
     }
@@ -207,66 +311,137 @@ impl Gateway {
 
     async fn serve_connection(
         self: Arc<Self>,
-        stream: TcpStream,
+        mut stream: TcpStream,
         client: SocketAddr,
         shutdown: CancellationToken,
     ) {
+        let state = Arc::new(ConnState::new());
+        let limits = &self.config.limits;
+        // The first bytes tell the protocol. A connection that sends nothing within the head
+        // deadline is closed silently, as an idle one would be.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(limits.request_header_timeout, read_first(&mut stream, &state)) => match r {
+                Ok(Some(first)) => first,
+                Ok(None) | Err(_) => return,
+            },
+        };
+        let protocol = sniff(&first).unwrap_or(Sniffed::Http1);
+        if let Sniffed::Neither(what) = protocol {
+            // An HTTP/1 400 would be read by an HTTP/2 client as the head of a huge frame.
+            let failure = Failure::client(
+                ClientFault::Malformed,
+                format!("the connection began with {what}; closed without an answer"),
+            );
+            self.logger
+                .gateway_error(&crate::headers::new_request_id(), &failure, 0, None);
+            return;
+        }
+        let h2 = protocol == Sniffed::Http2;
+        state.h2.store(h2, Ordering::Relaxed);
         #[cfg(unix)]
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        let state = Arc::new(ConnState::new());
-        let io = TokioIo::new(ClientIo {
+        // The gateway measures heads exactly itself, to answer an oversized one with its own
+        // 431; hyper's parser stops heads that never end at twice the limit.
+        let head_limit = limits.max_request_header_bytes;
+        let backstop = (head_limit * 2).max(16 * 1024);
+        let mut io = ClientIo {
             stream,
             state: state.clone(),
-        });
+            replay: Bytes::new(),
+            scan: (!h2).then(|| HeadScanner::new(head_limit, backstop)),
+        };
+        io.scan(&first);
+        io.replay = first.freeze();
+        let io = TokioIo::new(io);
         let gw = self.clone();
         let svc_state = state.clone();
         let service = service_fn(move |req| {
-            svc_state.request_started();
+            let n = svc_state.request_started();
             let gw = gw.clone();
             let st = svc_state.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, client, Some(st)).await) }
+            async move { Ok::<_, Infallible>(gw.handle(req, client, Some((st, n))).await) }
         });
-        let limits = &self.config.limits;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .max_buf_size((limits.max_request_header_bytes * 2).max(16 * 1024))
-            .max_headers(500);
-        builder
-            .http2()
-            .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32);
-        // Boxed so that it can be dropped early, releasing the socket to the 408 answer.
-        let mut conn = Box::pin(builder.serve_connection(io, service));
+        if h2 {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32)
+                .serve_connection(io, service);
+            self.watch(
+                Box::pin(conn),
+                |c| c.graceful_shutdown(),
+                &state,
+                client,
+                shutdown,
+                None,
+            )
+            .await;
+        } else {
+            let conn = http1::Builder::new()
+                .max_header_size(backstop)
+                .max_buf_size(backstop + 8 * 1024)
+                // RFC 9112 §3 lets a server split the request line on any whitespace; the line
+                // is written anew upstream, so no one behind the gateway sees the spaces.
+                .allow_multiple_spaces_in_request_line_delimiters(true)
+                .serve_connection(io, service);
+            #[cfg(unix)]
+            let answer_fd = Some(fd);
+            #[cfg(not(unix))]
+            let answer_fd = None;
+            self.watch(
+                Box::pin(conn),
+                |c| c.graceful_shutdown(),
+                &state,
+                client,
+                shutdown,
+                answer_fd,
+            )
+            .await;
+        }
+    }
+
+    /// Drives a client connection until it ends, with the watchdog: the head deadline, the idle
+    /// timeout and graceful shutdown.
+    async fn watch<C>(
+        &self,
+        mut conn: Pin<Box<C>>,
+        graceful: fn(Pin<&mut C>),
+        state: &ConnState,
+        client: SocketAddr,
+        shutdown: CancellationToken,
+        answer_fd: Option<i32>,
+    ) where
+        C: std::future::Future<Output = Result<(), hyper::Error>>,
+    {
         let mut shutting_down = false;
         loop {
-            let wake = self.next_check(&state);
+            let wake = self.next_check(state);
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        self.log_connection_error(&*e, client);
+                        self.log_connection_error(&e, client);
                     }
                     return;
                 }
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                 }
                 _ = state.wake.notified() => {}
                 _ = tokio::time::sleep_until(wake.into()), if !shutting_down => {
-                    match self.check(&state) {
+                    match self.check(state) {
                         Verdict::Fine => {}
                         Verdict::Idle => {
                             shutting_down = true;
-                            conn.as_mut().graceful_shutdown();
+                            graceful(conn.as_mut());
                         }
                         Verdict::SlowHead => {
                             // Keep a second handle on the socket to answer after hyper lets go of it.
                             #[cfg(unix)]
-                            let answer_on = {
+                            let answer_on = answer_fd.and_then(|fd| {
                                 // SAFETY: `fd` belongs to the stream owned by `conn`, alive here.
                                 let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
                                 socket2::SockRef::from(&borrowed).try_clone().ok()
-                            };
+                            });
                             drop(conn);
                             #[cfg(unix)]
                             self.answer_slow_head(answer_on, client);
@@ -392,4 +567,51 @@ enum Verdict {
     Fine,
     Idle,
     SlowHead,
+}
+
+/// Reads a connection's first bytes, as many as it takes to tell the protocol. `None` when the
+/// client closed first.
+async fn read_first(stream: &mut TcpStream, state: &ConnState) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {
+                state.bytes_arrived();
+                if sniff(&buf).is_some() {
+                    return Some(buf);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_the_protocol() {
+        let check = |first: &[u8], expect: Option<Sniffed>| {
+            assert_eq!(sniff(first), expect, "{}", String::from_utf8_lossy(first));
+        };
+        check(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0",
+            Some(Sniffed::Http2),
+        );
+        check(b"PRI * HTTP/2", None);
+        check(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Some(Sniffed::Http1));
+        check(b"GET  /x  HTTP/1.1\r\n", Some(Sniffed::Http1));
+        check(b"G", Some(Sniffed::Http1));
+        // HTTP/0.9 and other two-word lines are left to hyper's 400.
+        check(b"GET /\r\n", Some(Sniffed::Http1));
+        assert!(matches!(
+            sniff(b"INVALID CONNECTION PREFACE\r\n\r\n"),
+            Some(Sniffed::Neither(_))
+        ));
+        assert!(matches!(
+            sniff(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
+            Some(Sniffed::Neither(_))
+        ));
+    }
 }
