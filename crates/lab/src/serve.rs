@@ -255,10 +255,11 @@ async fn reject(mut conn: Conn, status: u16, why: &str) {
 async fn one_shot(mut conn: Conn, ctx: &Ctx) {
     // Any complete head, even an invalid or oversized one, triggers the fault: the fault is the
     // point, not the request's validity.
-    match conn.read_head(None).await {
+    let target = match conn.read_head(None).await {
         Ok(HeadRead::Eof) | Ok(HeadRead::Idle) | Err(_) => return,
-        Ok(_) => {}
-    }
+        Ok(HeadRead::Request(req)) => Some(req.target),
+        Ok(_) => None,
+    };
     ctx.counters.request();
     let mut stream = conn.stream;
     let sent = match ctx.fault {
@@ -267,7 +268,13 @@ async fn one_shot(mut conn: Conn, ctx: &Ctx) {
         Fault::Midheader => stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Ty").await,
         Fault::Garbage => stream.write_all(b"this is not http\r\n\r\n").await,
         // Write errors are expected here: a gateway hangs up once the head passes its limit.
-        Fault::Bigheader => send_big_head(&mut stream, ctx.opts.bigheader_bytes).await,
+        Fault::Bigheader => {
+            let size = target
+                .as_deref()
+                .and_then(bytes_param)
+                .unwrap_or(ctx.opts.bigheader_bytes);
+            send_big_head(&mut stream, size).await
+        }
         Fault::Truncated | Fault::Stall => send_partial_body(&mut stream).await,
         Fault::Badchunk => {
             let fields = [("Transfer-Encoding", "chunked".to_string())];
@@ -301,25 +308,48 @@ async fn send_partial_body(stream: &mut TcpStream) -> io::Result<()> {
 /// `HTTP/1.1 200 OK`, then filler headers of about 1000 bytes each until `total` bytes, then
 /// `Content-Length: 0` and the end of the head. Written in batches so memory stays bounded
 /// whatever `total` is.
+/// The `bytes=N` of a request target's query, as `bigheader` reads it.
+fn bytes_param(target: &str) -> Option<usize> {
+    target
+        .split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("bytes="))?
+        .parse()
+        .ok()
+}
+
+/// A response head of exactly `total` bytes (status line to the empty line), made of filler
+/// header lines of about 1000 bytes; heads too short for the fixed lines come out at their
+/// minimum size.
 async fn send_big_head(stream: &mut TcpStream, total: usize) -> io::Result<()> {
+    const START: &[u8] = b"HTTP/1.1 200 OK\r\nServer: cleargate-lab\r\n";
+    const END: &[u8] = b"Content-Length: 0\r\n\r\n";
     let mut batch = Vec::with_capacity(CHUNK + 1024);
-    batch.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: cleargate-lab\r\n");
-    let mut written = 0;
+    batch.extend_from_slice(START);
+    let mut left = total.saturating_sub(START.len() + END.len());
     let mut n = 0u64;
-    while written + batch.len() < total {
-        let start = batch.len();
-        batch.extend_from_slice(format!("X-Filler-{n}: ").as_bytes());
-        let pad = 1000usize.saturating_sub(batch.len() - start + 2);
-        batch.extend_from_slice(&FILLER[..pad]);
+    while left > 0 {
+        let name = format!("X-Filler-{n}: ");
+        let fixed = name.len() + 2;
+        // The shortest filler line is its name and line end; a remainder too small for one is
+        // folded into the line before by making that one longer.
+        let line = if left > 1000 + fixed || left <= 1000 {
+            left.min(1000).max(fixed)
+        } else {
+            left - fixed - 1
+        };
+        batch.extend_from_slice(name.as_bytes());
+        batch.extend_from_slice(&FILLER[..line.saturating_sub(fixed)]);
         batch.extend_from_slice(b"\r\n");
+        left = left.saturating_sub(line);
         n += 1;
         if batch.len() >= CHUNK {
             stream.write_all(&batch).await?;
-            written += batch.len();
             batch.clear();
         }
     }
-    batch.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    batch.extend_from_slice(END);
     stream.write_all(&batch).await
 }
 

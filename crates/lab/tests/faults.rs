@@ -435,6 +435,16 @@ async fn bigheader_sends_a_huge_head() {
     let mut s = send(addr, GET).await;
     let (got, _) = read_until_end(&mut s).await;
     assert!(got.ends_with(b"\r\n\r\n"));
+
+    // `?bytes=N` asks for a head of exactly N bytes, so that a limit can be met to the byte.
+    for size in [200, 1013, 1014, 1015, 1016, 2029, 65_536, 65_537] {
+        let req = format!("GET /?bytes={size} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut s = send(addr, req.as_bytes()).await;
+        let (got, _) = read_until_end(&mut s).await;
+        assert_eq!(got.len(), size, "asked for {size}");
+        assert_eq!(got.windows(4).filter(|w| w == b"\r\n\r\n").count(), 1);
+        assert!(got.ends_with(b"\r\nContent-Length: 0\r\n\r\n"));
+    }
     lab.shutdown().await;
 }
 
