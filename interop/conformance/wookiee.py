@@ -49,13 +49,17 @@ def _first_line(err_text):
     return (tail[-1] if tail else (lines[-1] if lines else "")).strip()[:200]
 
 
+def _class_name(test):
+    return test.__class__.__module__.replace("httpwookiee.", "") + "." + test.__class__.__name__
+
+
 class RecordingResult(TextStatusResult):
     def _record(self, test, outcome, err=None):
         status = test.getStatus() if hasattr(test, "getStatus") else ""
         gravity = test.getGravity(True) if hasattr(test, "getGravity") else ""
         records.append({
             "test": test._testMethodName,
-            "class": test.__class__.__module__.replace("httpwookiee.", "") + "." + test.__class__.__name__,
+            "class": _class_name(test),
             "doc": (test.shortDescription() or "").strip(),
             "outcome": outcome,
             "status": status,
@@ -77,7 +81,7 @@ class RecordingResult(TextStatusResult):
 
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
-        records.append({"test": test._testMethodName, "class": test.__class__.__name__, "doc": "",
+        records.append({"test": test._testMethodName, "class": _class_name(test), "doc": "",
                         "outcome": "skip", "status": "", "gravity": "", "message": str(reason)[:200]})
 
 
