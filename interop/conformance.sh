@@ -349,11 +349,12 @@ done
 echo "suites took $((SECONDS - START)) s"
 
 # The configurations as the doc shows them.
+OUT=$D/res
 (
   doc_ports
-  cleargate_toml >"$D/res/doc-cleargate.toml"
-  nginx_conf >"$D/res/doc-nginx.conf"
-  haproxy_cfg >"$D/res/doc-haproxy.cfg"
+  cleargate_toml >"$OUT/doc-cleargate.toml"
+  nginx_conf >"$OUT/doc-nginx.conf"
+  haproxy_cfg >"$OUT/doc-haproxy.cfg"
 )
 
 # --- versions and the document ----------------------------------------------------------------
@@ -366,10 +367,8 @@ echo "suites took $((SECONDS - START)) s"
   echo "  \"haproxy\": \"$(command -v haproxy >/dev/null && haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')\","
   for suite in httpwookiee http-desync-guardian h2spec smuggler; do
     rev=
-    if [ -d "$SUITES/$suite/.git" ] || git -C "$SUITES/$suite" rev-parse HEAD >/dev/null 2>&1; then
-      rev=$(git -C "$SUITES/$suite" rev-parse --short HEAD 2>/dev/null || true)
-    fi
-    [ -z "$rev" ] && [ -f "$SUITES/$suite/.revision" ] && rev=$(head -c 12 "$SUITES/$suite/.revision")
+    if [ -f "$SUITES/$suite/.revision" ]; then rev=$(head -c 12 "$SUITES/$suite/.revision")
+    elif [ -e "$SUITES/$suite/.git" ]; then rev=$(git -C "$SUITES/$suite" rev-parse --short=12 HEAD 2>/dev/null || true); fi
     echo "  \"rev-$suite\": \"$rev\","
   done
   echo "  \"h2spec-version\": \"$([ -n "$H2SPEC" ] && "$H2SPEC" --version 2>/dev/null | sed 's/Version: //' | head -1)\","

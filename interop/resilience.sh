@@ -9,10 +9,13 @@
 #   2. one of three endpoints killed mid-load, and started again;
 #   3. the only endpoint down for one second (a restart) during GET load;
 #   4. all endpoints down: status and time to answer;
-#   5. overload: a slow upstream behind a concurrency limit, a burst of concurrent requests.
+#   5. overload: a slow upstream behind a concurrency limit, a burst of concurrent requests;
+#   6. one of three endpoints hangs (reads requests, never answers), 2 s response timeouts, 10 s
+#      of GET load; also counts the requests the hanging endpoint received (from the gateways'
+#      own logs and stats).
 # The load driver is python3 (stdlib http.client, keep-alive, threads); every scenario is bounded
 # in requests and time. The table of client-visible errors goes to docs/resilience.md. Exits
-# non-zero when cleargate has errors where the rules allow none (1 GET, 2, 3), any 502 in 5, no
+# non-zero when cleargate has errors where the rules allow none (1 GET, 2, 3, 6), any 502 in 5, no
 # fast 503 in 4, or more errors than nginx or HAProxy in any scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,10 +69,12 @@ BASE=$(free_base)
 P_RACE=$BASE P_TRIO_A=$((BASE + 1)) P_TRIO_B=$((BASE + 2)) P_TRIO_C=$((BASE + 3))
 P_RESTART=$((BASE + 4)) P_DOWN_A=$((BASE + 5)) P_DOWN_B=$((BASE + 6)) P_SLOW=$((BASE + 7))
 P_CLEARGATE=$((BASE + 10)) P_NGINX=$((BASE + 11)) P_HAPROXY=$((BASE + 12))
+P_HANG_A=$((BASE + 13)) P_HANG_B=$((BASE + 14)) P_HANG_C=$((BASE + 15))
 # The ports the doc shows: names instead of this run's numbers.
 doc_ports() {
   P_RACE=RACE P_TRIO_A=TRIO_A P_TRIO_B=TRIO_B P_TRIO_C=TRIO_C P_RESTART=RESTART P_DOWN_A=DOWN_A
-  P_DOWN_B=DOWN_B P_SLOW=SLOW P_CLEARGATE=8080 P_NGINX=8080 P_HAPROXY=8080 D=/run/gw AS_ROOT=
+  P_DOWN_B=DOWN_B P_SLOW=SLOW P_HANG_A=HANG_A P_HANG_B=HANG_B P_HANG_C=HANG_C
+  P_CLEARGATE=8080 P_NGINX=8080 P_HAPROXY=8080 D=/run/gw AS_ROOT=
 }
 AS_ROOT=
 [ "$(id -u)" = 0 ] && AS_ROOT=1
@@ -141,6 +146,11 @@ max_in_flight = 4
 queue_size = 100
 queue_timeout = "750ms"
 
+# 6. one of three hangs: a response timeout of 2 s, no active health checks.
+[upstream.hang]
+endpoints = ["127.0.0.1:$P_HANG_A", "127.0.0.1:$P_HANG_B", "127.0.0.1:$P_HANG_C"]
+response_timeout = "2s"
+
 [[route]]
 path = "/race/"
 upstream = "race"
@@ -160,6 +170,10 @@ upstream = "down"
 [[route]]
 path = "/slow/"
 upstream = "slow"
+
+[[route]]
+path = "/hang/"
+upstream = "hang"
 EOF
 }
 
@@ -184,6 +198,7 @@ nginx_conf() {
   upstream down    { server 127.0.0.1:$P_DOWN_A; server 127.0.0.1:$P_DOWN_B; keepalive 16; }
   # Open source nginx has no queue: max_conns alone.
   upstream slow    { server 127.0.0.1:$P_SLOW max_conns=4; keepalive 16; }
+  upstream hang    { server 127.0.0.1:$P_HANG_A; server 127.0.0.1:$P_HANG_B; server 127.0.0.1:$P_HANG_C; keepalive 16; }
 
   server {
     listen 127.0.0.1:$P_NGINX;
@@ -192,6 +207,7 @@ nginx_conf() {
     location /restart/ { proxy_pass http://restart; }
     location /down/    { proxy_pass http://down; }
     location /slow/    { proxy_pass http://slow; }
+    location /hang/    { proxy_pass http://hang; proxy_read_timeout 2s; }
   }
 }
 EOF
@@ -201,6 +217,8 @@ haproxy_cfg() {
   cat <<EOF
 global
   maxconn 1024
+  # Read by the script (show stat) to count the requests each server got.
+  stats socket $D/haproxy.sock mode 600 level user
 
 defaults
   mode http
@@ -218,6 +236,7 @@ frontend fe
   use_backend restart if { path_beg /restart/ }
   use_backend down    if { path_beg /down/ }
   use_backend slow    if { path_beg /slow/ }
+  use_backend hang    if { path_beg /hang/ }
 
 backend race
   server r1 127.0.0.1:$P_RACE
@@ -238,6 +257,12 @@ backend down
 backend slow
   timeout queue 750ms
   server w1 127.0.0.1:$P_SLOW maxconn 4
+
+backend hang
+  timeout server 2s
+  server h1 127.0.0.1:$P_HANG_A
+  server h2 127.0.0.1:$P_HANG_B
+  server h3 127.0.0.1:$P_HANG_C
 EOF
 }
 
@@ -260,6 +285,8 @@ cat >"$D/drive.py" <<'PY'
 """Load for one gateway; prints a JSON summary. Every request is bounded by a 10 s timeout.
 
 load:  CLIENTS keep-alive connections, REQUESTS each, a pause between requests;
+timed: as load, but each connection goes on for REQUESTS seconds (a request under way then
+       still ends, within its own timeout);
 burst: CLIENTS requests at once, one connection each, sent together.
 A request is an error unless it got a 2xx with a complete body."""
 import http.client, json, statistics, sys, threading, time
@@ -292,7 +319,12 @@ def client(k, barrier):
     mine = []
     if barrier:
         barrier.wait()
-    for i in range(requests):
+    deadline = time.monotonic() + requests
+    i = -1
+    while True:
+        i += 1
+        if (time.monotonic() >= deadline) if mode == "timed" else (i >= requests):
+            break
         if gap_max:
             # Spread over [gap_min, gap_max] in steps of 0.1 ms, the same sequence every run.
             steps = int((gap_max - gap_min) * 10) + 1
@@ -401,12 +433,73 @@ scenario_overload() {
   drive_each slow burst /slow/x 20 1
 }
 
+# How many requests the hanging endpoint got through each gateway (the lab keeps no tally it
+# would show): cleargate's access lines list every attempt; nginx logs each time-out with the
+# server; HAProxy counts per server (show stat, field stot). null when a source is unreadable.
+count_hung() {  # port
+  python3 - "$D" "$1" <<'PY'
+import csv, json, socket, sys
+d, port = sys.argv[1], sys.argv[2]
+addr = "127.0.0.1:" + port
+counts = {}
+try:
+    n = 0
+    for line in open(d + "/cleargate.log"):
+        if '"kind":"access"' in line:
+            r = json.loads(line)
+            if (r.get("path") or "").startswith("/hang/"):
+                n += sum(1 for a in r.get("attempts") or [] if a.get("endpoint") == addr)
+    counts["cleargate"] = n
+except (OSError, ValueError):
+    counts["cleargate"] = None
+try:
+    needle = 'upstream: "http://%s/hang/' % addr
+    counts["nginx"] = sum(1 for line in open(d + "/nginx-error.log")
+                          if "upstream timed out" in line and needle in line)
+except OSError:
+    counts["nginx"] = None
+counts["haproxy"] = None
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(d + "/haproxy.sock")
+    s.sendall(b"show stat\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    rows = list(csv.reader(data.decode().lstrip("# ").splitlines()))
+    head = rows[0]
+    for row in rows[1:]:
+        r = dict(zip(head, row))
+        if r.get("pxname") == "hang" and r.get("svname") == "h3":
+            counts["haproxy"] = int(r["stot"])
+except (OSError, ValueError, IndexError, KeyError):
+    pass
+print(json.dumps(counts))
+PY
+}
+
+scenario_hang() {
+  echo "6. one of three endpoints hangs"
+  drive_all_start hang timed /hang/x 8 10 5 5 0
+  drive_all_wait
+  sleep 0.2  # cleargate writes its log every 50 ms
+  count_hung "$P_HANG_C" >"$D/res/hang-counts.json"
+}
+
 start_lab race "$P_RACE" kashort --kashort-ms 100
 start_lab trio_a "$P_TRIO_A" ok
 start_lab trio_b "$P_TRIO_B" ok
 start_lab trio_c "$P_TRIO_C" ok
 start_lab restart "$P_RESTART" ok
 start_lab slow "$P_SLOW" slow --slow-delay 500ms
+start_lab hang_a "$P_HANG_A" ok
+start_lab hang_b "$P_HANG_B" ok
+start_lab hang_c "$P_HANG_C" hang
 start_gateways
 sleep 0.5  # the first health checks
 START=$SECONDS
@@ -416,6 +509,7 @@ scenario_restart restart TERM
 scenario_restart crash KILL
 scenario_down
 scenario_overload
+scenario_hang
 echo "scenarios took $((SECONDS - START)) s"
 
 # --- the configurations as the doc shows them ------------------------------------------------
@@ -434,7 +528,8 @@ import json, sys
 d, doc, nginx_v, haproxy_v, cleargate_v = sys.argv[1:6]
 GW = ("cleargate", "nginx", "haproxy")
 NAMES = {"cleargate": "cleargate", "nginx": "nginx", "haproxy": "HAProxy"}
-res = {(s, g): json.load(open("%s/res/%s-%s.json" % (d, s, g))) for s in ("race", "trio", "restart", "crash", "down", "slow") for g in GW}
+res = {(s, g): json.load(open("%s/res/%s-%s.json" % (d, s, g))) for s in ("race", "trio", "restart", "crash", "down", "slow", "hang") for g in GW}
+hung = json.load(open("%s/res/hang-counts.json" % d))
 
 def part(s, g, method="GET"):
     return res[(s, g)].get(method, {"requests": 0, "errors": 0, "outcomes": {}, "median_ms": 0, "error_samples": []})
@@ -456,20 +551,31 @@ ROWS = [
     ("3b. only endpoint crashed (SIGKILL), down 1 s, GET", "crash", "GET", False),
     ("4. all endpoints down, GET", "down", "GET", True),
     ("5. overload (4 at once), 20 concurrent GETs", "slow", "GET", False),
+    ("6. one of three endpoints hangs (2 s timeouts), GET", "hang", "GET", False),
 ]
 failures = []
 lines = []
 for label, s, m, lat in ROWS:
     parts = {g: part(s, g, m) for g in GW}
     n = parts["cleargate"]["requests"]
-    lines.append("| %s | %d | %s |" % (label, n, " | ".join(cell(parts[g], lat) for g in GW)))
     c = parts["cleargate"]
-    if c["requests"] == 0 or any(parts[g]["requests"] != n for g in GW):
-        failures.append("%s: request counts differ: %s" % (label, {g: parts[g]["requests"] for g in GW}))
+    if s == "hang":
+        # Timed load: each gateway gets as many requests as it answers in 10 s.
+        lines.append("| %s | 8 lanes × 10 s | %s |" % (label, " | ".join(
+            "%s of %d; %s to the hanging endpoint"
+            % (cell(parts[g]), parts[g]["requests"], "?" if hung.get(g) is None else hung[g])
+            for g in GW)))
+        if any(parts[g]["requests"] == 0 for g in GW):
+            failures.append("%s: no requests: %s" % (label, {g: parts[g]["requests"] for g in GW}))
+    else:
+        lines.append("| %s | %d | %s |" % (label, n, " | ".join(cell(parts[g], lat) for g in GW)))
+        if c["requests"] == 0 or any(parts[g]["requests"] != n for g in GW):
+            failures.append("%s: request counts differ: %s" % (label, {g: parts[g]["requests"] for g in GW}))
     for g in ("nginx", "haproxy"):
         if c["errors"] > parts[g]["errors"]:
             failures.append("%s: cleargate %d errors, %s %d" % (label, c["errors"], NAMES[g], parts[g]["errors"]))
-    if (s, m) in (("race", "GET"), ("trio", "GET"), ("restart", "GET"), ("crash", "GET")) and c["errors"]:
+    if (s, m) in (("race", "GET"), ("trio", "GET"), ("restart", "GET"), ("crash", "GET"),
+                  ("hang", "GET")) and c["errors"]:
         failures.append("%s: cleargate has %d errors where none are allowed: %s" % (label, c["errors"], c["outcomes"]))
     if s == "slow" and c["outcomes"].get("502"):
         failures.append("%s: cleargate answered 502 %d times" % (label, c["outcomes"]["502"]))
@@ -488,7 +594,7 @@ slow = {g: ", ".join("%s × %d" % kv for kv in sorted(part("slow", g)["outcomes"
 if failures:
     verdict = "**Checks failed in this run:**\n\n" + "".join("- %s\n" % f for f in failures)
 else:
-    verdict = ("Checks passed: no cleargate error in 1 (GET), 2 and 3, no 502 in 5, a fast 503 in 4, "
+    verdict = ("Checks passed: no cleargate error in 1 (GET), 2, 3 and 6, no 502 in 5, a fast 503 in 4, "
                "and nowhere more errors than nginx or HAProxy.\n")
 with open(doc, "w") as out:
     out.write("""# Resilience: cleargate, nginx and HAProxy under the same faults
@@ -498,9 +604,9 @@ Written by `interop/resilience.sh` (run by `.ci/run`); do not edit by hand.
 Three gateways stand in front of the same `cleargate lab` upstreams, on loopback: cleargate, nginx
 and HAProxy from the OS packages, each configured the usual way (below). A python client
 (`http.client`, keep-alive connections, threads) sends the same load through each and counts the
-requests that did not end in a 2xx with a complete body. Scenarios 1 to 3 load the three gateways at
-the same time, so that the same fault hits all three at the same moment; 4 and 5 drive one gateway
-after the other.
+requests that did not end in a 2xx with a complete body. Scenarios 1 to 3 and 6 load the three
+gateways at the same time, so that the same fault hits all three at the same moment; 4 and 5 drive
+one gateway after the other.
 
 1. **Keep-alive race.** The upstream (`lab` fault `kashort`) closes a connection after 100 ms idle,
    without announcing it; each gateway keeps idle upstream connections far longer (its defaults).
@@ -520,6 +626,13 @@ after the other.
 5. **Overload.** A slow upstream (`lab` fault `slow`, 500 ms per answer) behind a limit of 4
    requests at once; 20 concurrent GETs. A queue lets 4 more through after the first 4 (750 ms
    wait); the others must get 503, the status for "too busy", never 502.
+6. **One of three endpoints hangs.** Three `lab` processes, two `ok` and one `hang`, which reads
+   each request and neither answers nor closes. Each gateway waits 2 s for a response head (nginx
+   `proxy_read_timeout 2s`, HAProxy `timeout server 2s`, cleargate `response_timeout = "2s"`), and
+   none checks this pool actively. 8 clients send a GET every 5 ms for 10 s, so a gateway that
+   waits on the hanging endpoint serves fewer requests; the table gives each gateway's count and
+   how many of them reached the hanging endpoint (from cleargate's access lines, nginx's error log
+   and HAProxy's per-server `stot`).
 
 ## Results
 
@@ -560,6 +673,15 @@ Statuses in scenario 5: cleargate %s; nginx %s; HAProxy %s.
 - **5.** Open source nginx has no queue: with `max_conns` reached it has no server left and answers
   502. HAProxy (`maxconn` + `timeout queue`) and cleargate (`max_in_flight`, `queue_timeout`) queue
   the excess and answer 503 when the wait runs out.
+- **6.** nginx passes a timed-out request to the next server (`proxy_next_upstream error
+  timeout`, the default) and, with `max_fails=1`, leaves the hanging one alone for `fail_timeout`
+  (10 s): each lane waits 2 s once, then no more. HAProxy retries only failed connects (`retries`
+  with the default `retry-on connect-failure`), so every request balanced onto the hanging server
+  ends in 504 after 2 s; with no health check it keeps getting one request in three, and the lanes
+  spend most of the 10 s waiting. cleargate retries a timed-out attempt on another endpoint when
+  the request is safe to repeat even if the first try was processed (GET, HEAD, OPTIONS, TRACE, or
+  any request with an `Idempotency-Key`; `timeout` is in the default `retry.on`), and after 5
+  consecutive failures ejects the endpoint for 10 s (its default `outlier` settings).
 - nginx runs one worker so that `max_conns` is one limit (without a shared `zone`, each worker
   counts its own).
 

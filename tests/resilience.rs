@@ -642,3 +642,133 @@ async fn a_crashing_endpoint_that_resets_new_connections_is_waited_for() {
     assert_eq!(back.stats(Fault::Ok).requests, 1);
     gw.stop().await;
 }
+
+/// Three endpoints, one of which takes requests and never answers; `lanes` keep-alive clients
+/// each send `per_lane` requests of `method`. Returns the statuses seen (with `Proxy-Status` for
+/// errors), the requests the hung endpoint and the healthy ones received, and the gateway.
+async fn load_with_a_hung_endpoint(
+    method: &'static str,
+    lanes: usize,
+    per_lane: usize,
+) -> (Vec<String>, u64, u64, Gw, String) {
+    let a = one(Fault::Ok, [127, 0, 0, 1], 0, LabOptions::default()).await;
+    let b = one(Fault::Ok, [127, 0, 0, 1], 0, LabOptions::default()).await;
+    let hung = one(Fault::Hang, [127, 0, 0, 1], 0, LabOptions::default()).await;
+    let hung_addr = addr_of(&hung, Fault::Hang).to_string();
+    let eps = [
+        addr_of(&a, Fault::Ok).to_string(),
+        hung_addr.clone(),
+        addr_of(&b, Fault::Ok).to_string(),
+    ];
+    let settings =
+        "response_timeout = \"300ms\"\n[upstream.app.outlier]\nbase_ejection = \"30s\"\n";
+    let text = format!(
+        "{TOP}{}{}",
+        route("/", "app", ""),
+        upstream("app", &eps, settings)
+    );
+    let gw = gateway(&text).await;
+    let mut tasks = Vec::new();
+    for _ in 0..lanes {
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let mut seen = Vec::new();
+            for _ in 0..per_lane {
+                let r = c.request(method, "/load", b"order=1").await;
+                seen.push(if r.status == 200 && r.body.is_ok() {
+                    "200".to_string()
+                } else {
+                    format!("{} {}", r.status, r.header("proxy-status"))
+                });
+            }
+            seen
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.extend(t.await.unwrap());
+    }
+    let healthy = a.stats(Fault::Ok).requests + b.stats(Fault::Ok).requests;
+    (
+        statuses,
+        hung.stats(Fault::Hang).requests,
+        healthy,
+        gw,
+        hung_addr,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_costs_no_get_and_leaves_at_its_first_timeout() {
+    let lanes = 4;
+    let (statuses, hung, healthy, gw, hung_addr) =
+        load_with_a_hung_endpoint("GET", lanes, 100).await;
+    let errors: Vec<&String> = statuses.iter().filter(|s| *s != "200").collect();
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    // Each lane can have sent one request there before the first timeout ejected it.
+    assert!(
+        (1..=lanes as u64).contains(&hung),
+        "the hung endpoint got {hung} requests"
+    );
+    assert_eq!(
+        healthy,
+        statuses.len() as u64,
+        "every GET answered once, by a healthy endpoint"
+    );
+    gw.wait_line("the hung endpoint ejected", |l| {
+        l["endpoint"] == hung_addr.as_str()
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ejected") && m.contains("response timeout"))
+    })
+    .await;
+    let retried = gw
+        .wait_line("the retried attempt's WARN line", |l| {
+            l["kind"] == "attempt_retried"
+        })
+        .await;
+    assert_eq!(retried["level"], "WARN");
+    assert_eq!(retried["cause"], "timeout");
+    assert_eq!(retried["phase"], "read_head");
+    assert!(retried["message"].as_str().unwrap().contains("retried"));
+    let access = gw
+        .wait_line("an access line with both attempts", |l| {
+            l["kind"] == "access" && l["attempts"].as_array().is_some_and(|a| a.len() == 2)
+        })
+        .await;
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["attempts"][0]["cause"], "timeout", "{access}");
+    assert_eq!(access["attempts"][0]["endpoint"], hung_addr.as_str());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_a_hung_endpoint_are_504s_never_sent_twice_and_still_eject_it() {
+    let lanes = 4;
+    let started = Instant::now();
+    let (statuses, hung, healthy, gw, hung_addr) =
+        load_with_a_hung_endpoint("POST", lanes, 30).await;
+    // A request with a body gets the response timeout (300 ms) once its body is sent, not the
+    // send timeout (30 s): the end of the body starts the response deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let timeouts = statuses
+        .iter()
+        .filter(|s| s.starts_with("504") && s.contains("cause=timeout phase=read_head"))
+        .count() as u64;
+    let ok = statuses.iter().filter(|s| *s == "200").count() as u64;
+    assert_eq!(ok + timeouts, statuses.len() as u64, "{statuses:?}");
+    assert_eq!(timeouts, hung, "every POST the hung endpoint took is a 504");
+    assert!((1..=lanes as u64).contains(&hung), "{hung}");
+    assert_eq!(healthy, ok, "no POST was sent twice");
+    gw.wait_line("the hung endpoint ejected", |l| {
+        l["endpoint"] == hung_addr.as_str()
+            && l["message"].as_str().is_some_and(|m| m.contains("ejected"))
+    })
+    .await;
+    gw.stop().await;
+}

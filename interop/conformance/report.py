@@ -62,9 +62,17 @@ def parse_httpwookiee(server):
         tid = "%s %s" % (r["class"].replace("tests_", ""), r["test"])
         if r["outcome"] == "pass":
             tests[tid] = (True, "")
+        elif r["outcome"] == "error":
+            tests[tid] = (False, "error: %s" % r["message"])
         else:
-            what = "error" if r["outcome"] == "error" else "%s, %s" % (r["gravity"] or "Unknown", r["status"])
-            tests[tid] = (False, "%s: %s" % (what, r["message"]))
+            m = re.search(r"'([^']+)' not found in \[(.*)\]", r["message"])
+            if m:
+                wanted = [w.strip(" '") for w in m.group(2).split(",")]
+                told = "got %s, expected %s" % (m.group(1), ", ".join(wanted[:6]) + (", …" if len(wanted) > 6 else ""))
+            else:
+                told = r["message"]
+            doc = r.get("doc", "").splitlines()[0].rstrip(".") if r.get("doc") else ""
+            tests[tid] = (False, "%s: %s%s" % (r["gravity"] or "Unknown", doc + ": " if doc else "", told))
     return {"counts": [("passed", n["pass"]), ("failed", n["fail"]), ("errors", n["error"]),
                        ("skipped", n["skip"])],
             "tests": tests, "failed": n["fail"] + n["error"]}
@@ -101,7 +109,7 @@ def h2spec_notes(server):
         if not line.strip():
             continue
         if not line.startswith(" "):
-            group = {"Generic": "generic", "Hypertext": "http2", "HPACK": "hpack"}.get(line.split()[0], line)
+            group = {"Generic": "generic", "Hypertext": "http2", "HPACK": "hpack"}.get(line.split()[0].rstrip(":"), line)
             continue
         m = re.match(r"^\s+(\d+(?:\.\d+)*)\. ", line)
         if m:
@@ -177,7 +185,8 @@ def parse_smuggler(server):
     kinds, tests = {}, {}
     for name, msg in results.items():
         if msg.startswith("OK"):
-            kind = "OK"
+            codes = re.findall(r"(?:TECL|CLTE): [\d.]+ - (\S*)\)", msg)
+            kind = "answered 2xx" if codes and all(c.startswith("2") for c in codes) else "refused (4xx/5xx)"
         elif "Issue Found" in msg:
             kind = "potential issue"
         elif "TIMEOUT" in msg:
@@ -193,8 +202,8 @@ def parse_smuggler(server):
         tests[name] = (ok, "" if ok else msg.split(" - ")[0] + " (" + msg.rsplit(" - ", 1)[-1] + ")")
     counts = [("mutations", len(results)), ("no desync found", len(results) - kinds.get("potential issue", 0)),
               ("potential desync (failed)", kinds.get("potential issue", 0))]
-    counts += [("of which " + k, kinds[k]) for k in ("OK", "disconnected", "socket error", "timeout on both lengths", "other")
-               if kinds.get(k)]
+    counts += [("of which " + k, kinds.get(k, 0)) for k in ("answered 2xx", "refused (4xx/5xx)", "disconnected",
+                                                           "socket error", "timeout on both lengths", "other")]
     return {"counts": counts, "tests": tests, "failed": kinds.get("potential issue", 0)}
 
 
@@ -224,7 +233,7 @@ def parse_redbot(server):
     if not found:
         return None
     return {"counts": [("good", n["GOOD"]), ("info", n["INFO"]), ("warnings", n["WARN"]), ("bad (failed)", n["BAD"])],
-            "tests": tests, "failed": n["BAD"], "warn_is_listed": True}
+            "tests": tests, "failed": n["BAD"], "warn_is_listed": True, "absent_is_pass": True}
 
 
 SUITES = [
@@ -260,10 +269,22 @@ SUITES = [
 ]
 
 
+def natural(text):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+NOUNS = {"httpwookiee": "tests failed", "desync": "cases failed", "h2spec": "tests failed",
+         "smuggler": "mutations failed", "redbot": "notes were bad or warnings"}
+
+
+NONE = {"desync": "No case failed", "smuggler": "No mutation failed", "redbot": "No note was bad or a warning"}
+
+
 def suite_section(key, title, parser, rev_key, about, out, verdicts):
-    rev = meta.get(rev_key) or "?"
+    noun = NOUNS.get(key, "tests failed")
+    rev = meta.get(rev_key)
     out.append("## %s\n" % title)
-    out.append("%s (%s `%s`)\n" % (about, "version" if key in ("redbot",) else "revision", rev[:12]))
+    out.append("%s%s\n" % (about, " (%s `%s`)" % ("version" if key == "redbot" else "revision", rev[:12]) if rev else ""))
     results = {}
     for s in SERVERS:
         if s not in ran_servers:
@@ -311,10 +332,10 @@ def suite_section(key, title, parser, rev_key, about, out, verdicts):
             if (not ok or warned) and tid not in ids:
                 ids.append(tid)
     if ids:
-        out.append("<details><summary>%d tests failed on at least one server</summary>\n" % len(ids))
+        out.append("<details><summary>%d %s on at least one server</summary>\n" % (len(ids), noun))
         out.append("| test | cleargate | nginx | HAProxy |")
         out.append("| --- | --- | --- | --- |")
-        for tid in sorted(ids):
+        for tid in sorted(ids, key=natural):
             row = []
             for s in SERVERS:
                 r = results[s]
@@ -323,7 +344,7 @@ def suite_section(key, title, parser, rev_key, about, out, verdicts):
                     continue
                 ok, note = r["tests"].get(tid, (None, ""))
                 if ok is None:
-                    row.append("not run")
+                    row.append("pass" if r.get("absent_is_pass") else "not run")
                 elif ok and not (r.get("warn_is_listed") and note.startswith("WARN")):
                     row.append("pass")
                 else:
@@ -331,7 +352,7 @@ def suite_section(key, title, parser, rev_key, about, out, verdicts):
             out.append("| %s | %s |" % (cell(tid, 90), " | ".join(row)))
         out.append("\n</details>\n")
     else:
-        out.append("No test failed on any server that ran.\n")
+        out.append("%s on any server that ran.\n" % NONE.get(key, "No test failed"))
 
     cg = results["cleargate"]
     out.append("**cleargate's failures.**")
@@ -343,7 +364,7 @@ def suite_section(key, title, parser, rev_key, about, out, verdicts):
             out.append("None.\n")
         else:
             out.append("")
-            for tid, note in fails:
+            for tid, note in sorted(fails, key=lambda f: natural(f[0])):
                 out.append("- `%s`: %s" % (cell(tid, 120).replace("`", "'"), cell(note, 300)))
             out.append("")
     failed = {s: results[s].get("failed") for s in SERVERS if "error" not in results[s]}

@@ -292,7 +292,9 @@ pub struct RetryConfig {
     /// Limit of the whole request until its response head, waits and retries included.
     pub deadline: Duration,
     /// Causes that are retried for idempotent requests with a replayable body, beyond the
-    /// always-safe ones (nothing sent; the keep-alive race).
+    /// always-safe ones (nothing sent; the keep-alive race). `timeout` is retried only for
+    /// requests that are safe to repeat even if the first attempt was processed: GET, HEAD,
+    /// OPTIONS and TRACE, or any request with an `Idempotency-Key`.
     pub on: Vec<cause::Cause>,
 }
 
@@ -302,7 +304,11 @@ impl Default for RetryConfig {
             attempts: 3,
             per_try_timeout: None,
             deadline: Duration::from_secs(15),
-            on: vec![cause::Cause::Reset, cause::Cause::Closed],
+            on: vec![
+                cause::Cause::Reset,
+                cause::Cause::Closed,
+                cause::Cause::Timeout,
+            ],
         }
     }
 }

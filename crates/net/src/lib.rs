@@ -262,6 +262,8 @@ impl Conn {
                 None => send_deadline,
             };
             tokio::select! {
+                // The body was sent whole: from now on the response deadline applies.
+                _ = progress.done.notified(), if response_deadline.is_none() => continue,
                 r = &mut fut => break r.map_err(|e| {
                     let phase = if progress.is_finished() { Phase::ReadHead } else { Phase::SendRequest };
                     if progress.client_failed() {
@@ -360,6 +362,8 @@ pub struct BodyProgress {
     bytes: AtomicU64,
     /// What broke the client's body, once it broke.
     client_error: std::sync::Mutex<Option<String>>,
+    /// Woken when the body has been sent whole, so the response deadline starts on time.
+    done: tokio::sync::Notify,
 }
 
 impl BodyProgress {
@@ -396,6 +400,7 @@ impl BodyProgress {
     fn finish(&self) {
         if !self.finished.swap(true, Ordering::AcqRel) {
             *self.finished_at.lock().unwrap() = Some(Instant::now());
+            self.done.notify_one();
         }
     }
 }

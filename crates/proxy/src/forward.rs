@@ -279,6 +279,11 @@ impl Gateway {
                 | Method::PUT
                 | Method::DELETE
         ) || req.headers().contains_key("idempotency-key");
+        // A request that timed out may have been processed; only these are sent again then.
+        let repeatable = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        ) || req.headers().contains_key("idempotency-key");
         let key = self.hash_key(&upstream, &req, client);
         let (mut parts, body) = req.into_parts();
         let host_header = admitted.host_value.clone();
@@ -380,6 +385,10 @@ impl Gateway {
                     if let Some(per_try) = retry.per_try_timeout {
                         deadlines.response = deadlines.response.min(per_try);
                     }
+                    // No attempt runs past the route's deadline.
+                    deadlines.response = deadlines
+                        .response
+                        .min(deadline.saturating_duration_since(Instant::now()));
                     match checkout.conn.send(req, &deadlines).await {
                         Ok((resp, conn, exchange)) => {
                             Ok((resp, conn, exchange, checkout.endpoint, checkout.slot))
@@ -485,8 +494,13 @@ impl Gateway {
                     // The retry rules: facts first, then the request's properties, then limits.
                     let unsent = f.phase.before_send() || f.unprocessed;
                     let replayable = body.available();
+                    let timed_out = f.cause == Cause::Timeout;
                     let allowed = replayable
-                        && (unsent || (idempotent && (race || retry.on.contains(&f.cause))));
+                        && (unsent
+                            || (idempotent
+                                && (race
+                                    || (retry.on.contains(&f.cause)
+                                        && (!timed_out || repeatable)))));
                     if !allowed || Instant::now() >= deadline {
                         return Err(f);
                     }
@@ -532,6 +546,8 @@ impl Gateway {
                         ));
                         return Err(f);
                     }
+                    self.logger
+                        .attempt_retried(&log.record.request_id, &f, attempt_no, race);
                     retries_left -= 1;
                 }
             }

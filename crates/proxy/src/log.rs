@@ -227,6 +227,33 @@ impl Logger {
         self.event(answer.level.as_str(), "gateway_error", m);
     }
 
+    /// The line of an attempt that failed and is being retried: the client may never see the
+    /// failure, but the operator should. WARN, except for the keep-alive race, which the pool
+    /// expects now and then (INFO).
+    pub fn attempt_retried(&self, request_id: &str, failure: &Failure, attempt: u32, race: bool) {
+        let mut m = Map::new();
+        m.insert("request_id".into(), json!(request_id));
+        m.insert("cause".into(), json!(failure.cause.as_str()));
+        m.insert("phase".into(), json!(failure.phase.as_str()));
+        m.insert("upstream".into(), json!(failure.upstream));
+        m.insert("endpoint".into(), json!(failure.endpoint));
+        m.insert("attempt".into(), json!(attempt));
+        m.insert("reused".into(), json!(failure.reused));
+        m.insert("sent".into(), json!(failure.request_bytes));
+        m.insert("received".into(), json!(failure.response_bytes));
+        m.insert("detail".into(), json!(failure.detail));
+        m.insert(
+            "message".into(),
+            json!(format!(
+                "attempt {attempt} failed: {} ({}); retried on another endpoint",
+                failure.cause.summary(),
+                failure.phase.words()
+            )),
+        );
+        let level = if race { Level::Info } else { Level::Warn };
+        self.event(level.as_str(), "attempt_retried", m);
+    }
+
     pub fn access(&self, record: &AccessRecord) {
         if self.format == Format::Json {
             // The busiest line of all: written straight into a string, no intermediate map.

@@ -127,13 +127,25 @@ impl Upstream {
                     return;
                 }
                 h.consecutive_failures += 1;
-                if o.consecutive_failures == 0 || h.consecutive_failures < o.consecutive_failures {
+                // An endpoint that accepts a request and never answers it (a hung worker) costs
+                // every request sent to it a whole response timeout: out at the first one.
+                let hung = f.cause == cause::Cause::Timeout && f.phase == cause::Phase::ReadHead;
+                if o.consecutive_failures == 0
+                    || (!hung && h.consecutive_failures < o.consecutive_failures)
+                {
                     return;
                 }
-                format!(
-                    "{} consecutive failures (last {}@{})",
-                    h.consecutive_failures, f.cause, f.phase
-                )
+                if hung {
+                    format!(
+                        "a response timeout ({}): it takes requests and does not answer them",
+                        f.detail.as_deref().unwrap_or("no response head in time")
+                    )
+                } else {
+                    format!(
+                        "{} consecutive failures (last {}@{})",
+                        h.consecutive_failures, f.cause, f.phase
+                    )
+                }
             }
         };
         if h.ejected_until.is_some_and(|u| now < u) {
