@@ -605,3 +605,74 @@ fn check_reports_every_problem_with_its_position() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was started"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn serve_runs_one_event_loop_per_worker_on_one_shared_port() {
+    use std::io::BufRead;
+    let lab = lab::Lab::start(
+        &[(Fault::Ok, 0)],
+        [127, 0, 0, 1].into(),
+        lab::LabOptions::default(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("cg-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = 2\n[upstream.app]\nendpoints = [\"{}\"]\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+            lab.addr(Fault::Ok).unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cleargate"))
+        .args(["serve", "-c"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let serving: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(serving["message"], "serving", "{first}");
+    assert_eq!(serving["workers"], 2, "{first}");
+    let addr: std::net::SocketAddr = serving["listen"][0].as_str().unwrap().parse().unwrap();
+    // Two worker threads, each its own event loop.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for w in ["cleargate-w0", "cleargate-w1"] {
+        assert!(names.iter().any(|n| n == w), "{names:?}");
+    }
+    // Connections spread over the workers' listeners; every one is served.
+    for _ in 0..16 {
+        let seen = send(addr, get(addr, "/f").body(empty()).unwrap()).await;
+        assert_eq!(seen.status, 200);
+    }
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = out.lines().map(|l| l.unwrap()).collect();
+    assert_eq!(
+        rest.iter()
+            .filter(|l| l.contains("\"kind\":\"access\""))
+            .count(),
+        16,
+        "{rest:#?}"
+    );
+    assert!(
+        rest.last().unwrap().contains("\"message\":\"stopped\""),
+        "{rest:#?}"
+    );
+    lab.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

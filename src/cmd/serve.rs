@@ -30,45 +30,98 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
-    super::runtime()?.block_on(async move {
-        let listeners = proxy::bind(&config.listen).await?;
-        let logger = proxy::logger_for(&config)?;
-        let addrs: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
-        logger.notice(
-            Level::Info,
-            "serving",
-            &[
-                ("listen", json!(addrs)),
-                ("summary", json!(config.summary())),
-            ],
-        );
-        let gateway = Gateway::new(config, logger.clone()).map_err(anyhow::Error::msg)?;
-        let shutdown = CancellationToken::new();
-        let serving = tokio::spawn(gateway.clone().serve(listeners, shutdown.clone()));
-        #[cfg(unix)]
-        {
-            // SIGUSR1 flushes the DNS answers: upstream names are resolved again at once.
+    let workers = config.workers;
+    // Every listener is bound before any thread starts: a port in use stops start-up cleanly.
+    let sets = proxy::bind_workers(&config.listen, workers)?;
+    let logger = proxy::logger_for(&config)?;
+    // The addresses as bound: a port of 0 in the configuration shows as the one chosen.
+    let addrs: Vec<String> = sets[0]
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    let mut sets = sets.into_iter();
+    logger.notice(
+        Level::Info,
+        "serving",
+        &[
+            ("listen", json!(addrs)),
+            ("workers", json!(workers)),
+            ("summary", json!(config.summary())),
+        ],
+    );
+    let gateway = Gateway::new(config, logger.clone()).map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let threads = (0..workers)
+        .map(|index| {
+            let set = sets.next().unwrap_or_default();
             let gw = gateway.clone();
-            if let Ok(mut usr1) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("cleargate-w{index}"))
+                .spawn(move || serve_worker(gw, index, set, shutdown))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Signals are waited for on this thread, away from the workers.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            #[cfg(unix)]
             {
-                tokio::spawn(async move {
-                    while usr1.recv().await.is_some() {
-                        gw.flush_dns();
-                    }
-                });
+                // SIGUSR1 flushes the DNS answers: upstream names are resolved again at once.
+                let gw = gateway.clone();
+                if let Ok(mut usr1) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                {
+                    tokio::spawn(async move {
+                        while usr1.recv().await.is_some() {
+                            gw.flush_dns();
+                        }
+                    });
+                }
             }
+            super::shutdown_signal().await;
+        });
+    logger.notice(
+        Level::Info,
+        "shutting down: no new connections, finishing in-flight requests",
+        &[],
+    );
+    shutdown.cancel();
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => anyhow::bail!("a worker thread panicked"),
         }
-        super::shutdown_signal().await;
-        logger.notice(
-            Level::Info,
-            "shutting down: no new connections, finishing in-flight requests",
-            &[],
-        );
-        shutdown.cancel();
-        serving.await?;
-        logger.notice(Level::Info, "stopped", &[]);
-        logger.flush();
-        Ok(())
-    })
+    }
+    logger.notice(Level::Info, "stopped", &[]);
+    logger.flush();
+    Ok(())
+}
+
+/// One worker: its own single-threaded event loop, its own listeners and upstream pools.
+/// Worker 0 also runs the upstreams' health checks and DNS refresh.
+fn serve_worker(
+    gateway: std::sync::Arc<Gateway>,
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listeners = listeners
+                .into_iter()
+                .map(tokio::net::TcpListener::from_std)
+                .collect::<Result<Vec<_>, _>>()?;
+            if index == 0 {
+                gateway.serve(listeners, shutdown).await;
+            } else {
+                gateway.serve_worker(index, listeners, shutdown).await;
+            }
+            Ok(())
+        })
 }

@@ -34,6 +34,13 @@ pub struct Config {
     /// Clients that see upstream addresses and error details on error pages and in
     /// `Proxy-Status`; everyone else sees the upstream's name only.
     pub trusted_clients: Vec<ipnet::IpNet>,
+    /// Worker threads, each with its own event loop, listeners and upstream connection pools.
+    pub workers: usize,
+}
+
+/// One worker per core, as nginx's `worker_processes auto`.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Loopback only: an operator on the gateway's own host sees everything.
@@ -171,7 +178,7 @@ impl UpstreamConfig {
             name: name.to_string(),
             endpoints: Vec::new(),
             timeouts: Timeouts::default(),
-            max_idle_per_endpoint: 32,
+            max_idle_per_endpoint: 256,
             idle_timeout: Duration::from_secs(30),
             balance: Balance::RoundRobin,
             protocol: Protocol::Http1,

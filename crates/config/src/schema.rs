@@ -24,6 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "route",
     "resolver",
     "trusted_clients",
+    "workers",
 ];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
@@ -671,6 +672,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         routes: Vec::new(),
         resolver: ResolverConfig::default(),
         trusted_clients: default_trusted_clients(),
+        workers: default_workers(),
     };
 
     match root.get("listen") {
@@ -799,6 +801,13 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         {
             l.max_client_connections = n as usize;
         }
+    }
+
+    if let Some(n) = root
+        .get("workers")
+        .and_then(|v| w.integer(v, "`workers`", 1..=1024))
+    {
+        cfg.workers = n as usize;
     }
 
     if let Some(v) = root.get("trusted_clients") {

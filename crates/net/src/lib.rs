@@ -209,6 +209,14 @@ impl Conn {
         }
     }
 
+    /// True when the connection can take a request at once (its last exchange is over).
+    pub fn is_ready(&self) -> bool {
+        match &self.sender {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
     /// Waits until the connection is ready for a request, at most `within`.
     pub async fn ready(&mut self, within: Duration) -> bool {
         let ready = async {

@@ -48,6 +48,8 @@ pub struct Gateway {
     retries: Vec<config::RetryConfig>,
     logger: Arc<log::Logger>,
     via: String,
+    /// Client connections served at once, across every worker.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -72,7 +74,7 @@ impl Gateway {
                     max_response_header_bytes: config.limits.max_response_header_bytes,
                     h2: u.protocol == config::Protocol::H2c,
                 };
-                Upstream::new(u, connect, resolver.clone(), events.clone())
+                Upstream::new(u, connect, resolver.clone(), events.clone(), config.workers)
             })
             .collect();
         let deadlines = config
@@ -94,7 +96,11 @@ impl Gateway {
         });
         let retries = config.routes.iter().map(|r| r.retry.clone()).collect();
         let via = format!("1.1 {}", config.server_name);
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_client_connections,
+        ));
         Ok(Arc::new(Gateway {
+            permits,
             config,
             router,
             upstreams,
@@ -134,13 +140,49 @@ impl Gateway {
 /// Binds every configured listen address, failing on the first that cannot be bound.
 pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<tokio::net::TcpListener>> {
     let mut listeners = Vec::new();
-    for addr in addrs {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        listeners.push(l);
+    for set in bind_workers(addrs, 1)? {
+        for l in set {
+            listeners.push(tokio::net::TcpListener::from_std(l)?);
+        }
     }
     Ok(listeners)
+}
+
+/// Binds every configured listen address once per worker, with `SO_REUSEPORT`, so that the
+/// kernel spreads new connections over the workers and no worker hands a connection to another.
+/// A port of 0 is chosen once and then shared by every worker. The listeners are left
+/// non-blocking, ready for `tokio::net::TcpListener::from_std` inside each worker's runtime.
+pub fn bind_workers(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut sets: Vec<Vec<std::net::TcpListener>> =
+        (0..workers.max(1)).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        let mut addr = *addr;
+        for set in sets.iter_mut() {
+            let bound = (|| {
+                let socket =
+                    Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                socket.set_reuse_address(true)?;
+                #[cfg(unix)]
+                socket.set_reuse_port(true)?;
+                if addr.is_ipv6() {
+                    socket.set_only_v6(true)?;
+                }
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(1024)?;
+                Ok::<_, std::io::Error>(std::net::TcpListener::from(socket))
+            })()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            // The first worker's port, when the kernel picked it, is every worker's port.
+            addr = bound.local_addr()?;
+            set.push(bound);
+        }
+    }
+    Ok(sets)
 }
 
 /// Opens the log sink the configuration names.

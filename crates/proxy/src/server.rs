@@ -239,15 +239,28 @@ impl AsyncWrite for ClientIo {
 
 impl Gateway {
     /// Serves `listeners` until `shutdown` is cancelled, then lets in-flight requests finish for
-    /// up to the configured shutdown timeout.
+    /// up to the configured shutdown timeout. This is worker 0, which also runs the upstreams'
+    /// background tasks (active health checks, DNS refresh); the other workers run
+    /// [`Gateway::serve_worker`].
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
         for upstream in &self.upstreams {
             upstream.start(shutdown.clone());
         }
-        let permits = Arc::new(tokio::sync::Semaphore::new(
-            self.config.limits.max_client_connections,
-        ));
+        self.serve_worker(0, listeners, shutdown).await;
+    }
+
+    /// Serves `listeners` as worker number `index`, on the runtime of the calling thread, with
+    /// that worker's upstream pools, until `shutdown` is cancelled and in-flight requests have
+    /// finished (or the shutdown timeout passed).
+    pub async fn serve_worker(
+        self: Arc<Self>,
+        index: usize,
+        listeners: Vec<TcpListener>,
+        shutdown: CancellationToken,
+    ) {
+        upstream::set_worker(index);
+        let tracker = TaskTracker::new();
+        let permits = self.permits.clone();
         for listener in listeners {
             let gw = self.clone();
             let tracker2 = tracker.clone();

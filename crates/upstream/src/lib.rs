@@ -46,15 +46,28 @@ const CAUTIOUS_IDLE: Duration = Duration::from_secs(2);
 /// How long a learned idle timeout is kept before the configured one applies again.
 const LEARNED_IDLE_LIFETIME: Duration = Duration::from_secs(300);
 
+thread_local! {
+    /// The worker this thread serves, set by [`set_worker`]; 0 elsewhere.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this thread worker number `index`: from now on it takes and gives back connections in
+/// that worker's pools only, so a connection (whose task runs on the worker's event loop) is
+/// never used from another thread.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// One place an upstream can be reached.
 pub struct Endpoint {
     /// `host:port` as configured.
     pub name: String,
     pub weight: u32,
     pub index: usize,
-    idle: Mutex<VecDeque<Conn>>,
-    /// The shared HTTP/2 connection, when the upstream speaks h2c.
-    shared: Mutex<Option<Conn>>,
+    /// Idle connections, one pool per worker.
+    idle: Box<[Mutex<VecDeque<Conn>>]>,
+    /// The shared HTTP/2 connection per worker, when the upstream speaks h2c.
+    shared: Box<[Mutex<Option<Conn>>]>,
     in_flight: AtomicUsize,
     pub(crate) health: Mutex<HealthState>,
     /// Idle timeout learned from `Keep-Alive: timeout=` or from early closes, if shorter.
@@ -76,9 +89,19 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Idle connections held right now.
+    /// Idle connections held right now, in every worker's pool.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        self.idle.iter().map(|p| p.lock().unwrap().len()).sum()
+    }
+
+    /// This worker's idle pool.
+    fn pool(&self) -> &Mutex<VecDeque<Conn>> {
+        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
+    }
+
+    /// This worker's shared HTTP/2 connection.
+    fn shared(&self) -> &Mutex<Option<Conn>> {
+        &self.shared[WORKER.with(|w| w.get()) % self.shared.len()]
     }
 
     /// The idle timeout in force: the configured one, or a shorter learned one.
@@ -159,12 +182,15 @@ impl Drop for Slot {
 }
 
 impl Upstream {
+    /// An upstream served by `workers` workers, each with its own pools.
     pub fn new(
         config: &UpstreamConfig,
         connect: ConnectOptions,
         resolver: net::resolver::Resolver,
         events: Events,
+        workers: usize,
     ) -> Arc<Upstream> {
+        let workers = workers.max(1);
         let endpoints = config
             .endpoints
             .iter()
@@ -174,8 +200,8 @@ impl Upstream {
                     name: e.address.clone(),
                     weight: e.weight,
                     index,
-                    idle: Mutex::new(VecDeque::new()),
-                    shared: Mutex::new(None),
+                    idle: (0..workers).map(|_| Mutex::new(VecDeque::new())).collect(),
+                    shared: (0..workers).map(|_| Mutex::new(None)).collect(),
                     in_flight: AtomicUsize::new(0),
                     health: Mutex::new(HealthState::default()),
                     learned_idle: Mutex::new(None),
@@ -303,7 +329,7 @@ impl Upstream {
         let configured_idle = self.config.idle_timeout;
         let fresh_enough = (endpoint.idle_timeout(configured_idle).min(CAUTIOUS_IDLE)) / 2;
         if self.connect.h2 {
-            let shared = endpoint.shared.lock().unwrap().as_ref().and_then(|c| {
+            let shared = endpoint.shared().lock().unwrap().as_ref().and_then(|c| {
                 if c.is_open() {
                     c.share()
                 } else {
@@ -321,10 +347,10 @@ impl Upstream {
                 }
             }
         } else {
+            let pool = endpoint.pool();
             loop {
-                // Not `while let`: the lock must be released before the awaits below.
                 let next = {
-                    let mut idle = endpoint.idle.lock().unwrap();
+                    let mut idle = pool.lock().unwrap();
                     let too_idle = idle
                         .front()
                         .is_some_and(|c| cautious && c.last_used.elapsed() > fresh_enough);
@@ -350,8 +376,9 @@ impl Upstream {
                 if idle_for >= endpoint.idle_timeout(configured_idle) {
                     continue;
                 }
-                // A connection whose upstream closed it while idle is never handed out.
-                if conn.ready(Duration::from_millis(5)).await {
+                // A connection whose upstream closed it while idle is never handed out. The
+                // check costs no timer unless the last exchange is still being wound up.
+                if conn.is_ready() || conn.ready(Duration::from_millis(5)).await {
                     return Ok(Checkout {
                         conn,
                         endpoint: endpoint.clone(),
@@ -372,7 +399,7 @@ impl Upstream {
             f
         })?;
         if self.connect.h2 {
-            *endpoint.shared.lock().unwrap() = conn.share();
+            *endpoint.shared().lock().unwrap() = conn.share();
         }
         Ok(Checkout {
             conn,
@@ -396,9 +423,19 @@ impl Upstream {
         if conn.is_h2() || !conn.is_open() || self.config.max_idle_per_endpoint == 0 {
             return;
         }
-        let mut idle = endpoint.idle.lock().unwrap();
+        let idle_timeout = endpoint.idle_timeout(self.config.idle_timeout);
+        let mut idle = endpoint.pool().lock().unwrap();
         // The most recently used connection is the least likely to be closed by the upstream.
+        // The least recently used one sits at the back; once it is idle too long it goes, so the
+        // pool holds what traffic really uses, up to the cap.
+        let now = conn.last_used;
         idle.push_front(conn);
+        while idle
+            .back()
+            .is_some_and(|c| now.saturating_duration_since(c.last_used) >= idle_timeout)
+        {
+            idle.pop_back();
+        }
         idle.truncate(self.config.max_idle_per_endpoint);
     }
 
@@ -411,11 +448,11 @@ impl Upstream {
             &self.name,
             "a pooled connection was closed by the upstream as it was reused",
         );
-        endpoint
-            .idle
-            .lock()
-            .unwrap()
-            .retain(|c| c.last_used.elapsed() < idle_for * 3 / 4);
+        for pool in endpoint.idle.iter() {
+            pool.lock()
+                .unwrap()
+                .retain(|c| c.last_used.elapsed() < idle_for * 3 / 4);
+        }
     }
 
     /// Requests in flight to the whole upstream.
@@ -425,14 +462,14 @@ impl Upstream {
 
     /// Drops every idle connection to addresses a name no longer resolves to.
     pub(crate) fn forget_addresses(&self, endpoint: &Endpoint, keep: &[SocketAddr]) {
-        endpoint
-            .idle
-            .lock()
-            .unwrap()
-            .retain(|c| keep.contains(&c.addr));
-        let mut shared = endpoint.shared.lock().unwrap();
-        if shared.as_ref().is_some_and(|c| !keep.contains(&c.addr)) {
-            *shared = None;
+        for pool in endpoint.idle.iter() {
+            pool.lock().unwrap().retain(|c| keep.contains(&c.addr));
+        }
+        for shared in endpoint.shared.iter() {
+            let mut shared = shared.lock().unwrap();
+            if shared.as_ref().is_some_and(|c| !keep.contains(&c.addr)) {
+                *shared = None;
+            }
         }
     }
 

@@ -39,6 +39,7 @@ fn pool(n: usize, tune: impl FnOnce(&mut UpstreamConfig)) -> (Arc<Upstream>, Eve
         connect,
         resolver,
         Arc::new(move |_: Level, message: String, _| sink.lock().unwrap().push(message)),
+        1,
     );
     (up, events)
 }
