@@ -29,9 +29,18 @@ struct Setup {
 /// configuration, and `with_lab` adds the lab's `bigheader` (host `big.test`) and `refused`
 /// (host `down.test`) behind it.
 async fn setup(top: &str, with_lab: bool) -> Setup {
+    setup_limits(top, "", with_lab).await
+}
+
+/// As [`setup`], with `limits` added to the `[limits]` table.
+async fn setup_with(limits: &str, with_lab: bool) -> Setup {
+    setup_limits("", limits, with_lab).await
+}
+
+async fn setup_limits(top: &str, limits: &str, with_lab: bool) -> Setup {
     let canned = canned::start().await;
     let mut text = format!(
-        "listen = [\"127.0.0.1:0\"]\n{top}\n[limits]\nmax_request_header_bytes = {REQUEST_HEAD_LIMIT}\nmax_response_header_bytes = {RESPONSE_HEAD_LIMIT}\n\n[upstream.app]\nendpoints = [\"{}\"]\n{UPSTREAM_TIMEOUTS}\n[[route]]\nhost = \"a.example\"\npath = \"/\"\nupstream = \"app\"\n",
+        "listen = [\"127.0.0.1:0\"]\n{top}\n[limits]\nmax_request_header_bytes = {REQUEST_HEAD_LIMIT}\nmax_response_header_bytes = {RESPONSE_HEAD_LIMIT}\n{limits}\n\n[upstream.app]\nendpoints = [\"{}\"]\n{UPSTREAM_TIMEOUTS}\n[[route]]\nhost = \"a.example\"\npath = \"/\"\nupstream = \"app\"\n",
         canned.addr
     );
     let lab = if with_lab {
@@ -436,8 +445,19 @@ async fn length_lists_from_the_upstream_are_written_once() {
 }
 
 #[tokio::test]
-async fn hundreds_of_response_headers_within_the_byte_limit_are_relayed() {
+async fn response_header_lines_are_limited_by_max_response_headers() {
+    // 100 by default, as HAProxy and Envoy: 300 lines are too many.
     let s = setup("", false).await;
+    let a = ask(s.gw.addr, &get_req("/many-headers")).await;
+    assert_eq!(a.status, 502, "{:.300}", a.head);
+    assert!(a.head.contains("cause=response_too_large"), "{}", a.head);
+    let warn =
+        s.gw.wait_line("the WARN line", |l| l["kind"] == "gateway_error")
+            .await;
+    assert!(warn.to_string().contains("100 header lines"), "{warn}");
+    s.stop().await;
+    // Raised, every line is relayed.
+    let s = setup_with("max_response_headers = 400", false).await;
     let a = ask(s.gw.addr, &get_req("/many-headers")).await;
     assert_eq!(a.status, 200, "{:.300}", a.head);
     assert_eq!(a.head.lines().filter(|l| l.starts_with("x-h")).count(), 300);

@@ -112,6 +112,9 @@ pub struct Limits {
     pub client_idle_timeout: Duration,
     /// Largest upstream response header section, in bytes.
     pub max_response_header_bytes: usize,
+    /// Most header lines in an upstream response head. Up to 100 cost nothing; above, every
+    /// response parse reserves room for this many.
+    pub max_response_headers: usize,
     /// Request bodies up to this size are kept so that a failed attempt can be replayed.
     pub max_replay_body_bytes: usize,
     /// Client connections served at once; more wait in the kernel's accept queue.
@@ -126,6 +129,7 @@ impl Default for Limits {
             request_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(75),
             max_response_header_bytes: 64 * 1024,
+            max_response_headers: 100,
             max_replay_body_bytes: 64 * 1024,
             max_client_connections: 10_000,
         }

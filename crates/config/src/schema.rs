@@ -33,6 +33,7 @@ const LIMIT_KEYS: &[&str] = &[
     "request_header_timeout",
     "client_idle_timeout",
     "max_response_header_bytes",
+    "max_response_headers",
     "max_client_connections",
     "max_replay_body_bytes",
 ];
@@ -788,6 +789,12 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                     l.max_response_header_bytes = n as usize;
                 }
             }
+        }
+        if let Some(n) = t
+            .get("max_response_headers")
+            .and_then(|v| w.integer(v, "`max_response_headers`", 1..=10_000))
+        {
+            l.max_response_headers = n as usize;
         }
         if let Some(n) = t
             .get("max_replay_body_bytes")

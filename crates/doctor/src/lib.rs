@@ -603,6 +603,7 @@ async fn reopen(dest: &Destination, tls: &TlsOptions, budget: &Budget) -> Option
     let opts = net::ConnectOptions {
         connect_timeout: budget.step(),
         max_response_header_bytes: 64 * 1024,
+        max_response_headers: 100,
         h2: false,
     };
     if dest.tls {

@@ -214,6 +214,7 @@ pub async fn probe(
     let opts = ConnectOptions {
         connect_timeout: budget.step(),
         max_response_header_bytes: 64 * 1024,
+        max_response_headers: 100,
         h2: false,
     };
     let conn = if dest.tls {

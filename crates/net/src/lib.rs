@@ -52,13 +52,10 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Largest response header section accepted from the upstream.
     pub max_response_header_bytes: usize,
+    /// Most header lines accepted in a response head.
+    pub max_response_headers: usize,
     /// HTTP/2 with prior knowledge instead of HTTP/1.1.
     pub h2: bool,
-}
-
-/// How many response header lines are accepted within `max_bytes` of head.
-pub fn max_response_headers(max_bytes: usize) -> usize {
-    (max_bytes / 32).clamp(100, 4096)
 }
 
 /// Resolves `endpoint` (`ip:port` or `name:port`) to addresses.
@@ -91,8 +88,10 @@ pub struct Conn {
     stats: Arc<IoStats>,
     /// When the connection task ended (the upstream or the gateway closed it).
     closed_at: Arc<std::sync::Mutex<Option<Instant>>>,
-    /// The largest response head accepted, for the detail of a `response_too_large`.
+    /// The largest response head accepted and the most header lines, for the detail of a
+    /// `response_too_large`.
     head_limit: usize,
+    header_lines: usize,
     pub addr: SocketAddr,
     pub created: Instant,
     /// Requests sent on this connection before the current one.
@@ -144,16 +143,17 @@ where
         });
         Sender::H2(sender)
     } else {
-        let (sender, conn) = http1::Builder::new()
-            // The limit is exact: a head of the limit is read, one byte more is too large.
+        let mut builder = http1::Builder::new();
+        // The limit is exact: a head of the limit is read, one byte more is too large.
+        builder
             .max_header_size(opts.max_response_header_bytes)
-            .max_buf_size(opts.max_response_header_bytes + 8192)
-            // Any number of header lines fits in the byte limit, up to one per 32 bytes of it:
-            // hyper sizes its parse arrays by this count for every response.
-            .max_headers(max_response_headers(opts.max_response_header_bytes))
-            .handshake(io)
-            .await
-            .map_err(handshake_failed)?;
+            .max_buf_size(opts.max_response_header_bytes + 8192);
+        // hyper parses up to 100 header lines on the stack; a higher count makes it reserve room
+        // for that many on the heap for every response, so it is set only when asked for.
+        if opts.max_response_headers > 100 {
+            builder.max_headers(opts.max_response_headers);
+        }
+        let (sender, conn) = builder.handshake(io).await.map_err(handshake_failed)?;
         tokio::spawn(async move {
             // The error, if any, also reaches the pending request, which classifies it.
             let _ = conn.await;
@@ -167,6 +167,7 @@ where
         stats,
         closed_at,
         head_limit: opts.max_response_header_bytes,
+        header_lines: opts.max_response_headers.max(100),
         addr,
         created: now,
         uses: 0,
@@ -200,6 +201,7 @@ impl Conn {
                 stats: self.stats.clone(),
                 closed_at: self.closed_at.clone(),
                 head_limit: self.head_limit,
+                header_lines: self.header_lines,
                 addr: self.addr,
                 created: self.created,
                 uses: self.uses,
@@ -281,9 +283,9 @@ impl Conn {
                     let mut f = classify_hyper_error(&e, phase, reused);
                     if f.cause == Cause::ResponseTooLarge {
                         f.detail = Some(format!(
-                            "the upstream's response head exceeds the limit of {} bytes ({} header lines at most)",
+                            "the upstream's response head exceeds the limit of {} bytes or {} header lines (max_response_header_bytes, max_response_headers)",
                             self.head_limit,
-                            max_response_headers(self.head_limit)
+                            self.header_lines
                         ));
                     }
                     f

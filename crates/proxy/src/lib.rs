@@ -72,6 +72,7 @@ impl Gateway {
                 let connect = ConnectOptions {
                     connect_timeout: u.timeouts.connect,
                     max_response_header_bytes: config.limits.max_response_header_bytes,
+                    max_response_headers: config.limits.max_response_headers,
                     h2: u.protocol == config::Protocol::H2c,
                 };
                 Upstream::new(u, connect, resolver.clone(), events.clone(), config.workers)

@@ -27,6 +27,7 @@ fn pool(n: usize, tune: impl FnOnce(&mut UpstreamConfig)) -> (Arc<Upstream>, Eve
     let connect = ConnectOptions {
         connect_timeout: Duration::from_secs(1),
         max_response_header_bytes: 65536,
+        max_response_headers: 100,
         h2: false,
     };
     let resolver = net::resolver::Resolver::new(
