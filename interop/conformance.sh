@@ -49,7 +49,8 @@ has_module() { "$PY" -c "import $1" 2>/dev/null; }
 
 # --- which suites are here ------------------------------------------------------------------
 RUN=()
-note_missing() { echo "conformance.sh: $1: $2; skipped"; }
+MISSING=()
+note_missing() { MISSING+=("conformance.sh: $1: $2; skipped"); }
 if wanted httpwookiee; then
   if [ ! -f "$SUITES/httpwookiee/httpwookiee.py" ]; then note_missing httpwookiee "no $SUITES/httpwookiee/httpwookiee.py"
   elif ! has_module termcolor || ! has_module six; then note_missing httpwookiee "$PY lacks termcolor or six"
@@ -80,6 +81,7 @@ if [ ${#RUN[@]} -eq 0 ]; then
   echo "conformance.sh: none of the suites is in $SUITES; nothing run"
   exit 0
 fi
+for m in "${MISSING[@]}"; do echo "$m"; done
 
 # --- which servers ----------------------------------------------------------------------------
 SERVERS=()
@@ -138,7 +140,7 @@ P_DEAD=$((BASE + 10))  # nothing listens here: the gateways' own error responses
 doc_ports() {
   P_ORIGIN=ORIGIN P_DEAD=DEAD D=/run/gw AS_ROOT=
   P_HTTP=([cleargate]=8080 [nginx]=8080 [haproxy]=8080)
-  P_H2=([cleargate]=8443 [nginx]=8443 [haproxy]=8443)
+  P_H2=([cleargate]=8081 [nginx]=8081 [haproxy]=8081)
   P_WOOKIEE=([cleargate]=WOOKIEE [nginx]=WOOKIEE [haproxy]=WOOKIEE)
 }
 AS_ROOT=

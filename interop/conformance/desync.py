@@ -91,6 +91,32 @@ def build(case, case_id):
     return head + body
 
 
+def hint(case):
+    """What the RFCs say of a case whose tier a strict gateway may well disagree with, or None."""
+    uri = unescape(str(case.get("uri", "")))
+    headers = [(unescape(str(h.get("name", ""))), unescape(str(h.get("value", ""))))
+               for h in case.get("headers") or []]
+    te = [v for n, v in headers if n.lower() == "transfer-encoding"]
+    codings = [c.strip(" \t").split(";")[0].strip(" \t").lower() for c in ",".join(te).split(",")] if te else []
+    if uri == "":
+        return "an empty request-target is an invalid request-line (RFC 9112 section 3)"
+    if te and codings[-1] != "chunked":
+        return "chunked is not the final transfer coding: RFC 9112 section 6.3 requires 400"
+    if te and any(c not in ("chunked", "") for c in codings):
+        return "a transfer coding other than chunked: RFC 9112 section 6.1 lets a server answer 501"
+    if te and any(";" in c for c in ",".join(te).split(",")):
+        return "chunked defines no parameters (RFC 9112 section 7.1)"
+    if re.search(r"[^\x21-\x7e]", uri) or re.search(r"[\"<>\\^`{|}]", uri):
+        return "characters RFC 3986 does not allow unencoded in a URI"
+    for n, _ in headers:
+        squashed = re.sub(r"[^a-z]", "", n.lower())
+        if squashed in ("transferencoding", "contentlength") and n.lower() not in ("transfer-encoding", "content-length") \
+                and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", n):
+            return ("a valid field name, but a look-alike of %s: a backend that reads '_' as '-' (CGI-style "
+                    "environments) takes it for the real one" % ("Transfer-Encoding" if squashed[0] == "t" else "Content-Length"))
+    return None
+
+
 def read_response(sock, head_only):
     """(status or None, bytes received, closed by the gateway): reads until a complete response,
     EOF or the wait."""
@@ -198,7 +224,7 @@ def main():
             error = str(e)
         results.append({"case": where, "name": str(case.get("name")), "tier": case["expected"]["tier"],
                         "reason": case["expected"].get("reason"), "id": case_id, "status": status,
-                        "received": len(data), "eof": eof, "error": error,
+                        "received": len(data), "eof": eof, "error": error, "hint": hint(case),
                         "window": [started, time.time()]})
     time.sleep(0.5)  # the last forwarded requests reach the origin's log
 

@@ -85,7 +85,10 @@ def parse_desync(server):
     data = json.load(open(p))
     tests = {}
     for c in data["cases"]:
-        tests["%s: %s" % (c["case"], c["name"])] = (c["pass"], "%s; %s" % (c["tier"], c["note"]))
+        note = "%s; %s" % (c["tier"], c["note"])
+        if not c["pass"] and c.get("hint"):
+            note += " (%s)" % c["hint"]
+        tests["%s: %s" % (c["case"], c["name"])] = (c["pass"], note)
     counts = []
     for tier in ("Compliant", "Acceptable", "Ambiguous", "Severe"):
         s = data["summary"].get(tier, {"pass": 0, "fail": 0})
