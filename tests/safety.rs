@@ -559,3 +559,22 @@ async fn an_untrusted_client_never_sees_an_upstream_address() {
     assert!(warn.to_string().contains(&endpoint), "{warn}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn look_alikes_of_framing_and_forwarding_headers_never_reach_the_upstream() {
+    let s = setup("", false).await;
+    let up = forwarded(
+        &ask(
+            s.gw.addr,
+            b"GET /echo HTTP/1.1\r\nHost: a.example\r\nTransfer_Encoding: chunked\r\nContent_Length: 9\r\nTransfer---Encoding: chunked\r\nX_Forwarded_For: 10.9.9.9\r\nX-Kept: 1\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert!(!up.contains("_encoding") && !up.contains("---"), "{up}");
+    assert!(
+        !up.contains("content_length") && !up.contains("10.9.9.9"),
+        "{up}"
+    );
+    assert!(up.contains("\r\nx-kept: 1\r\n"), "{up}");
+    s.stop().await;
+}

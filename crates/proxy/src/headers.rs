@@ -17,6 +17,37 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// True for a request header name that a backend could read as another header: any name with
+/// an underscore (CGI-style environments read `X_Forwarded_For` as `X-Forwarded-For`, and
+/// `Transfer_Encoding` as the framing header), and names that differ from `Transfer-Encoding` or
+/// `Content-Length` only in their delimiters (`Transfer---Encoding`). nginx drops underscore
+/// names by default too.
+fn look_alike(name: &str) -> bool {
+    if name.contains('_') {
+        return true;
+    }
+    if name.len() <= "content-length".len() || !name.contains("--") {
+        return false;
+    }
+    let bare: String = name.chars().filter(|c| *c != '-').collect();
+    bare == "transferencoding" || bare == "contentlength"
+}
+
+/// Removes request header lines a backend could mistake for others; see [`look_alike`].
+pub fn strip_look_alikes(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| look_alike(k.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| look_alike(k.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+    }
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -61,6 +92,7 @@ pub struct Forwarding<'a> {
 /// Rewrites the client's headers into the upstream request's headers.
 pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_hop_by_hop(headers);
+    strip_look_alikes(headers);
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {}", f.client_ip),
         _ => f.client_ip.to_string(),
@@ -113,6 +145,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn look_alike_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "transfer_encoding",
+            "content_length",
+            "transfer---encoding",
+            "content--length",
+            "x_forwarded_for",
+            "x-kept",
+            "x--kept-too",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        strip_look_alikes(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["x--kept-too", "x-kept"]);
     }
 
     #[test]
