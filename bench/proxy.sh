@@ -4,6 +4,7 @@
 #
 #   bench/proxy.sh                    (about 2 minutes)
 #   DURATION=5 bench/proxy.sh         (seconds measured per target and response; default 10)
+#   WORKERS=1 bench/proxy.sh          (nginx workers, HAProxy threads and cleargate workers; default 2)
 #
 # One nginx origin serves `/hello` (`return 200 "hello\n"`) and `/16k` (a 16 KiB static file)
 # on loopback with keep-alive. The three proxies forward `/` to it, each with pooled keep-alive
@@ -22,6 +23,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
+WORKERS=${WORKERS:-2}
 BIN=target/release/cleargate
 PATH=$PATH:/usr/sbin:/sbin
 
@@ -126,10 +128,10 @@ $(nginx_http_common origin)
 }
 EOF
 
-# nginx as the proxy: 2 workers, pooled upstream connections, combined access log to a file.
+# nginx as the proxy: $WORKERS workers, pooled upstream connections, combined access log to a file.
 cat >"$DIR/nginx.conf" <<EOF
 $(nginx_common nginx)
-worker_processes 2;
+worker_processes $WORKERS;
 http {
 $(nginx_http_common nginx)
     access_log $DIR/nginx-access.log combined;
@@ -149,11 +151,11 @@ $(nginx_http_common nginx)
 }
 EOF
 
-# HAProxy: 2 threads, safe connection reuse, the httplog line of every request to stdout, which
+# HAProxy: $WORKERS threads, safe connection reuse, the httplog line of every request to stdout, which
 # goes to a file (one write per line, as nginx's unbuffered access_log).
 cat >"$DIR/haproxy.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $WORKERS
     maxconn 4096
     log stdout format raw local0
 defaults
@@ -174,6 +176,7 @@ EOF
 # cleargate: JSON access log to a file (written by its log thread), pool sized as nginx's.
 cat >"$DIR/cleargate.toml" <<EOF
 listen = ["127.0.0.1:$CLEARGATE_PORT"]
+workers = $WORKERS
 
 [log]
 format = "json"
@@ -294,7 +297,7 @@ CLEARGATE_LINES=$(lines "$DIR/cleargate.log" '"kind":"access"' cleargate)
 echo
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print "wrk " $2}'), $("$BIN" --version 2>/dev/null || echo cleargate)"
-echo "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), one target at a time; wrk, proxy and origin share the cores"
+echo "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), one target at a time; proxies with $WORKERS worker(s)/thread(s); wrk, proxy and origin share the cores"
 echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
 echo "access logs: nginx $NGINX_LINES; haproxy $HAPROXY_LINES; cleargate $CLEARGATE_LINES"
 echo
