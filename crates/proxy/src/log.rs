@@ -15,6 +15,22 @@ use std::time::{Duration, SystemTime};
 use cause::{Cause, Failure, Level, Phase};
 use serde_json::{json, Map, Value};
 
+/// What failed and where: cause, phase, upstream and endpoint.
+fn where_fields(m: &mut Map<String, Value>, failure: &Failure) {
+    m.insert("cause".into(), json!(failure.cause.as_str()));
+    m.insert("phase".into(), json!(failure.phase.as_str()));
+    m.insert("upstream".into(), json!(failure.upstream));
+    m.insert("endpoint".into(), json!(failure.endpoint));
+}
+
+/// The facts of the failed exchange: reuse, bytes each way, and the technical detail.
+fn exchange_fields(m: &mut Map<String, Value>, failure: &Failure) {
+    m.insert("reused".into(), json!(failure.reused));
+    m.insert("sent".into(), json!(failure.request_bytes));
+    m.insert("received".into(), json!(failure.response_bytes));
+    m.insert("detail".into(), json!(failure.detail));
+}
+
 /// Where log lines go.
 #[derive(Clone, Debug)]
 pub enum Sink {
@@ -191,6 +207,9 @@ impl Logger {
     }
 
     /// The WARN line of a gateway-made error, with its explanation.
+    ///
+    /// (Its fields, and those of [`Logger::attempt_retried`], come from [`where_fields`] and
+    /// [`exchange_fields`], so the two lines name a failure alike.)
     pub fn gateway_error(
         &self,
         request_id: &str,
@@ -202,15 +221,9 @@ impl Logger {
         let mut m = Map::new();
         m.insert("request_id".into(), json!(request_id));
         m.insert("status".into(), json!(status_sent.unwrap_or(answer.status)));
-        m.insert("cause".into(), json!(failure.cause.as_str()));
-        m.insert("phase".into(), json!(failure.phase.as_str()));
-        m.insert("upstream".into(), json!(failure.upstream));
-        m.insert("endpoint".into(), json!(failure.endpoint));
+        where_fields(&mut m, failure);
         m.insert("attempts".into(), json!(attempts));
-        m.insert("reused".into(), json!(failure.reused));
-        m.insert("sent".into(), json!(failure.request_bytes));
-        m.insert("received".into(), json!(failure.response_bytes));
-        m.insert("detail".into(), json!(failure.detail));
+        exchange_fields(&mut m, failure);
         let mut message = format!("{} ({})", failure.cause.summary(), failure.phase.words());
         if failure.reused
             && failure.response_bytes == 0
@@ -233,15 +246,9 @@ impl Logger {
     pub fn attempt_retried(&self, request_id: &str, failure: &Failure, attempt: u32, race: bool) {
         let mut m = Map::new();
         m.insert("request_id".into(), json!(request_id));
-        m.insert("cause".into(), json!(failure.cause.as_str()));
-        m.insert("phase".into(), json!(failure.phase.as_str()));
-        m.insert("upstream".into(), json!(failure.upstream));
-        m.insert("endpoint".into(), json!(failure.endpoint));
+        where_fields(&mut m, failure);
         m.insert("attempt".into(), json!(attempt));
-        m.insert("reused".into(), json!(failure.reused));
-        m.insert("sent".into(), json!(failure.request_bytes));
-        m.insert("received".into(), json!(failure.response_bytes));
-        m.insert("detail".into(), json!(failure.detail));
+        exchange_fields(&mut m, failure);
         m.insert(
             "message".into(),
             json!(format!(
