@@ -195,6 +195,10 @@ impl AsyncRead for ClientIo {
             let n = self.replay.len().min(buf.remaining());
             buf.put_slice(&self.replay[..n]);
             self.replay.advance(n);
+            if self.replay.is_empty() {
+                // Let go of the sniffing buffer: an idle connection should hold only hyper's.
+                self.replay = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -373,7 +377,8 @@ impl Gateway {
             let n = svc_state.request_started();
             let gw = gw.clone();
             let st = svc_state.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, client, Some((st, n))).await) }
+            // Boxed: hyper keeps room for the request future in every connection, idle or not.
+            async move { Ok::<_, Infallible>(Box::pin(gw.handle(req, client, Some((st, n)))).await) }
         });
         if h2 {
             let conn = http2::Builder::new(TokioExecutor::new())
@@ -585,7 +590,7 @@ enum Verdict {
 /// Reads a connection's first bytes, as many as it takes to tell the protocol. `None` when the
 /// client closed first.
 async fn read_first(stream: &mut TcpStream, state: &ConnState) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(2048);
     loop {
         match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return None,
