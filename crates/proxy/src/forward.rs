@@ -83,7 +83,6 @@ impl Gateway {
             .get("x-request-id")
             .and_then(sane_request_id)
             .unwrap_or_else(new_request_id);
-        let trusted = self.config.is_trusted(client.ip());
         let length_and_coding = conn
             .as_ref()
             .is_some_and(|(state, n)| state.had_length_and_coding(*n));
@@ -133,7 +132,7 @@ impl Gateway {
         let method = req.method().clone();
         let admitted = match admitted {
             Ok(a) => a,
-            Err(failure) => return self.fail(failure, &method, format, trusted, log),
+            Err(failure) => return self.fail(failure, &method, format, log),
         };
         match self
             .forward(
@@ -147,7 +146,7 @@ impl Gateway {
             .await
         {
             Ok(resp) => resp,
-            Err(failure) => self.fail(failure, &method, format, trusted, log),
+            Err(failure) => self.fail(failure, &method, format, log),
         }
     }
 
@@ -157,7 +156,6 @@ impl Gateway {
         mut failure: Failure,
         method: &Method,
         format: page::Format,
-        trusted: bool,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
         if !failure.answer().sent_to_client {
@@ -198,6 +196,11 @@ impl Gateway {
             template,
         };
         // The log above has everything; a client outside `trusted_clients` sees names only.
+        // Judged here, on failures only, so a request that succeeds never pays for it.
+        let trusted = log
+            .record
+            .client
+            .is_some_and(|c| self.config.is_trusted(c.ip()));
         let mut resp = if trusted {
             page::error_response(&failure, &cx)
         } else {
