@@ -154,7 +154,7 @@ async fn intermittent_resets_are_measured_by_the_repeats() {
     assert!(r.diagnosis.iter().any(|c| c
         .evidence
         .iter()
-        .any(|e| e.contains("repeated requests failed"))));
+        .any(|e| e.text.contains("repeated requests failed"))));
     lab.shutdown().await;
 }
 

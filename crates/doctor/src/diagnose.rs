@@ -33,6 +33,90 @@ impl Confidence {
     }
 }
 
+/// How much a piece of evidence weighs, from the weakest.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weight {
+    /// An error page's usual meaning, or a log line from before the run.
+    Weak,
+    /// The gateway's own log lines written while the doctor ran, and what the doctor saw when
+    /// it talked to the upstream (or the origin) directly.
+    Strong,
+    /// A `Proxy-Status` header, and the doctor's own connection to the URL.
+    Direct,
+}
+
+impl Weight {
+    /// The points one piece of evidence of this weight adds to (or takes from) a candidate.
+    pub fn points(self) -> i32 {
+        match self {
+            Weight::Weak => 1,
+            Weight::Strong => 4,
+            Weight::Direct => 6,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weight::Weak => "weak",
+            Weight::Strong => "strong",
+            Weight::Direct => "direct",
+        }
+    }
+}
+
+/// One piece of evidence for (or against) a candidate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    pub weight: Weight,
+    /// Positive for the candidate, negative against it.
+    pub points: i32,
+    /// `own_request`, `proxy_status`, `error_page`, `error_log`, `upstream`, `origin`,
+    /// `repeats` or `keepalive`.
+    pub source: &'static str,
+    pub text: String,
+}
+
+impl Evidence {
+    fn new(weight: Weight, source: &'static str, text: impl Into<String>) -> Evidence {
+        Evidence {
+            weight,
+            points: weight.points(),
+            source,
+            text: text.into(),
+        }
+    }
+
+    fn against(weight: Weight, source: &'static str, text: impl Into<String>) -> Evidence {
+        Evidence {
+            points: -weight.points(),
+            ..Evidence::new(weight, source, text)
+        }
+    }
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.points < 0 {
+            write!(
+                f,
+                "[{} {}, against] {}",
+                self.weight.as_str(),
+                self.points,
+                self.text
+            )
+        } else {
+            write!(
+                f,
+                "[{} +{}] {}",
+                self.weight.as_str(),
+                self.points,
+                self.text
+            )
+        }
+    }
+}
+
 /// One likely cause.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
@@ -45,11 +129,14 @@ pub struct Candidate {
     pub hop: &'static str,
     pub status: Option<u16>,
     pub confidence: Confidence,
+    /// The sum of the evidence's points: candidates are ranked by it.
+    pub score: i32,
     pub title: String,
-    pub evidence: Vec<String>,
+    pub evidence: Vec<Evidence>,
     pub fixes: Vec<String>,
+    /// Among candidates of equal score and confidence, the higher rank comes first.
     #[serde(skip)]
-    weight: u32,
+    rank: u32,
 }
 
 /// The stable summary: the first candidate, or healthy.
@@ -65,6 +152,9 @@ pub struct Verdict {
     pub status: Option<u16>,
     pub healthy: bool,
     pub confidence: Option<Confidence>,
+    /// True when the failure was covered for by the gateway (retried, ejected): clients did
+    /// not see it, but the application behind is failing.
+    pub absorbed: bool,
     pub summary: String,
 }
 
@@ -77,6 +167,7 @@ impl Verdict {
             status: None,
             healthy: true,
             confidence: None,
+            absorbed: false,
             summary: "healthy".into(),
         }
     }
@@ -95,9 +186,9 @@ impl Builder {
         hop: &'static str,
         status: Option<u16>,
         confidence: Confidence,
-        weight: u32,
+        rank: u32,
         title: String,
-        evidence: Vec<String>,
+        evidence: Vec<Evidence>,
     ) {
         // The same cause at the same hop from two sources is one candidate with more evidence.
         if let Some(c) = self
@@ -109,9 +200,9 @@ impl Builder {
             if c.phase.is_none() {
                 c.phase = phase;
             }
-            if confidence > c.confidence || (confidence == c.confidence && weight > c.weight) {
+            if confidence > c.confidence || (confidence == c.confidence && rank > c.rank) {
                 c.confidence = confidence;
-                c.weight = weight;
+                c.rank = rank;
                 c.title = title;
             }
             return;
@@ -123,11 +214,47 @@ impl Builder {
             hop,
             status,
             confidence,
+            score: 0,
             title,
             evidence,
             fixes,
-            weight,
+            rank,
         });
+    }
+
+    /// Adds evidence against every candidate `which` selects.
+    fn oppose(&mut self, which: impl Fn(&Candidate) -> bool, evidence: Evidence) {
+        for c in self.out.iter_mut().filter(|c| which(c)) {
+            c.evidence.push(evidence.clone());
+        }
+    }
+}
+
+/// The usual limit on the size of a response head of the gateway named `product`, and the
+/// setting that raises it.
+pub fn head_limit(product: Option<&str>) -> (usize, &'static str) {
+    match product {
+        Some("nginx") => (
+            4 * 1024,
+            "nginx's proxy_buffer_size (4 or 8 KiB by default)",
+        ),
+        Some("HAProxy") => (
+            15 * 1024,
+            "HAProxy's tune.bufsize less tune.maxrewrite (16 KiB less 1 KiB by default)",
+        ),
+        Some("Envoy") => (
+            60 * 1024,
+            "Envoy's max_response_headers_kb (60 KiB by default)",
+        ),
+        Some("cleargate") => (
+            64 * 1024,
+            "cleargate's max_response_header_bytes (64 KiB by default)",
+        ),
+        Some("Apache") => (
+            8 * 1024,
+            "Apache's LimitRequestFieldSize for each line (8 KiB by default)",
+        ),
+        _ => (8 * 1024, "the 8 KiB many gateways allow by default"),
     }
 }
 
@@ -165,6 +292,17 @@ pub fn diagnose(report: &mut Report) {
     let http = main.http.as_ref();
     let status = http.and_then(|h| h.status);
     let behind_gateway = report.who.as_ref().is_some_and(|w| !w.products.is_empty());
+    let url_failed = main.problem.is_some() || status.is_some_and(|s| s >= 500);
+    let gateway_made = report
+        .who
+        .as_ref()
+        .and_then(|w| w.error_maker.as_ref())
+        .is_some_and(|m| m.direct || m.hop == "gateway" || m.hop == "cdn");
+    let gateway_name = report
+        .who
+        .as_ref()
+        .and_then(|w| w.products.iter().find(|p| p.role != Role::Cdn))
+        .map(|p| p.name);
 
     // What the doctor's own connection saw.
     if let Some(p) = &main.problem {
@@ -187,17 +325,26 @@ pub fn diagnose(report: &mut Report) {
                     format!("the server gives no valid response ({})", p.cause),
                 ),
             };
-            let mut evidence = vec![format!("the doctor's own request: {}", problem_words(p))];
+            let mut evidence = vec![Evidence::new(
+                Weight::Direct,
+                "own_request",
+                format!("the doctor's own request: {}", problem_words(p)),
+            )];
             if let Some(t) = &main.tls {
                 if let Some(d) = &t.cert_problem_detail {
-                    evidence.push(format!("certificate: {d}"));
+                    evidence.push(Evidence::new(
+                        Weight::Direct,
+                        "own_request",
+                        format!("certificate: {d}"),
+                    ));
                 }
             }
             if let Some(dns) = &report.dns {
                 if p.phase == Phase::Resolve {
-                    evidence.push(format!(
-                        "resolver {}: A {}, AAAA {}",
-                        dns.resolver, dns.a, dns.aaaa
+                    evidence.push(Evidence::new(
+                        Weight::Direct,
+                        "own_request",
+                        format!("resolver {}: A {}, AAAA {}", dns.resolver, dns.a, dns.aaaa),
                     ));
                 }
             }
@@ -214,10 +361,12 @@ pub fn diagnose(report: &mut Report) {
         } else {
             // The head came, the body broke: a gateway relays what its upstream cut short.
             let hop = if behind_gateway { "upstream" } else { "server" };
-            let confidence = if behind_gateway {
-                Confidence::Likely
+            // Behind a gateway the doctor sees the cut as the gateway passed it on, not the
+            // upstream's own failure: it weighs less than asking the upstream.
+            let (confidence, weight) = if behind_gateway {
+                (Confidence::Likely, Weight::Strong)
             } else {
-                Confidence::Confirmed
+                (Confidence::Confirmed, Weight::Direct)
             };
             b.add(
                 Some(p.cause),
@@ -227,11 +376,15 @@ pub fn diagnose(report: &mut Report) {
                 confidence,
                 40,
                 "the response is cut short after its head".into(),
-                vec![format!(
-                    "status {} arrived, then {} after {} body bytes",
-                    status.unwrap_or(0),
-                    problem_words(p),
-                    http.map(|h| h.body_bytes).unwrap_or(0)
+                vec![Evidence::new(
+                    weight,
+                    "own_request",
+                    format!(
+                        "status {} arrived, then {} after {} body bytes",
+                        status.unwrap_or(0),
+                        problem_words(p),
+                        http.map(|h| h.body_bytes).unwrap_or(0)
+                    ),
                 )],
             );
         }
@@ -256,7 +409,11 @@ pub fn diagnose(report: &mut Report) {
                 a.family,
                 a.addr.ip()
             ),
-            vec![format!("{}: {}", a.addr, problem_words(p))],
+            vec![Evidence::new(
+                Weight::Direct,
+                "own_request",
+                format!("{}: {}", a.addr, problem_words(p)),
+            )],
         );
     }
 
@@ -280,7 +437,11 @@ pub fn diagnose(report: &mut Report) {
                         Confidence::Confirmed,
                         60,
                         format!("{} reports: {}", m.by, lower_first(cause.summary())),
-                        vec![m.evidence.clone()],
+                        vec![Evidence::new(
+                            Weight::Direct,
+                            "proxy_status",
+                            m.evidence.clone(),
+                        )],
                     );
                 } else if m.hop == "gateway" || m.hop == "cdn" {
                     if m.hints.is_empty() {
@@ -292,7 +453,11 @@ pub fn diagnose(report: &mut Report) {
                             Confidence::Likely,
                             30,
                             format!("{} made this {status} but its page does not say why", m.by),
-                            vec![m.evidence.clone()],
+                            vec![Evidence::new(
+                                Weight::Weak,
+                                "error_page",
+                                m.evidence.clone(),
+                            )],
                         );
                     }
                     for (i, cause) in m.hints.iter().enumerate() {
@@ -312,9 +477,13 @@ pub fn diagnose(report: &mut Report) {
                                 "{} could not get a valid answer from the hop behind it",
                                 m.by
                             ),
-                            vec![format!(
-                                "{} answered {status} with {}; that usually means {}",
-                                m.by, m.evidence, cause
+                            vec![Evidence::new(
+                                Weight::Weak,
+                                "error_page",
+                                format!(
+                                    "{} answered {status} with {}; that usually means {}",
+                                    m.by, m.evidence, cause
+                                ),
                             )],
                         );
                     }
@@ -328,31 +497,177 @@ pub fn diagnose(report: &mut Report) {
                         Confidence::Confirmed,
                         45,
                         format!("the application answered {status} itself"),
-                        vec![m.evidence.clone()],
+                        vec![Evidence::new(
+                            Weight::Direct,
+                            "own_request",
+                            m.evidence.clone(),
+                        )],
                     );
                 }
             }
         }
     }
 
+    // The gateway's own log lines about the same moment.
+    let upstream_given = report.upstream.as_ref().and_then(upstream_address);
+    let up_exchange = report
+        .upstream
+        .as_ref()
+        .filter(|u| u.problem.is_none())
+        .and_then(|u| u.probe.as_ref()?.http.as_ref())
+        .filter(|h| h.status.is_some());
+    // A head over the gateway's limit, measured by asking the upstream directly.
+    let (limit, limit_setting) = head_limit(gateway_name);
+    let head_too_large = up_exchange.filter(|h| {
+        url_failed && gateway_made && h.head_bytes as usize > limit && h.status.is_some()
+    });
+    let mut log_groups: Vec<LogGroup> = Vec::new();
+    if let Some(log) = &report.error_log {
+        for e in &log.entries {
+            if let Some(u) = &upstream_given {
+                if !e.may_be_about(u) {
+                    continue;
+                }
+            }
+            // HAProxy's PH is "an invalid or too large header": the measured size says which.
+            let (cause, phase) = if head_too_large.is_some()
+                && e.cause == Cause::InvalidResponse
+                && e.phase == Phase::ReadHead
+            {
+                (Cause::ResponseTooLarge, Phase::ReadHead)
+            } else {
+                (e.cause, e.phase)
+            };
+            match log_groups
+                .iter_mut()
+                .find(|g| g.cause == cause && g.phase == phase && g.during_run == e.during_run)
+            {
+                Some(g) => {
+                    g.count += 1;
+                    g.absorbed += e.absorbed as usize;
+                    if !g.rules.contains(&e.rule) {
+                        g.rules.push(e.rule.clone());
+                    }
+                }
+                None => log_groups.push(LogGroup {
+                    cause,
+                    phase,
+                    during_run: e.during_run,
+                    count: 1,
+                    absorbed: e.absorbed as usize,
+                    rules: vec![e.rule.clone()],
+                    remapped: cause != e.cause,
+                }),
+            }
+        }
+    }
+    let mut absorbed = false;
+    for g in &log_groups {
+        let weight = if g.during_run {
+            Weight::Strong
+        } else {
+            Weight::Weak
+        };
+        let when = if g.during_run {
+            "during this run"
+        } else {
+            "in the minutes before this run"
+        };
+        let mut text = format!(
+            "the gateway's error log, {when}: {} line(s) {}@{} [{}]",
+            g.count,
+            g.cause,
+            g.phase,
+            g.rules.join(", ")
+        );
+        if g.absorbed > 0 {
+            text.push_str(&format!(
+                "; {} of them failures the gateway covered for (retried or ejected)",
+                g.absorbed
+            ));
+        }
+        if g.remapped {
+            text.push_str(
+                "; logged as an invalid header, and the head's measured size says it is too large",
+            );
+        }
+        let hop = hop_of_side(g.cause, false);
+        if !url_failed {
+            // The URL answered, yet the gateway logged failures at the same moment: it covered
+            // for them (a retry, another endpoint), or other requests failed. Either way the
+            // application is failing underneath.
+            if !g.during_run && g.absorbed == 0 {
+                continue;
+            }
+            absorbed = true;
+            b.add(
+                Some(g.cause),
+                Some(g.phase),
+                hop,
+                status,
+                if g.during_run {
+                    Confidence::Confirmed
+                } else {
+                    Confidence::Likely
+                },
+                49,
+                format!(
+                    "the upstream fails, but the gateway covered for it: {} (clients did not see it)",
+                    lower_first(g.cause.summary())
+                ),
+                vec![Evidence::new(weight, "error_log", text)],
+            );
+        } else {
+            b.add(
+                Some(g.cause),
+                Some(g.phase),
+                hop,
+                status,
+                if g.during_run {
+                    Confidence::Confirmed
+                } else {
+                    Confidence::Likely
+                },
+                if g.during_run { 58 } else { 25 },
+                format!(
+                    "the gateway's log names it: {}",
+                    lower_first(g.cause.summary())
+                ),
+                vec![Evidence::new(weight, "error_log", text)],
+            );
+        }
+    }
+
     // Probing the upstream directly confirms or clears it.
-    let url_failed = main.problem.is_some() || status.is_some_and(|s| s >= 500);
+    let mut explained_by_upstream = false;
     if let Some(up) = &report.upstream {
         let evidence_head = format!("asked directly, the upstream {}", up.url);
+        let covered = if url_failed {
+            ""
+        } else {
+            " (the gateway covered for it: clients did not see it)"
+        };
         match (&up.problem, up.status()) {
-            (Some(p), _) => b.add(
-                Some(p.cause),
-                Some(p.phase),
-                "upstream",
-                status,
-                Confidence::Confirmed,
-                55,
-                format!(
-                    "the upstream itself fails: {}",
-                    lower_first(p.cause.summary())
-                ),
-                vec![format!("{evidence_head}: {}", problem_words(p))],
-            ),
+            (Some(p), _) => {
+                absorbed |= !url_failed;
+                b.add(
+                    Some(p.cause),
+                    Some(p.phase),
+                    "upstream",
+                    status,
+                    Confidence::Confirmed,
+                    55,
+                    format!(
+                        "the upstream itself fails: {}{covered}",
+                        lower_first(p.cause.summary())
+                    ),
+                    vec![Evidence::new(
+                        Weight::Strong,
+                        "upstream",
+                        format!("{evidence_head}: {}", problem_words(p)),
+                    )],
+                )
+            }
             (None, Some(s)) if s >= 500 => b.add(
                 None,
                 None,
@@ -361,19 +676,189 @@ pub fn diagnose(report: &mut Report) {
                 Confidence::Confirmed,
                 52,
                 format!("the upstream itself answers {s}"),
-                vec![format!("{evidence_head} answers {s}")],
-            ),
-            (None, Some(s)) if url_failed => b.add(
-                None,
-                None,
-                "gateway",
-                status,
-                Confidence::Likely,
-                35,
-                "the upstream answers when asked directly, but not through the gateway".into(),
-                vec![format!("{evidence_head} answers {s}, while the URL fails")],
+                vec![Evidence::new(
+                    Weight::Strong,
+                    "upstream",
+                    format!("{evidence_head} answers {s}"),
+                )],
             ),
             _ => {}
+        }
+        // How often it fails, asked again and again.
+        if let Some(r) = up.repeat.as_ref().filter(|r| r.failed > 0) {
+            let first = up.problem.as_ref().map(|p| (p.cause, p.phase)).or_else(|| {
+                r.failures.iter().find_map(|f| {
+                    let (c, p) = f.split_once('@')?;
+                    Some((c.parse().ok()?, p.parse().ok()?))
+                })
+            });
+            let tries = r.tries + 1;
+            let failed = r.failed + up.failed() as usize;
+            let text = format!(
+                "asked directly {tries} times, the upstream failed {failed} ({}%): {}",
+                failed * 100 / tries,
+                tally(&r.failures)
+            );
+            if let Some((cause, phase)) = first {
+                absorbed |= !url_failed;
+                b.add(
+                    Some(cause),
+                    Some(phase),
+                    "upstream",
+                    status,
+                    Confidence::Confirmed,
+                    54,
+                    format!(
+                        "the upstream fails {failed} time(s) in {tries}: {}{covered}",
+                        lower_first(cause.summary())
+                    ),
+                    vec![Evidence::new(Weight::Strong, "upstream", text)],
+                );
+            }
+        }
+        // A head larger than the gateway takes.
+        if let Some(h) = head_too_large {
+            explained_by_upstream = true;
+            b.add(
+                Some(Cause::ResponseTooLarge),
+                Some(Phase::ReadHead),
+                "upstream",
+                status,
+                Confidence::Confirmed,
+                57,
+                "the upstream's response head is larger than the gateway accepts".into(),
+                vec![Evidence::new(
+                    Weight::Strong,
+                    "upstream",
+                    format!(
+                        "{evidence_head} answers {} with a {}-byte response head, over {}",
+                        h.status.unwrap_or(0),
+                        h.head_bytes,
+                        limit_setting
+                    ),
+                )],
+            );
+            b.oppose(
+                |c| {
+                    c.cause != Some(Cause::ResponseTooLarge)
+                        && c.evidence.iter().all(|e| e.weight == Weight::Weak)
+                },
+                Evidence::against(
+                    Weight::Weak,
+                    "upstream",
+                    format!(
+                        "the upstream's {}-byte head explains the error better",
+                        h.head_bytes
+                    ),
+                ),
+            );
+        }
+        // A port that answers plain HTTP, behind a gateway that cannot get through to it: does
+        // the gateway speak TLS to it?
+        if let Some(check) = up.tls_check.as_ref().filter(|c| !c.speaks_tls) {
+            let connect_like = |c: &Candidate| {
+                matches!(c.phase, Some(Phase::Connect) | Some(Phase::TlsHandshake))
+                    || (c.phase.is_none()
+                        && matches!(
+                            c.cause,
+                            Some(Cause::Refused) | Some(Cause::Timeout) | Some(Cause::Tls)
+                        ))
+            };
+            let tls_logged = log_groups
+                .iter()
+                .any(|g| g.phase == Phase::TlsHandshake || g.cause == Cause::Tls);
+            let gateway_said: Vec<String> = b
+                .out
+                .iter()
+                .filter(|c| {
+                    c.hop != "server"
+                        && connect_like(c)
+                        && c.evidence.iter().any(|e| e.source != "upstream")
+                })
+                .map(|c| match c.phase {
+                    Some(p) => format!("{}@{}", c.cause.map(|x| x.as_str()).unwrap_or("error"), p),
+                    None => c.cause.map(|x| x.as_str()).unwrap_or("error").to_string(),
+                })
+                .collect();
+            if url_failed && (tls_logged || !gateway_said.is_empty()) {
+                explained_by_upstream = true;
+                let said = gateway_said.join(", ");
+                let mut evidence = vec![Evidence::new(
+                    Weight::Strong,
+                    "upstream",
+                    format!(
+                        "{evidence_head} answers {} in plain HTTP, and a TLS handshake with it fails: {}",
+                        up.status().unwrap_or(0),
+                        check.detail
+                    ),
+                )];
+                let title = if tls_logged {
+                    evidence.push(Evidence::new(
+                        Weight::Strong,
+                        "error_log",
+                        "the gateway's log says its TLS handshake with the upstream failed",
+                    ));
+                    "the gateway speaks TLS to an upstream that speaks plain HTTP".to_string()
+                } else {
+                    evidence.push(Evidence::new(
+                        Weight::Strong,
+                        "upstream",
+                        format!(
+                            "the gateway reported a connection failure ({said}), but the upstream accepts connections: \
+                             the likely cause is TLS, a protocol mismatch"
+                        ),
+                    ));
+                    "protocol mismatch: the gateway likely speaks TLS to an upstream that speaks plain HTTP".to_string()
+                };
+                b.add(
+                    Some(Cause::Tls),
+                    Some(Phase::TlsHandshake),
+                    "upstream",
+                    status,
+                    if tls_logged {
+                        Confidence::Confirmed
+                    } else {
+                        Confidence::Likely
+                    },
+                    59,
+                    title,
+                    evidence,
+                );
+                b.oppose(
+                    |c| c.cause != Some(Cause::Tls) && c.hop != "server" && connect_like(c),
+                    Evidence::against(
+                        Weight::Strong,
+                        "upstream",
+                        "the upstream accepts connections when asked directly; the handshake, not the connection, fails",
+                    ),
+                );
+            }
+        }
+        if let (None, Some(s)) = (&up.problem, up.status()) {
+            if url_failed && s < 500 && !explained_by_upstream {
+                b.add(
+                    None,
+                    None,
+                    "gateway",
+                    status,
+                    Confidence::Likely,
+                    35,
+                    "the upstream answers when asked directly, but not through the gateway".into(),
+                    vec![Evidence::new(
+                        Weight::Strong,
+                        "upstream",
+                        format!("{evidence_head} answers {s}, while the URL fails"),
+                    )],
+                );
+                b.oppose(
+                    |c| c.cause == Some(Cause::Refused) && c.hop == "upstream",
+                    Evidence::against(
+                        Weight::Strong,
+                        "upstream",
+                        "the upstream accepts connections when asked directly (from here)",
+                    ),
+                );
+            }
         }
     }
 
@@ -400,10 +885,14 @@ pub fn diagnose(report: &mut Report) {
                 Confidence::Likely,
                 34,
                 "the origin answers when asked directly: the failure is in front of it".into(),
-                vec![format!(
-                    "the same request sent to {} answered {}",
-                    origin.given,
-                    origin.status().unwrap_or(0)
+                vec![Evidence::new(
+                    Weight::Strong,
+                    "origin",
+                    format!(
+                        "the same request sent to {} answered {}",
+                        origin.given,
+                        origin.status().unwrap_or(0)
+                    ),
                 )],
             );
         } else if url_failed {
@@ -419,10 +908,14 @@ pub fn diagnose(report: &mut Report) {
                         "the origin itself fails: {}",
                         lower_first(p.cause.summary())
                     ),
-                    vec![format!(
-                        "sent straight to the origin {}: {}",
-                        origin.given,
-                        problem_words(p)
+                    vec![Evidence::new(
+                        Weight::Strong,
+                        "origin",
+                        format!(
+                            "sent straight to the origin {}: {}",
+                            origin.given,
+                            problem_words(p)
+                        ),
                     )],
                 );
             }
@@ -435,34 +928,46 @@ pub fn diagnose(report: &mut Report) {
         let failed: Vec<_> = tries.iter().filter(|t| t.failed()).collect();
         if !failed.is_empty() {
             let first = failed[0];
-            let (cause, phase, hop) = match (&first.problem, &first.who) {
+            // The repeats confirm that the failure repeats; its cause weighs as much as the
+            // source that names it.
+            let (cause, phase, hop, weight) = match (&first.problem, &first.who) {
                 (Some(p), _) => (
                     Some(p.cause),
                     Some(p.phase),
                     if behind_gateway { "upstream" } else { "server" },
+                    Weight::Direct,
                 ),
                 (None, Some(w)) => match &w.error_maker {
                     Some(m) if !m.hints.is_empty() => (
                         Some(m.hints[0]),
                         w.proxy_status.iter().find_map(|p| p.phase),
                         "upstream",
+                        if m.direct {
+                            Weight::Direct
+                        } else {
+                            Weight::Weak
+                        },
                     ),
-                    Some(m) => (None, None, m.hop),
-                    None => (None, None, "upstream"),
+                    Some(m) => (None, None, m.hop, Weight::Direct),
+                    None => (None, None, "upstream", Weight::Direct),
                 },
-                _ => (None, None, "upstream"),
+                _ => (None, None, "upstream", Weight::Direct),
             };
-            let mut evidence = vec![format!(
-                "{} of {} repeated requests failed ({} of {} on new connections, {} of {} on a reused one)",
-                failed.len(),
-                tries.len(),
-                r.fresh_failed,
-                r.fresh.len(),
-                r.reused_failed,
-                r.reused.len()
+            let mut evidence = vec![Evidence::new(
+                weight,
+                "repeats",
+                format!(
+                    "{} of {} repeated requests failed ({} of {} on new connections, {} of {} on a reused one)",
+                    failed.len(),
+                    tries.len(),
+                    r.fresh_failed,
+                    r.fresh.len(),
+                    r.reused_failed,
+                    r.reused.len()
+                ),
             )];
             if r.reused_failed > 0 && r.fresh_failed == 0 {
-                evidence.push("only reused connections failed: the keep-alive race, the server closes idle connections as they are reused".into());
+                evidence.push(Evidence::new(weight, "repeats", "only reused connections failed: the keep-alive race, the server closes idle connections as they are reused"));
             }
             let title = if url_failed {
                 "the failure repeats".to_string()
@@ -496,24 +1001,33 @@ pub fn diagnose(report: &mut Report) {
                     Confidence::Confirmed,
                     47,
                     "the second request on a kept-alive connection fails".into(),
-                    vec![format!(
+                    vec![Evidence::new(Weight::Direct, "keepalive", format!(
                         "first request fine, second on the same connection: {} (reused, {} response bytes)",
                         problem_words(p),
                         p.received
-                    )],
+                    ))],
                 );
             }
         }
     }
 
-    // Most confident first; among equals, the stronger source.
+    for c in &mut b.out {
+        c.score = c.evidence.iter().map(|e| e.points).sum();
+    }
+    // The most points first; among equals, the more confident, then the stronger source.
     b.out.sort_by(|x, y| {
-        y.confidence
-            .cmp(&x.confidence)
-            .then(y.weight.cmp(&x.weight))
+        y.score
+            .cmp(&x.score)
+            .then(y.confidence.cmp(&x.confidence))
+            .then(y.rank.cmp(&x.rank))
     });
     report.diagnosis = b.out;
     let healthy = report.diagnosis.is_empty();
+    if absorbed && !url_failed {
+        report.notes.push(
+            "the URL answered, but the gateway covered for failures of the upstream (retries, ejections): clients did not see them, the application is failing underneath".into(),
+        );
+    }
     report.verdict = match report.diagnosis.first() {
         None => Verdict {
             status,
@@ -526,10 +1040,45 @@ pub fn diagnose(report: &mut Report) {
             status,
             healthy,
             confidence: Some(c.confidence),
+            absorbed: !url_failed && absorbed,
             summary: c.title.clone(),
         },
     };
     report.hops = hops(report);
+}
+
+/// Log lines of one cause and phase.
+struct LogGroup {
+    cause: Cause,
+    phase: Phase,
+    during_run: bool,
+    count: usize,
+    absorbed: usize,
+    rules: Vec<String>,
+    /// Read as another cause than the line's rule gives, in the light of other evidence.
+    remapped: bool,
+}
+
+/// `HOST:PORT` of the upstream probed directly.
+fn upstream_address(up: &crate::SideProbe) -> Option<String> {
+    let rest = up.url.split_once("://")?.1;
+    Some(rest.split('/').next()?.to_string())
+}
+
+/// "3 × reset@read_head, 1 × status 503".
+fn tally(items: &[String]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for i in items {
+        match counts.iter_mut().find(|(k, _)| k == i) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((i, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{n} × {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn hops(report: &Report) -> Vec<Hop> {

@@ -79,6 +79,9 @@ impl Options {
 /// The default number of repeats.
 pub const DEFAULT_REPEAT: u32 = 3;
 
+/// How long after the last request through the gateway its log is read.
+const LOG_SETTLE: Duration = Duration::from_millis(250);
+
 /// A run's time: each step gets at most `step`, and nothing starts after `deadline`.
 #[derive(Clone, Debug)]
 pub struct Budget {
@@ -215,6 +218,29 @@ pub struct SideProbe {
     pub probe: Option<Probe>,
     pub who: Option<Who>,
     pub problem: Option<Problem>,
+    /// More requests on new connections, to measure how often it fails (`--upstream` only).
+    pub repeat: Option<SideRepeat>,
+    /// A TLS handshake tried on the same port, when the URL failed and the port answered plain
+    /// HTTP: does it speak TLS at all? (`--upstream` only.)
+    pub tls_check: Option<TlsCheck>,
+}
+
+/// Repeated direct requests to the upstream.
+#[derive(Clone, Debug, Serialize)]
+pub struct SideRepeat {
+    pub tries: usize,
+    pub failed: usize,
+    /// `cause@phase` (or `status 503`) of each failure, in order.
+    pub failures: Vec<String>,
+}
+
+/// The outcome of a TLS handshake tried against a port that answered plain HTTP.
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsCheck {
+    /// The handshake completed.
+    pub speaks_tls: bool,
+    /// What happened, in words.
+    pub detail: String,
 }
 
 impl SideProbe {
@@ -299,6 +325,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         None => None,
     };
     let budget = Budget::new(opts.timeout, opts.max_time);
+    // Lines the gateway writes from now on are about this run.
+    let log_mark = opts.error_log.as_deref().and_then(errorlog::mark);
     let tls = TlsOptions {
         extra_roots: opts.extra_roots.clone(),
         timeout: opts.timeout,
@@ -389,6 +417,17 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         }
         _ => None,
     };
+    // The gateway's log, once every request through it is done. Gateways write a line a moment
+    // after the response (cleargate batches its lines every few milliseconds, HAProxy logs at the
+    // end of the stream), so the file is read a quarter of a second after the last request.
+    let error_log = match &opts.error_log {
+        Some(f) => {
+            progress("reading the error log");
+            tokio::time::sleep(LOG_SETTLE).await;
+            Some(errorlog::correlate(f, SystemTime::now(), log_mark))
+        }
+        None => None,
+    };
     let upstream = match upstream_target {
         Some(up) if !budget.expired() => {
             progress(&format!("probing the upstream {}", up.url));
@@ -412,20 +451,38 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
             } else {
                 probe::probe(&d, &tls, &budget, false).await
             };
-            Some(side(
+            let mut side = side(
                 opts.upstream.clone().unwrap_or_default(),
                 up.url.clone(),
                 dns,
                 p,
-            ))
+            );
+            let url_failed = probe.problem.is_some()
+                || probe
+                    .http
+                    .as_ref()
+                    .and_then(|h| h.status)
+                    .is_some_and(|s| s >= 500);
+            if let Some(addr) = side.probe.as_ref().and_then(|p| p.used) {
+                let one = Destination {
+                    addrs: vec![addr],
+                    ..d.clone()
+                };
+                let n = opts.repeat.unwrap_or(DEFAULT_REPEAT);
+                if n > 0 && !budget.expired() {
+                    progress(&format!("asking the upstream {n} more times"));
+                    side.repeat = Some(side_repeat(&one, &tls, &budget, n).await);
+                }
+                if url_failed && !up.is_tls() && side.status().is_some() && !budget.expired() {
+                    progress("trying a TLS handshake with the upstream");
+                    side.tls_check = Some(tls_check(&one, &tls, &budget).await);
+                }
+            }
+            Some(side)
         }
         _ => None,
     };
 
-    let error_log = opts
-        .error_log
-        .as_ref()
-        .map(|f| errorlog::correlate(f, SystemTime::now()));
     if budget.expired() {
         notes.push(format!(
             "the run reached its time limit ({:?}); later steps were skipped",
@@ -487,6 +544,8 @@ fn side(given: String, url: String, dns: Option<DnsStep>, p: Probe) -> SideProbe
         dns,
         probe: Some(p),
         who,
+        repeat: None,
+        tls_check: None,
     }
 }
 
@@ -597,15 +656,67 @@ async fn repeat(
     finish(out)
 }
 
+/// `n` more direct requests to the upstream, each on a new connection.
+async fn side_repeat(dest: &Destination, tls: &TlsOptions, budget: &Budget, n: u32) -> SideRepeat {
+    let mut out = SideRepeat {
+        tries: 0,
+        failed: 0,
+        failures: Vec::new(),
+    };
+    for _ in 0..n {
+        if budget.expired() {
+            break;
+        }
+        let p = probe::probe(dest, tls, budget, false).await;
+        out.tries += 1;
+        let status = p.http.as_ref().and_then(|h| h.status);
+        match (&p.problem, status) {
+            (Some(pr), _) => {
+                out.failed += 1;
+                out.failures.push(format!("{}@{}", pr.cause, pr.phase));
+            }
+            (None, Some(s)) if s >= 500 => {
+                out.failed += 1;
+                out.failures.push(format!("status {s}"));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One TLS handshake with a port that answered plain HTTP.
+async fn tls_check(dest: &Destination, tls: &TlsOptions, budget: &Budget) -> TlsCheck {
+    let d = Destination {
+        tls: true,
+        ..dest.clone()
+    };
+    let p = probe::probe(&d, tls, budget, false).await;
+    let step = p.tls.as_ref();
+    let handshook = step.is_some_and(|t| t.version.is_some());
+    let detail = match (step, &p.problem) {
+        (Some(t), _) if t.version.is_some() => format!(
+            "the handshake completes ({}): the port speaks TLS too",
+            t.version.as_deref().unwrap_or("TLS")
+        ),
+        (_, Some(pr)) => format!(
+            "the handshake fails: {}",
+            pr.detail
+                .clone()
+                .unwrap_or_else(|| format!("{}@{}", pr.cause, pr.phase))
+        ),
+        _ => "the handshake fails".into(),
+    };
+    TlsCheck {
+        speaks_tls: handshook,
+        detail,
+    }
+}
+
 async fn reopen(dest: &Destination, tls: &TlsOptions, budget: &Budget) -> Option<net::Conn> {
     let addr = *dest.addrs.first()?;
     let stream = net::probe::tcp_connect(addr, budget.step()).await.ok()?;
-    let opts = net::ConnectOptions {
-        connect_timeout: budget.step(),
-        max_response_header_bytes: 64 * 1024,
-        max_response_headers: 100,
-        h2: false,
-    };
+    let opts = probe::connect_options(budget.step());
     if dest.tls {
         let tls = TlsOptions {
             timeout: budget.step(),

@@ -21,6 +21,23 @@ use crate::Budget;
 /// How much of a body is kept for recognising error pages; the rest is only counted.
 const BODY_KEEP: usize = 64 * 1024;
 
+/// The largest response head the doctor reads. Far above every gateway's usual limit (nginx 4 to
+/// 8 KiB, HAProxy 16 KiB, Envoy 60 KiB, cleargate 64 KiB), so that a head one of them refuses is
+/// measured here instead of failing the doctor's own request.
+pub const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// The most header lines the doctor reads, for the same reason.
+pub const MAX_HEAD_LINES: usize = 1000;
+
+/// The connection options of every doctor request.
+pub(crate) fn connect_options(timeout: Duration) -> ConnectOptions {
+    ConnectOptions {
+        connect_timeout: timeout,
+        max_response_header_bytes: MAX_HEAD_BYTES,
+        max_response_headers: MAX_HEAD_LINES,
+        h2: false,
+    }
+}
+
 /// Where to send a request and how.
 #[derive(Clone, Debug)]
 pub struct Destination {
@@ -107,6 +124,9 @@ pub struct Exchange {
     pub reason: Option<String>,
     pub version: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// The size of the response head as it came on the wire (status line, header lines, the
+    /// blank line), give or take the spaces around each colon.
+    pub head_bytes: u64,
     pub body_bytes: u64,
     pub body_complete: bool,
     /// Milliseconds from the request to the response head.
@@ -211,12 +231,7 @@ pub async fn probe(
         return out;
     };
     let addr = out.used.expect("set with the stream");
-    let opts = ConnectOptions {
-        connect_timeout: budget.step(),
-        max_response_header_bytes: 64 * 1024,
-        max_response_headers: 100,
-        h2: false,
-    };
+    let opts = connect_options(budget.step());
     let conn = if dest.tls {
         let t = Instant::now();
         let tls_opts = TlsOptions {
@@ -353,6 +368,7 @@ pub async fn exchange(conn: Conn, dest: &Destination, budget: &Budget) -> (Excha
         reason: None,
         version: None,
         headers: Vec::new(),
+        head_bytes: 0,
         body_bytes: 0,
         body_complete: false,
         first_byte_ms: None,
@@ -403,6 +419,14 @@ pub async fn exchange(conn: Conn, dest: &Destination, budget: &Budget) -> (Excha
             )
         })
         .collect();
+    // "HTTP/1.1 200 Reason\r\n", "Name: value\r\n" per line, "\r\n".
+    let status_line = 15 + ex.reason.as_deref().map_or(0, str::len);
+    ex.head_bytes = (status_line
+        + 2
+        + ex.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()) as u64;
     let mut body = resp.into_body();
     loop {
         let wait = budget.step();

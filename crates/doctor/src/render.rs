@@ -491,6 +491,27 @@ fn side_line(w: &mut String, st: &Style, label: &str, s: &SideProbe) {
         _ => "no answer".into(),
     };
     let _ = writeln!(w, "{mark} {label:<10} {}: {what}", s.url);
+    if let Some(h) = s.probe.as_ref().and_then(|p| p.http.as_ref()) {
+        if h.status.is_some() {
+            let _ = writeln!(w, "             response head: {} bytes", h.head_bytes);
+        }
+    }
+    if let Some(r) = &s.repeat {
+        let _ = writeln!(
+            w,
+            "             asked {} more times on new connections: {} failed{}",
+            r.tries,
+            r.failed,
+            if r.failures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.failures.join(", "))
+            }
+        );
+    }
+    if let Some(t) = &s.tls_check {
+        let _ = writeln!(w, "             TLS on the same port: {}", t.detail);
+    }
     if let Some(who) = &s.who {
         if let Some(m) = &who.error_maker {
             let _ = writeln!(

@@ -718,6 +718,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
+            head_bytes: 0,
             body_bytes: body.len() as u64,
             body_complete: true,
             first_byte_ms: None,
