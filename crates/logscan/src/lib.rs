@@ -23,6 +23,8 @@ pub enum Format {
     Apache,
     Haproxy,
     Cleargate,
+    Caddy,
+    Envoy,
 }
 
 impl Format {
@@ -31,6 +33,8 @@ impl Format {
         Format::Apache,
         Format::Haproxy,
         Format::Cleargate,
+        Format::Caddy,
+        Format::Envoy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,8 @@ impl Format {
             Format::Apache => "apache",
             Format::Haproxy => "haproxy",
             Format::Cleargate => "cleargate",
+            Format::Caddy => "caddy",
+            Format::Envoy => "envoy",
         }
     }
 
@@ -142,10 +148,13 @@ pub enum Line<'a> {
 pub fn sniff(line: &[u8]) -> Option<Format> {
     let b = line;
     if b.first() == Some(&b'{') {
-        return Some(Format::Cleargate);
+        return Some(json_format(b));
     }
     if b.len() > 20 && b[4] == b'/' && b[7] == b'/' && b[10] == b' ' && b[0].is_ascii_digit() {
         return Some(Format::Nginx);
+    }
+    if b.get(5) == Some(&b'-') && envoy::looks_like(b) {
+        return Some(Format::Envoy);
     }
     if b.len() > 28 && b[0] == b'[' && b[4] == b' ' && b[8] == b' ' && b[3].is_ascii_alphabetic() {
         return Some(Format::Apache);
@@ -154,6 +163,21 @@ pub fn sniff(line: &[u8]) -> Option<Format> {
         return Some(Format::Haproxy);
     }
     None
+}
+
+/// Which JSON log a line that starts with `{` is: cleargate's starts with `"time"` and has a
+/// `"kind"`; Caddy's (zap) starts with `"level"` or `"ts"`, or has a `"msg"`.
+fn json_format(b: &[u8]) -> Format {
+    if b.starts_with(b"{\"time\":") {
+        return Format::Cleargate;
+    }
+    if b.starts_with(b"{\"level\":") || b.starts_with(b"{\"ts\":") {
+        return Format::Caddy;
+    }
+    if !bytes::contains(b, b"\"kind\":\"") && bytes::contains(b, b"\"msg\":\"") {
+        return Format::Caddy;
+    }
+    Format::Cleargate
 }
 
 /// Parses one line (without its line ending) as `format`, or as whatever it looks like.
@@ -169,6 +193,8 @@ pub fn parse_line<'a>(line: &'a [u8], format: Option<Format>, state: &mut State)
         Format::Apache => apache::parse(line, state),
         Format::Haproxy => haproxy::parse(line),
         Format::Cleargate => cleargate::parse(line),
+        Format::Caddy => caddy::parse(line, state),
+        Format::Envoy => envoy::parse(line),
     }
 }
 
@@ -183,6 +209,18 @@ pub struct State {
     stamp: [u8; 24],
     stamp_len: usize,
     stamp_ms: Option<time::Millis>,
+    /// Caddy's recent failures by request (its lines of one request may interleave with others).
+    recent: [Option<Recent>; 8],
+    recent_next: usize,
+}
+
+/// One recent failure: what ties its lines together, when, and what it was classified as.
+#[derive(Copy, Clone, Debug)]
+struct Recent {
+    key: u64,
+    time: Option<time::Millis>,
+    cause: Cause,
+    phase: Phase,
 }
 
 impl State {
@@ -215,6 +253,40 @@ impl State {
             self.stamp_ms = ms;
         }
         ms
+    }
+
+    /// The failure remembered for `key` (within a minute of `time`), if any.
+    fn recent(&self, key: u64, time: Option<time::Millis>) -> Option<Recent> {
+        self.recent.iter().flatten().copied().find(|r| {
+            r.key == key
+                && match (r.time, time) {
+                    (Some(a), Some(b)) => (b - a).abs() <= 60_000,
+                    _ => true,
+                }
+        })
+    }
+
+    /// Remembers a failure for `key`, replacing an older one for the same key or the oldest.
+    fn remember_recent(&mut self, r: Recent) {
+        if let Some(slot) = self
+            .recent
+            .iter_mut()
+            .find(|s| s.is_some_and(|x| x.key == r.key))
+        {
+            *slot = Some(r);
+            return;
+        }
+        self.recent[self.recent_next] = Some(r);
+        self.recent_next = (self.recent_next + 1) % self.recent.len();
+    }
+
+    /// Forgets the failure of `key`: its request has ended.
+    fn forget_recent(&mut self, key: u64) {
+        for slot in &mut self.recent {
+            if slot.is_some_and(|x| x.key == key) {
+                *slot = None;
+            }
+        }
     }
 
     fn remember(&mut self, key: u64, time: Option<time::Millis>) {
@@ -263,7 +335,9 @@ macro_rules! after {
 }
 
 mod apache;
+mod caddy;
 mod cleargate;
+mod envoy;
 mod haproxy;
 mod nginx;
 pub mod scan;

@@ -105,7 +105,7 @@ pub struct CauseStats {
     /// Few distinct details per cause: a list beats a map, and equal details share one pointer.
     details: Vec<(&'static str, u64)>,
     pub statuses: BTreeMap<u16, u64>,
-    formats: [u64; 4],
+    formats: [u64; FORMATS],
     pub upstreams: Top,
     pub hosts: Top,
     pub requests: Top,
@@ -118,6 +118,9 @@ pub struct CauseStats {
 fn phase_index(p: Phase) -> usize {
     Phase::ALL.iter().position(|x| *x == p).unwrap_or(0)
 }
+
+/// How many formats there are, for the per-format counters.
+const FORMATS: usize = Format::ALL.len();
 
 fn format_index(f: Format) -> usize {
     Format::ALL.iter().position(|x| *x == f).unwrap_or(0)
@@ -155,7 +158,7 @@ impl CauseStats {
     }
 }
 
-fn counted(counts: &[u64; 4]) -> Vec<(Format, u64)> {
+fn counted(counts: &[u64; FORMATS]) -> Vec<(Format, u64)> {
     Format::ALL
         .iter()
         .zip(counts)
@@ -230,7 +233,7 @@ pub struct Summary {
     pub follow_ups: u64,
     pub relayed: BTreeMap<&'static str, u64>,
     /// Lines read per format.
-    formats: [u64; 4],
+    formats: [u64; FORMATS],
     /// Per cause, in the order of `Cause::ALL`; a count of 0 means not seen.
     causes: Vec<CauseStats>,
     bucket_ms: i64,
@@ -250,7 +253,7 @@ impl Default for Summary {
             unrecognized_examples: Vec::new(),
             follow_ups: 0,
             relayed: BTreeMap::new(),
-            formats: [0; 4],
+            formats: [0; FORMATS],
             causes: vec![CauseStats::default(); Cause::ALL.len()],
             bucket_ms: 60_000,
             buckets: HashMap::default(),

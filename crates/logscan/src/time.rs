@@ -118,6 +118,60 @@ pub(crate) fn fraction_ms(b: &[u8]) -> u32 {
     ms
 }
 
+/// `2026-11-23T10:04:05.123Z`, also with a space for the `T`, `/` between the date's parts, a zone
+/// or no fraction: the first 19 characters and the milliseconds, read as written (the zone is not
+/// applied, like every other timestamp here).
+pub(crate) fn iso(t: &[u8]) -> Option<Millis> {
+    if t.len() < 19 || t[4] != t[7] || !matches!(t[4], b'-' | b'/') || !matches!(t[10], b'T' | b' ')
+    {
+        return None;
+    }
+    let (h, m, s) = hms(&t[11..19])?;
+    let ms = if t.get(19) == Some(&b'.') {
+        fraction_ms(&t[20..])
+    } else {
+        0
+    };
+    make(
+        digits(&t[0..4])?,
+        digits(&t[5..7])?,
+        digits(&t[8..10])?,
+        h,
+        m,
+        s,
+        ms,
+    )
+}
+
+/// Unix time written as a decimal number, `1796220715.9084802`: seconds, or milliseconds or
+/// nanoseconds when the integer part is that large. UTC.
+pub(crate) fn unix_number(t: &[u8]) -> Option<Millis> {
+    let int_len = t
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    if int_len == 0 || int_len > 19 {
+        return None;
+    }
+    let mut int: i64 = 0;
+    for &c in &t[..int_len] {
+        int = int * 10 + i64::from(c - b'0');
+    }
+    let frac = match t.get(int_len) {
+        Some(b'.') => i64::from(fraction_ms(&t[int_len + 1..])),
+        _ => 0,
+    };
+    // Seconds until the year 5138, milliseconds until then, nanoseconds beyond.
+    let ms = if int < 100_000_000_000 {
+        int * 1000 + frac
+    } else if int < 100_000_000_000_000 {
+        int
+    } else {
+        int / 1_000_000
+    };
+    (ms <= 253_402_300_799_999).then_some(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +186,21 @@ mod tests {
             "2000-02-29 23:59:59"
         );
         assert_eq!(make(2024, 13, 1, 0, 0, 0, 0), None);
+    }
+
+    #[test]
+    fn reads_iso_and_unix_numbers() {
+        let t = make(2026, 12, 2, 14, 11, 55, 908).unwrap();
+        assert_eq!(iso(b"2026-12-02T14:11:55.908Z"), Some(t));
+        assert_eq!(iso(b"2026-12-02T14:11:55.908+0100"), Some(t));
+        assert_eq!(iso(b"2026/12/02 14:11:55.908"), Some(t));
+        assert_eq!(iso(b"2026-12-02T14:11:55Z"), Some(t - 908));
+        assert_eq!(iso(b"2026-12-02"), None);
+        assert_eq!(unix_number(b"1796220715.9084802"), Some(1_796_220_715_908));
+        assert_eq!(unix_number(b"1796220715"), Some(1_796_220_715_000));
+        assert_eq!(unix_number(b"1796220715908.48"), Some(1_796_220_715_908));
+        assert_eq!(unix_number(b"1796220715908480200"), Some(1_796_220_715_908));
+        assert_eq!(unix_number(b"x"), None);
+        assert_eq!(unix_number(b"99999999999999999999"), None);
     }
 }

@@ -1,4 +1,4 @@
-//! Lines really written by nginx 1.22, Apache httpd 2.4 and HAProxy 2.6 in front of
+//! Lines really written by nginx 1.22, Apache httpd 2.4, HAProxy 2.6 and Caddy 2.6 in front of
 //! `cleargate lab`, captured by interop/logs.sh (UPDATE_FIXTURES=1): every finding must have a
 //! cause that fixtures/real/expected.tsv allows for its location, required locations must have
 //! one, and no error line may be unrecognized.
@@ -63,7 +63,7 @@ fn real_captures_classify_as_expected() {
     let expected = expectations(&root);
     let mut got: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
     let mut unrecognized = 0;
-    for server in ["nginx", "apache"] {
+    for server in ["nginx", "apache", "caddy"] {
         for entry in std::fs::read_dir(root.join(server)).expect("server folder") {
             let path = entry.expect("entry").path();
             let loc = path.file_stem().unwrap().to_string_lossy().to_string();

@@ -1,5 +1,5 @@
-//! `cleargate logs`: reads error logs of nginx, Apache httpd, HAProxy and cleargate, and says
-//! which gateway errors happened, how often, where, when, and what to do about them.
+//! `cleargate logs`: reads the logs of nginx, Apache httpd, HAProxy, Caddy, Envoy and cleargate,
+//! and says which gateway errors happened, how often, where, when, and what to do about them.
 //!
 //! Parsing and aggregation live in `crates/logscan`; this module opens the inputs (files, gzip,
 //! stdin, a growing file) and renders the summary as a terminal report (`text.rs`), JSON
@@ -25,7 +25,8 @@ Find out why your site gave 502s last night:
   cleargate logs /var/log/nginx/error.log /var/log/nginx/error.log.1.gz
 
 Formats are detected per line: nginx error.log, Apache httpd error_log (2.4), HAProxy logs with
-`option httplog` (syslog or raw), and cleargate's own JSON log. Lines that are not gateway errors
+`option httplog` (syslog or raw), Caddy's JSON log, Envoy's access log in its default format, and
+cleargate's own JSON log. Lines that are not gateway errors
 are skipped and counted; error lines no rule knows are counted as unrecognized, with examples.
 
 Examples:
@@ -41,7 +42,8 @@ pub struct Args {
     /// Log files to read: plain or gzip; `-` reads standard input
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Read every line as this format instead of detecting it: nginx, apache, haproxy, cleargate
+    /// Read every line as this format instead of detecting it: nginx, apache, haproxy, caddy,
+    /// envoy, cleargate
     #[arg(long, value_parser = parse_format)]
     format: Option<Format>,
     /// Print the summary as JSON instead of the terminal report
@@ -65,8 +67,8 @@ pub struct Args {
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
-    Format::parse(s)
-        .ok_or_else(|| format!("unknown format `{s}`; use nginx, apache, haproxy or cleargate"))
+    let names: Vec<&str> = Format::ALL.iter().map(|f| f.as_str()).collect();
+    Format::parse(s).ok_or_else(|| format!("unknown format `{s}`; use {}", names.join(", ")))
 }
 
 /// What was read from one input.
