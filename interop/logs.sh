@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Real nginx, Apache httpd and HAProxy in front of `cleargate lab`: does `cleargate logs` classify
-# every error line they write into the expected cause?
+# Real nginx, Apache httpd, HAProxy and Caddy in front of `cleargate lab`: does `cleargate logs`
+# classify every error line they write into the expected cause?
 #
 # For each server, one location per lab fault (plus unix-socket, FastCGI, TLS and IPv6 cases) gets
 # one request; nginx and Apache write each location's errors to their own file, HAProxy names the
-# backend in each line. `cleargate logs --findings` must put every finding of a location into one
+# backend in each line. Caddy writes one JSON log (at debug level, so its per-attempt lines are in
+# it too) and some of its lines name no request, so its locations are requested one after the
+# other and the log is cut after each request's access line. `cleargate logs --findings` must put every finding of a location into one
 # of the causes allowed by crates/logscan/tests/fixtures/real/expected.tsv, find something where
 # the table says it must, and leave no error line unrecognized. The HTML report is then opened in
 # headless Chromium and the screenshot must show the timeline bars.
@@ -18,7 +20,7 @@ ROOT=$PWD
 BIN=$ROOT/target/release/cleargate
 FIXTURES=$ROOT/crates/logscan/tests/fixtures/real
 [ -x "$BIN" ] || { echo "logs.sh: build first: cargo build --release" >&2; exit 1; }
-for tool in nginx haproxy apache2 curl python3; do
+for tool in nginx haproxy apache2 caddy curl python3; do
   command -v "$tool" >/dev/null || { echo "logs.sh: $tool is not installed" >&2; exit 1; }
 done
 
@@ -30,6 +32,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$D/apache/httpd.pid" ] && kill "$(cat "$D/apache/httpd.pid")" 2>/dev/null || true
   [ -f "$D/nginx.pid" ] && kill "$(cat "$D/nginx.pid")" 2>/dev/null || true
+  [ -n "${CADDY_PID:-}" ] && kill "$CADDY_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   [ -n "${KEEP:-}" ] || rm -rf "$D"
 }
@@ -60,6 +63,7 @@ FAULTS=(ok refused unaccepted reset close midheader hang slow garbage bigheader 
 port_of() { local i; for i in "${!FAULTS[@]}"; do [ "${FAULTS[$i]}" = "$1" ] && echo $((BASE + i)); done; }
 NGINX_PORT=$((BASE + 20))
 HAPROXY_PORT=$((BASE + 21))
+CADDY_PORT=$((BASE + 22))
 APACHE_BASE=$((BASE + 30))
 IPV6=""
 python3 -c 'import socket; s=socket.socket(socket.AF_INET6); s.bind(("::1",0))' 2>/dev/null && IPV6=1
@@ -169,6 +173,59 @@ PIDS+=($!)
 haproxy -f "$D/haproxy.cfg" -db >"$D/haproxy.log" 2>"$D/haproxy.err" &
 PIDS+=($!)
 
+# --- Caddy: one site, one route per location, JSON log at debug level -------------------------
+mkdir -p "$D/caddy"
+caddy_route() {  # location upstream [transport lines...]
+  local loc=$1 up=$2; shift 2
+  echo "  handle /$loc/* {"
+  echo "    reverse_proxy $up {"
+  echo "      transport http {"
+  echo "        dial_timeout 1s"
+  echo "        response_header_timeout 2s"
+  echo "        read_timeout 2s"
+  for l in "$@"; do echo "        $l"; done
+  echo "      }"
+  [ "$loc" = pool_down ] && { echo "      fail_duration 60s"; echo "      max_fails 1"; }
+  echo "    }"
+  echo "  }"
+}
+{
+  echo "{"
+  echo "  admin off"
+  echo "  auto_https off"
+  echo "  storage file_system $D/caddy/storage"
+  echo "  log {"
+  echo "    output file $D/caddy.log"
+  echo "    format json"
+  echo "    level DEBUG"
+  echo "  }"
+  echo "}"
+  echo "http://127.0.0.1:$CADDY_PORT {"
+  echo "  bind 127.0.0.1"
+  echo "  log {"
+  echo "    output file $D/caddy.log"
+  echo "    format json"
+  echo "  }"
+  for loc in "${LAB_LOCS[@]}"; do
+    # Caddy's own limit on a response head is Go's 10 MB, more than `bigheader` sends.
+    if [ "$loc" = bigheader ]; then
+      caddy_route "$loc" "127.0.0.1:$(port_of "$loc")" "max_response_header 64KB"
+    else
+      caddy_route "$loc" "127.0.0.1:$(port_of "$loc")"
+    fi
+  done
+  caddy_route sock_missing "unix/$D/missing.sock"
+  caddy_route sock_stale "unix/$D/stale.sock"
+  caddy_route tls_plain "https://127.0.0.1:$NGINX_PORT" "tls_insecure_skip_verify"
+  [ -n "$IPV6" ] && caddy_route ipv6_refused "[::1]:$(port_of refused)"
+  caddy_route pool_down "127.0.0.1:$(port_of refused)"
+  echo "}"
+} >"$D/Caddyfile"
+HOME=$D/caddy XDG_CONFIG_HOME=$D/caddy XDG_DATA_HOME=$D/caddy \
+  caddy run --config "$D/Caddyfile" --adapter caddyfile >"$D/caddy.out" 2>&1 &
+CADDY_PID=$!
+PIDS+=($CADDY_PID)
+
 wait_port() {  # port path
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$1$2" && return 0
@@ -179,6 +236,7 @@ wait_port() {  # port path
   exit 1
 }
 wait_port "$NGINX_PORT" /ok/; wait_port "$HAPROXY_PORT" /ok/; wait_port "$APACHE_BASE" /
+wait_port "$CADDY_PORT" /ok/
 
 # --- the requests: all locations at once, bounded by curl's own timeout ------------------------
 for loc in "${LAB_LOCS[@]}" sock_missing sock_stale fcgi_http tls_plain ${IPV6:+ipv6_refused}; do
@@ -186,6 +244,34 @@ for loc in "${LAB_LOCS[@]}" sock_missing sock_stale fcgi_http tls_plain ${IPV6:+
 done
 while read -r loc port; do curl -s -o /dev/null -m 8 "http://127.0.0.1:$port/x" & done <"$D/apache-ports"
 for loc in "${HLOCS[@]}"; do curl -s -o /dev/null -m 8 "http://127.0.0.1:$HAPROXY_PORT/$loc/x" & done
+# Caddy, one location after the other: after each request, the log is cut where its access line
+# ends (`pool_down` gets two requests, like nginx's).
+CLOCS=("${LAB_LOCS[@]}" sock_missing sock_stale tls_plain ${IPV6:+ipv6_refused} pool_down)
+python3 - "$D/caddy.log" "$D/caddy-cuts" "$CADDY_PORT" "${CLOCS[@]}" <<'PY' &
+import os, subprocess, sys, time
+log, cuts, port, locs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def access_lines(uri):
+    try:
+        data = open(log, "rb").read()
+    except FileNotFoundError:
+        return 0, 0
+    needle = b'"uri":"%s"' % uri.encode()
+    return sum(1 for l in data.splitlines() if b'"msg":"handled request"' in l and needle in l), len(data)
+with open(cuts, "w") as out:
+    out.write("start %d\n" % access_lines("/")[1])
+    for loc in locs:
+        uri = "/%s/x" % loc
+        n = 2 if loc == "pool_down" else 1
+        for _ in range(n):
+            subprocess.run(["curl", "-s", "-o", "/dev/null", "-m", "8", "http://127.0.0.1:%s%s" % (port, uri)])
+        deadline = time.monotonic() + 10
+        while True:
+            seen, size = access_lines(uri)
+            if seen >= n or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        out.write("%s %d\n" % (loc, size))
+PY
 wait $(jobs -p | grep -v -x -F "$(printf '%s\n' "${PIDS[@]}")") 2>/dev/null || true
 # The pool: the first request marks its only server down, the second finds none left.
 curl -s -o /dev/null -m 8 "http://127.0.0.1:$NGINX_PORT/pool_down/x"
@@ -199,7 +285,20 @@ wait 2>/dev/null || true
 PIDS=()
 
 # --- stable copies: lab ports as 40000+index, listen ports and the temp dir fixed --------------
-mkdir -p "$D/captured/nginx" "$D/captured/apache" "$D/captured/haproxy"
+mkdir -p "$D/captured/nginx" "$D/captured/apache" "$D/captured/haproxy" "$D/captured/caddy"
+# Caddy's log cut at the recorded offsets; what comes before the first request and after the
+# last one (start and shutdown) is its main.log.
+python3 - "$D/caddy.log" "$D/caddy-cuts" "$D/caddy" <<'PY'
+import sys
+log, cuts, out = sys.argv[1:4]
+data = open(log, "rb").read()
+rows = [l.split() for l in open(cuts) if l.strip()]
+start = int(rows[0][1])
+for loc, end in rows[1:]:
+    open("%s/%s.log" % (out, loc), "wb").write(data[start:int(end)])
+    start = int(end)
+open("%s/main.log" % out, "wb").write(data[:int(rows[0][1])] + data[start:])
+PY
 stabilize() {  # in out
   python3 - "$1" "$2" "$BASE" "$D" <<'PY'
 import sys
@@ -217,6 +316,7 @@ for f in "$D"/apache/*.log; do stabilize "$f" "$D/captured/apache/$(basename "$f
 stabilize "$D/haproxy.log" "$D/captured/haproxy/haproxy.log"
 stabilize "$D/nginx-main.log" "$D/captured/nginx/main.log"
 stabilize "$D/apache-main.log" "$D/captured/apache/main.log"
+for f in "$D"/caddy/*.log; do stabilize "$f" "$D/captured/caddy/$(basename "$f")"; done
 
 # --- the check --------------------------------------------------------------------------------
 python3 - "$BIN" "$D/captured" "$FIXTURES/expected.tsv" "$ROOT/docs/logs-interop.md" <<'PY'
@@ -234,7 +334,7 @@ def findings(path):
     return [json.loads(l) for l in out.splitlines() if l.strip()]
 
 got = {}
-for server in ("nginx", "apache"):
+for server in ("nginx", "apache", "caddy"):
     for name in sorted(os.listdir(os.path.join(cap, server))):
         loc = name[:-4]
         got[(server, loc)] = [f for f in findings(os.path.join(cap, server, name)) if not f["follow_up"]]
@@ -268,8 +368,8 @@ if summary["unrecognized"]:
 
 with open(doc, "w") as out:
     out.write("# `cleargate logs` against real servers\n\n")
-    out.write("Written by `interop/logs.sh`: real nginx, Apache httpd and HAProxy (OS packages) in front of\n")
-    out.write("`cleargate lab`, one request per location; `cleargate logs` classified what they logged.\n\n")
+    out.write("Written by `interop/logs.sh`: real nginx, Apache httpd, HAProxy and Caddy (OS packages) in front\n")
+    out.write("of `cleargate lab`, one request per location; `cleargate logs` classified what they logged.\n\n")
     out.write("| server | location | expected | classified | |\n| --- | --- | --- | --- | --- |\n")
     for r in rows:
         out.write("| %s | %s | %s | %s | %s |\n" % r)
@@ -328,7 +428,7 @@ else
 fi
 
 if [ -n "${UPDATE_FIXTURES:-}" ]; then
-  for s in nginx apache haproxy; do rm -rf "${FIXTURES:?}/$s"; cp -r "$D/captured/$s" "$FIXTURES/$s"; done
+  for s in nginx apache haproxy caddy; do rm -rf "${FIXTURES:?}/$s"; cp -r "$D/captured/$s" "$FIXTURES/$s"; done
   echo "  fixtures updated in $FIXTURES"
 fi
 echo "logs.sh: ok"
