@@ -676,3 +676,18 @@ async fn serve_runs_one_event_loop_per_worker_on_one_shared_port() {
     lab.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn an_empty_upstream_body_is_complete_not_a_client_leaving() {
+    // `Content-Length: 0` from the upstream: hyper never polls such a body, it only drops it.
+    let h = start("").await;
+    let req = get(h.addr, "/f/bigheader?bytes=300")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = send(h.addr, req).await;
+    assert_eq!(seen.status, 200);
+    let line = h.access_line(seen.header("x-request-id")).await;
+    assert_eq!(line["cause"], serde_json::Value::Null, "{line}");
+    assert_eq!(line["status"], 200);
+    h.stop().await;
+}
