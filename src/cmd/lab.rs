@@ -36,6 +36,10 @@ pub struct Args {
     /// Share of requests `flaky` resets, 0.0 to 1.0
     #[arg(long, default_value_t = 0.5)]
     flaky_fraction: f64,
+    /// Make `flaky` deterministic: reset every Nth request instead (counted across
+    /// connections; 0 never resets)
+    #[arg(long, value_name = "N")]
+    flaky_every: Option<u32>,
     /// How long `kashort` keeps an idle connection, in milliseconds
     #[arg(long, default_value_t = 1000)]
     kashort_ms: u64,
@@ -73,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = LabOptions {
         slow_delay: args.slow_delay,
         flaky_fraction: args.flaky_fraction,
+        flaky_every: args.flaky_every,
         kashort_ms: args.kashort_ms,
         status: args.status,
         bigheader_bytes: args.bigheader_bytes,

@@ -197,8 +197,10 @@ impl Builder {
             .find(|c| c.cause.is_some() && c.cause == cause && c.hop == hop)
         {
             c.evidence.extend(evidence);
-            if c.phase.is_none() {
-                c.phase = phase;
+            // The phase comes from the most direct source that names one: the doctor asking
+            // the upstream itself says more exactly where it broke than a gateway's log.
+            if c.phase.is_none() || (phase.is_some() && rank > c.rank) {
+                c.phase = phase.or(c.phase);
             }
             if confidence > c.confidence || (confidence == c.confidence && rank > c.rank) {
                 c.confidence = confidence;
@@ -293,6 +295,13 @@ pub fn diagnose(report: &mut Report) {
     let status = http.and_then(|h| h.status);
     let behind_gateway = report.who.as_ref().is_some_and(|w| !w.products.is_empty());
     let url_failed = main.problem.is_some() || status.is_some_and(|s| s >= 500);
+    // Whether any of the doctor's requests through the URL failed: when none did, failures
+    // found elsewhere were covered for.
+    let client_saw = url_failed
+        || report
+            .repeat
+            .as_ref()
+            .is_some_and(|r| r.fresh_failed + r.reused_failed > 0);
     let gateway_made = report
         .who
         .as_ref()
@@ -521,6 +530,13 @@ pub fn diagnose(report: &mut Report) {
     let head_too_large = up_exchange.filter(|h| {
         url_failed && gateway_made && h.head_bytes as usize > limit && h.status.is_some()
     });
+    // Too large for the gateway, or even for the doctor.
+    let head_large = head_too_large.is_some()
+        || report.upstream.as_ref().is_some_and(|u| {
+            u.problem
+                .as_ref()
+                .is_some_and(|p| p.cause == Cause::ResponseTooLarge)
+        });
     let mut log_groups: Vec<LogGroup> = Vec::new();
     if let Some(log) = &report.error_log {
         for e in &log.entries {
@@ -529,15 +545,18 @@ pub fn diagnose(report: &mut Report) {
                     continue;
                 }
             }
+            // The client's side of a request says nothing of the upstream (and may well be the
+            // doctor's own connection closing).
+            if e.cause.side() == Side::Client {
+                continue;
+            }
             // HAProxy's PH is "an invalid or too large header": the measured size says which.
-            let (cause, phase) = if head_too_large.is_some()
-                && e.cause == Cause::InvalidResponse
-                && e.phase == Phase::ReadHead
-            {
-                (Cause::ResponseTooLarge, Phase::ReadHead)
-            } else {
-                (e.cause, e.phase)
-            };
+            let (cause, phase) =
+                if head_large && e.cause == Cause::InvalidResponse && e.phase == Phase::ReadHead {
+                    (Cause::ResponseTooLarge, Phase::ReadHead)
+                } else {
+                    (e.cause, e.phase)
+                };
             match log_groups
                 .iter_mut()
                 .find(|g| g.cause == cause && g.phase == phase && g.during_run == e.during_run)
@@ -554,12 +573,33 @@ pub fn diagnose(report: &mut Report) {
                     phase,
                     during_run: e.during_run,
                     count: 1,
+                    before: 0,
                     absorbed: e.absorbed as usize,
                     rules: vec![e.rule.clone()],
                     remapped: cause != e.cause,
                 }),
             }
         }
+    }
+    // Lines of a cause written before the run add nothing when the run itself produced some:
+    // they are counted with them, not weighed again.
+    let earlier: Vec<(Cause, Phase, usize)> = log_groups
+        .iter()
+        .filter(|g| !g.during_run)
+        .map(|g| (g.cause, g.phase, g.count))
+        .collect();
+    let during: Vec<(Cause, Phase)> = log_groups
+        .iter()
+        .filter(|g| g.during_run)
+        .map(|g| (g.cause, g.phase))
+        .collect();
+    log_groups.retain(|g| g.during_run || !during.contains(&(g.cause, g.phase)));
+    for g in log_groups.iter_mut().filter(|g| g.during_run) {
+        g.before = earlier
+            .iter()
+            .filter(|(c, p, _)| *c == g.cause && *p == g.phase)
+            .map(|(_, _, n)| *n)
+            .sum();
     }
     let mut absorbed = false;
     for g in &log_groups {
@@ -580,6 +620,9 @@ pub fn diagnose(report: &mut Report) {
             g.phase,
             g.rules.join(", ")
         );
+        if g.before > 0 {
+            text.push_str(&format!(" (and {} like it just before the run)", g.before));
+        }
         if g.absorbed > 0 {
             text.push_str(&format!(
                 "; {} of them failures the gateway covered for (retried or ejected)",
@@ -611,10 +654,17 @@ pub fn diagnose(report: &mut Report) {
                     Confidence::Likely
                 },
                 49,
-                format!(
-                    "the upstream fails, but the gateway covered for it: {} (clients did not see it)",
-                    lower_first(g.cause.summary())
-                ),
+                if client_saw {
+                    format!(
+                        "the upstream fails, and the gateway covered for it only in part: {}",
+                        lower_first(g.cause.summary())
+                    )
+                } else {
+                    format!(
+                        "the upstream fails, but the gateway covered for it: {} (clients did not see it)",
+                        lower_first(g.cause.summary())
+                    )
+                },
                 vec![Evidence::new(weight, "error_log", text)],
             );
         } else {
@@ -628,7 +678,8 @@ pub fn diagnose(report: &mut Report) {
                 } else {
                     Confidence::Likely
                 },
-                if g.during_run { 58 } else { 25 },
+                // Below the doctor's own view of the upstream: a log line is second hand.
+                if g.during_run { 53 } else { 25 },
                 format!(
                     "the gateway's log names it: {}",
                     lower_first(g.cause.summary())
@@ -642,7 +693,7 @@ pub fn diagnose(report: &mut Report) {
     let mut explained_by_upstream = false;
     if let Some(up) = &report.upstream {
         let evidence_head = format!("asked directly, the upstream {}", up.url);
-        let covered = if url_failed {
+        let covered = if client_saw {
             ""
         } else {
             " (the gateway covered for it: clients did not see it)"
@@ -767,20 +818,32 @@ pub fn diagnose(report: &mut Report) {
             let tls_logged = log_groups
                 .iter()
                 .any(|g| g.phase == Phase::TlsHandshake || g.cause == Cause::Tls);
+            // What the gateway said of its failure: its log or Proxy-Status when there is one,
+            // the first meaning of its error page otherwise.
+            let firm = |c: &Candidate| {
+                c.evidence
+                    .iter()
+                    .any(|e| e.source != "upstream" && e.weight > Weight::Weak)
+            };
+            let any_firm = b.out.iter().any(|c| c.hop != "server" && firm(c));
             let gateway_said: Vec<String> = b
                 .out
                 .iter()
                 .filter(|c| {
                     c.hop != "server"
                         && connect_like(c)
-                        && c.evidence.iter().any(|e| e.source != "upstream")
+                        && if any_firm {
+                            firm(c)
+                        } else {
+                            c.confidence == Confidence::Likely
+                        }
                 })
                 .map(|c| match c.phase {
                     Some(p) => format!("{}@{}", c.cause.map(|x| x.as_str()).unwrap_or("error"), p),
                     None => c.cause.map(|x| x.as_str()).unwrap_or("error").to_string(),
                 })
                 .collect();
-            if url_failed && (tls_logged || !gateway_said.is_empty()) {
+            if url_failed && head_too_large.is_none() && (tls_logged || !gateway_said.is_empty()) {
                 explained_by_upstream = true;
                 let said = gateway_said.join(", ");
                 let mut evidence = vec![Evidence::new(
@@ -953,7 +1016,7 @@ pub fn diagnose(report: &mut Report) {
                 },
                 _ => (None, None, "upstream", Weight::Direct),
             };
-            let mut evidence = vec![Evidence::new(
+            let mut first_evidence = Evidence::new(
                 weight,
                 "repeats",
                 format!(
@@ -965,7 +1028,12 @@ pub fn diagnose(report: &mut Report) {
                     r.reused_failed,
                     r.reused.len()
                 ),
-            )];
+            );
+            if weight == Weight::Weak {
+                // A page that repeats says the failure repeats, not which of its meanings it is.
+                first_evidence.points = 0;
+            }
+            let mut evidence = vec![first_evidence];
             if r.reused_failed > 0 && r.fresh_failed == 0 {
                 evidence.push(Evidence::new(weight, "repeats", "only reused connections failed: the keep-alive race, the server closes idle connections as they are reused"));
             }
@@ -1014,6 +1082,17 @@ pub fn diagnose(report: &mut Report) {
     for c in &mut b.out {
         c.score = c.evidence.iter().map(|e| e.points).sum();
     }
+    // Usual meanings that the rest of the evidence outweighs are ruled out, not listed.
+    if b.out.iter().any(|c| c.score > 0) {
+        let before = b.out.len();
+        b.out.retain(|c| c.score > 0);
+        let ruled_out = before - b.out.len();
+        if ruled_out > 0 {
+            report.notes.push(format!(
+                "{ruled_out} other possible cause(s) ruled out by stronger evidence"
+            ));
+        }
+    }
     // The most points first; among equals, the more confident, then the stronger source.
     b.out.sort_by(|x, y| {
         y.score
@@ -1023,7 +1102,8 @@ pub fn diagnose(report: &mut Report) {
     });
     report.diagnosis = b.out;
     let healthy = report.diagnosis.is_empty();
-    if absorbed && !url_failed {
+    let absorbed = absorbed && !client_saw;
+    if absorbed {
         report.notes.push(
             "the URL answered, but the gateway covered for failures of the upstream (retries, ejections): clients did not see them, the application is failing underneath".into(),
         );
@@ -1040,7 +1120,7 @@ pub fn diagnose(report: &mut Report) {
             status,
             healthy,
             confidence: Some(c.confidence),
-            absorbed: !url_failed && absorbed,
+            absorbed,
             summary: c.title.clone(),
         },
     };
@@ -1053,6 +1133,8 @@ struct LogGroup {
     phase: Phase,
     during_run: bool,
     count: usize,
+    /// Lines of the same cause and phase from before the run, when this group is of the run.
+    before: usize,
     absorbed: usize,
     rules: Vec<String>,
     /// Read as another cause than the line's rule gives, in the light of other evidence.
@@ -1185,6 +1267,315 @@ fn fixes(cause: Option<Cause>, hop: &str, status: Option<u16>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errorlog::{ErrorLogStep, LogEntry};
+    use crate::probe::{Exchange, Probe, Timing};
+    use crate::{SideProbe, TlsCheck};
+
+    fn exchange(status: u16, body: &str, head_bytes: u64) -> Exchange {
+        Exchange {
+            request: String::new(),
+            reused: false,
+            status: Some(status),
+            reason: None,
+            version: None,
+            headers: vec![("content-type".into(), "text/html".into())],
+            head_bytes,
+            body_bytes: body.len() as u64,
+            body_complete: true,
+            first_byte_ms: Some(1.0),
+            total_ms: 1.0,
+            problem: None,
+            body_start: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn probe_of(ex: Option<Exchange>, problem: Option<Problem>) -> Probe {
+        Probe {
+            tcp: Vec::new(),
+            tls: None,
+            http: ex,
+            keepalive: None,
+            keepalive_note: None,
+            timing: Timing::default(),
+            problem,
+            used: Some("127.0.0.1:1".parse().unwrap()),
+        }
+    }
+
+    /// A report of the URL answering `status` with `body`, nothing else asked yet.
+    fn report(status: u16, body: &str) -> Report {
+        let ex = exchange(status, body, 200);
+        let who = crate::who::identify(&ex);
+        Report {
+            verdict: Verdict::healthy(),
+            url: crate::url::parse("http://127.0.0.1:8080/").unwrap(),
+            dns: None,
+            probe: probe_of(Some(ex), None),
+            who: Some(who),
+            repeat: None,
+            origin: None,
+            upstream: None,
+            error_log: None,
+            hops: Vec::new(),
+            diagnosis: Vec::new(),
+            notes: Vec::new(),
+            elapsed_ms: 0.0,
+        }
+    }
+
+    fn upstream(ex: Option<Exchange>, problem: Option<Problem>) -> SideProbe {
+        SideProbe {
+            given: "127.0.0.1:3001".into(),
+            url: "http://127.0.0.1:3001/".into(),
+            dns: None,
+            probe: Some(probe_of(ex, problem.clone())),
+            who: None,
+            problem,
+            repeat: None,
+            tls_check: None,
+        }
+    }
+
+    fn problem(cause: Cause, phase: Phase) -> Problem {
+        Problem::from(&cause::Failure::new(cause, phase))
+    }
+
+    fn log(entries: &[(Cause, Phase, &str, bool, bool)]) -> ErrorLogStep {
+        let entries: Vec<LogEntry> = entries
+            .iter()
+            .map(|(cause, phase, rule, during_run, absorbed)| LogEntry {
+                time: None,
+                cause: *cause,
+                phase: *phase,
+                detail: String::new(),
+                upstream: None,
+                rule: rule.to_string(),
+                status: None,
+                during_run: *during_run,
+                absorbed: *absorbed,
+            })
+            .collect();
+        ErrorLogStep {
+            file: "error.log".into(),
+            available: true,
+            note: String::new(),
+            findings: entries.iter().map(LogEntry::text).collect(),
+            entries,
+        }
+    }
+
+    const HAPROXY_502: &str = "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>";
+    const HAPROXY_503: &str = "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>";
+    const NGINX_502: &str = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>";
+
+    fn top(r: &Report) -> (Option<Cause>, Option<Phase>, Option<&'static str>) {
+        (r.verdict.cause, r.verdict.phase, r.verdict.hop)
+    }
+
+    #[test]
+    fn the_page_alone_gives_its_usual_meaning_as_likely() {
+        let mut r = report(502, NGINX_502);
+        diagnose(&mut r);
+        assert_eq!(top(&r), (Some(Cause::Refused), None, Some("upstream")));
+        assert_eq!(r.verdict.confidence, Some(Confidence::Likely));
+        let first = &r.diagnosis[0].evidence[0];
+        assert_eq!((first.weight, first.points), (Weight::Weak, 1));
+    }
+
+    #[test]
+    fn a_large_head_measured_at_the_upstream_outweighs_the_page_and_reads_haproxys_ph() {
+        let mut r = report(502, HAPROXY_502);
+        r.error_log = Some(log(&[(
+            Cause::InvalidResponse,
+            Phase::ReadHead,
+            "haproxy.PH",
+            true,
+            false,
+        )]));
+        r.upstream = Some(upstream(Some(exchange(200, "", 81_000)), None));
+        diagnose(&mut r);
+        assert_eq!(
+            top(&r),
+            (
+                Some(Cause::ResponseTooLarge),
+                Some(Phase::ReadHead),
+                Some("upstream")
+            ),
+            "{:#?}",
+            r.diagnosis
+        );
+        let c = &r.diagnosis[0];
+        assert_eq!(c.confidence, Confidence::Confirmed);
+        assert!(c.evidence.iter().any(|e| e.source == "error_log"
+            && e.weight == Weight::Strong
+            && e.text.contains("haproxy.PH")));
+        assert!(c.evidence.iter().any(|e| e.text.contains("81000-byte")));
+        // The page's first meaning, `closed`, is ruled out.
+        assert!(r.diagnosis.iter().all(|c| c.cause != Some(Cause::Closed)));
+        // A head under HAProxy's limit explains nothing.
+        let mut r = report(502, HAPROXY_502);
+        r.upstream = Some(upstream(Some(exchange(200, "", 9_000)), None));
+        diagnose(&mut r);
+        assert_ne!(r.verdict.cause, Some(Cause::ResponseTooLarge));
+    }
+
+    #[test]
+    fn a_connect_failure_against_an_upstream_that_accepts_is_a_protocol_mismatch() {
+        let mut r = report(503, HAPROXY_503);
+        r.error_log = Some(log(&[(
+            Cause::Timeout,
+            Phase::Connect,
+            "haproxy.sC",
+            true,
+            false,
+        )]));
+        let mut up = upstream(Some(exchange(200, "hello", 100)), None);
+        up.tls_check = Some(TlsCheck {
+            speaks_tls: false,
+            detail: "the server speaks plain HTTP on this port".into(),
+        });
+        r.upstream = Some(up.clone());
+        diagnose(&mut r);
+        assert_eq!(
+            top(&r),
+            (
+                Some(Cause::Tls),
+                Some(Phase::TlsHandshake),
+                Some("upstream")
+            ),
+            "{:#?}",
+            r.diagnosis
+        );
+        assert!(r.diagnosis[0].evidence.iter().any(|e| e
+            .text
+            .contains("but the upstream accepts connections: the likely cause is TLS")));
+        // The logged connect failure is kept, with the evidence against it.
+        let logged = r
+            .diagnosis
+            .iter()
+            .find(|c| c.cause == Some(Cause::Timeout) && c.phase == Some(Phase::Connect));
+        if let Some(c) = logged {
+            assert!(c.evidence.iter().any(|e| e.points < 0));
+            assert!(c.score < r.diagnosis[0].score);
+        }
+        // A port that speaks TLS too is no mismatch.
+        let mut r2 = report(503, HAPROXY_503);
+        up.tls_check = Some(TlsCheck {
+            speaks_tls: true,
+            detail: "the handshake completes".into(),
+        });
+        r2.upstream = Some(up);
+        diagnose(&mut r2);
+        assert_ne!(r2.verdict.cause, Some(Cause::Tls));
+    }
+
+    #[test]
+    fn failures_the_gateway_covered_for_are_a_problem_even_when_the_url_answers() {
+        let mut r = report(200, "fine");
+        r.who = Some(crate::who::Who::default());
+        r.error_log = Some(log(&[
+            (
+                Cause::Reset,
+                Phase::ReadHead,
+                "cleargate.attempt_retried",
+                true,
+                true,
+            ),
+            // The client's own side says nothing of the upstream.
+            (
+                Cause::ClientAborted,
+                Phase::ReadBody,
+                "cleargate",
+                true,
+                false,
+            ),
+        ]));
+        diagnose(&mut r);
+        assert_eq!(
+            top(&r),
+            (Some(Cause::Reset), Some(Phase::ReadHead), Some("upstream"))
+        );
+        assert!(!r.verdict.healthy);
+        assert!(r.verdict.absorbed);
+        assert_eq!(r.exit_code(), 1);
+        assert!(r.diagnosis[0].title.contains("clients did not see it"));
+        assert_eq!(r.diagnosis.len(), 1, "{:#?}", r.diagnosis);
+        // Lines from before the run that the gateway did not cover for are old news.
+        let mut r = report(200, "fine");
+        r.error_log = Some(log(&[(
+            Cause::Reset,
+            Phase::ReadHead,
+            "nginx.reset",
+            false,
+            false,
+        )]));
+        diagnose(&mut r);
+        assert!(r.verdict.healthy, "{:#?}", r.diagnosis);
+    }
+
+    #[test]
+    fn the_upstream_asked_directly_outranks_a_log_that_cannot_tell_reset_from_close() {
+        // HAProxy logs `SH` for both; the doctor's own request to the upstream sees a reset.
+        let mut r = report(502, HAPROXY_502);
+        r.error_log = Some(log(&[(
+            Cause::Closed,
+            Phase::ReadHead,
+            "haproxy.SH",
+            true,
+            false,
+        )]));
+        r.upstream = Some(upstream(None, Some(problem(Cause::Reset, Phase::ReadHead))));
+        diagnose(&mut r);
+        assert_eq!(
+            top(&r),
+            (Some(Cause::Reset), Some(Phase::ReadHead), Some("upstream")),
+            "{:#?}",
+            r.diagnosis
+        );
+        // And for the phase: the upstream's own says where it broke.
+        let mut r = report(502, HAPROXY_502);
+        r.error_log = Some(log(&[(
+            Cause::InvalidResponse,
+            Phase::ReadHead,
+            "haproxy.PH",
+            true,
+            false,
+        )]));
+        r.upstream = Some(upstream(
+            None,
+            Some(problem(Cause::InvalidResponse, Phase::ReadBody)),
+        ));
+        diagnose(&mut r);
+        assert_eq!(
+            top(&r),
+            (
+                Some(Cause::InvalidResponse),
+                Some(Phase::ReadBody),
+                Some("upstream")
+            )
+        );
+    }
+
+    #[test]
+    fn repeated_direct_probes_measure_how_often_the_upstream_fails() {
+        let mut r = report(200, "fine");
+        let mut up = upstream(Some(exchange(200, "ok", 100)), None);
+        up.repeat = Some(crate::SideRepeat {
+            tries: 4,
+            failed: 2,
+            failures: vec!["reset@read_head".into(), "reset@read_head".into()],
+        });
+        r.upstream = Some(up);
+        diagnose(&mut r);
+        assert_eq!(
+            top(&r),
+            (Some(Cause::Reset), Some(Phase::ReadHead), Some("upstream"))
+        );
+        assert!(r.verdict.absorbed);
+        assert!(r.diagnosis[0].evidence.iter().any(|e| e
+            .text
+            .contains("asked directly 5 times, the upstream failed 2 (40%)")));
+    }
 
     #[test]
     fn every_cause_has_fixes_at_every_hop() {
