@@ -17,6 +17,7 @@ pub mod errorlog;
 pub mod probe;
 pub mod render;
 pub mod url;
+pub mod watch;
 pub mod who;
 
 use std::fmt::Display;
