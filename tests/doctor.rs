@@ -661,3 +661,77 @@ async fn cli_exit_codes_and_json_verdict() {
     );
     lab.shutdown().await;
 }
+
+#[tokio::test]
+async fn failures_cleargate_covers_for_are_found_in_its_log() {
+    use proxy::log::{Format, Logger, Sink};
+    // Every third request reset: cleargate retries each one, so the client sees only 200s.
+    let lab = Lab::start_all(LabOptions {
+        flaky_every: Some(3),
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("cg-doctor-absorbed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cleargate.log");
+    let config = config::Config::parse(
+        &common::config_text(&lab, ""),
+        "test.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let logger = std::sync::Arc::new(Logger::new(Format::Json, Sink::File(file.clone())).unwrap());
+    let gateway = proxy::Gateway::new(config, logger).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = proxy::CancellationToken::new();
+    let task = tokio::spawn(gateway.serve(vec![listener], stop.clone()));
+
+    let url = format!("http://{addr}/f/flaky");
+    let r = run(&url, |o| {
+        o.repeat = Some(4);
+        o.error_log = Some(file.clone());
+    })
+    .await;
+    let rep = r.repeat.as_ref().unwrap();
+    assert_eq!(rep.fresh_failed + rep.reused_failed, 0, "{rep:#?}");
+    assert_eq!(r.probe.http.as_ref().unwrap().status, Some(200));
+    assert_eq!(
+        verdict(&r),
+        (
+            Some(Cause::Reset),
+            Some(Phase::ReadHead),
+            Some("upstream"),
+            Some(200)
+        ),
+        "{:#?}",
+        r.diagnosis
+    );
+    assert!(r.verdict.absorbed && !r.verdict.healthy);
+    assert_eq!(r.exit_code(), 1);
+    assert!(r.diagnosis[0]
+        .evidence
+        .iter()
+        .any(|e| e.source == "error_log"
+            && e.text.contains("cleargate.attempt_retried")
+            && e.text.contains("during this run")));
+
+    // Asked directly, the upstream's failure rate is measured as well.
+    let upstream = lab.addr(Fault::Flaky).unwrap().to_string();
+    let r = run(&url, |o| {
+        o.repeat = Some(5);
+        o.upstream = Some(upstream.clone());
+    })
+    .await;
+    let side = r.upstream.as_ref().unwrap().repeat.as_ref().unwrap();
+    assert_eq!(side.tries, 5);
+    assert!((1..=2).contains(&side.failed), "{side:#?}");
+    assert_eq!(r.verdict.cause, Some(Cause::Reset), "{:#?}", r.diagnosis);
+    assert_eq!(r.exit_code(), 1);
+
+    stop.cancel();
+    let _ = task.await;
+    lab.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
