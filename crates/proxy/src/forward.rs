@@ -26,7 +26,7 @@ use crate::body::{first_frame, LimitedBody, PoolLease, ProxyBody, RequestLog};
 use crate::framing::response_framing;
 use crate::headers::{
     append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
-    Forwarding,
+    Forwarding, X_REQUEST_ID,
 };
 use crate::log::{AccessRecord, AttemptRecord};
 use crate::page::{self, PageContext};
@@ -44,11 +44,14 @@ fn proto_name(v: Version) -> &'static str {
     }
 }
 
-fn via_version(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_2 => "2",
-        Version::HTTP_10 => "1.0",
-        _ => "1.1",
+impl Gateway {
+    /// This hop in `Via` for a request that came in over `v`.
+    fn via_for(&self, v: Version) -> &HeaderValue {
+        match v {
+            Version::HTTP_2 => &self.via_request[2],
+            Version::HTTP_10 => &self.via_request[0],
+            _ => &self.via_request[1],
+        }
     }
 }
 
@@ -290,15 +293,16 @@ impl Gateway {
         let key = self.hash_key(&upstream, &req, client);
         let (mut parts, body) = req.into_parts();
         let host_header = admitted.host_value.clone();
-        let via = format!("{} {}", via_version(version), self.config.server_name);
+        let request_id_value =
+            HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("-"));
         forward_request_headers(
             &mut parts.headers,
             &Forwarding {
                 client_ip: client.ip(),
                 proto: "http",
                 host: host_header.as_ref(),
-                via: &via,
-                request_id,
+                via: self.via_for(version),
+                request_id: &request_id_value,
             },
         );
         let h2 = upstream.config.protocol == config::Protocol::H2c;
@@ -435,13 +439,8 @@ impl Gateway {
                     upstream.report(&endpoint, Outcome::Answered(parts.status.as_u16()));
                     let keep_alive = keep_alive_timeout(&parts.headers);
                     strip_hop_by_hop(&mut parts.headers);
-                    append_via(
-                        &mut parts.headers,
-                        &format!("1.1 {}", self.config.server_name),
-                    );
-                    if let Ok(v) = HeaderValue::from_str(request_id) {
-                        parts.headers.insert("x-request-id", v);
-                    }
+                    append_via(&mut parts.headers, &self.via);
+                    parts.headers.insert(X_REQUEST_ID, request_id_value.clone());
                     log.record.status = parts.status.as_u16();
                     let lease = PoolLease {
                         conn,

@@ -80,49 +80,72 @@ pub fn new_request_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
+/// Names the gateway sets on every request: made once, so that setting them costs no
+/// allocation (a name given as `&str` is copied into a new one at each insert).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Everything the upstream request gains on its way through.
 pub struct Forwarding<'a> {
     pub client_ip: std::net::IpAddr,
     pub proto: &'a str,
     pub host: Option<&'a HeaderValue>,
-    pub via: &'a str,
-    pub request_id: &'a str,
+    /// This hop, as `Via` says it (`1.1 cleargate`).
+    pub via: &'a HeaderValue,
+    pub request_id: &'a HeaderValue,
 }
 
 /// Rewrites the client's headers into the upstream request's headers.
 pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_hop_by_hop(headers);
     strip_look_alikes(headers);
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {}", f.client_ip),
-        _ => f.client_ip.to_string(),
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", f.client_ip)).ok()
+        }
+        _ => {
+            // The address is written on the stack, then copied once into the value.
+            use std::io::Write as _;
+            let mut buf = [0u8; 64];
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cur, "{}", f.client_ip);
+            let n = cur.position() as usize;
+            HeaderValue::from_bytes(&buf[..n]).ok()
+        }
     };
-    headers.remove("x-forwarded-for");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    headers.remove(&X_FORWARDED_FOR);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if f.proto == "https" { "https" } else { "http" }),
     );
     if let Some(host) = f.host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(HOST, host.clone());
     }
     append_via(headers, f.via);
-    if let Ok(v) = HeaderValue::from_str(f.request_id) {
-        headers.insert("x-request-id", v);
-    }
+    headers.insert(X_REQUEST_ID, f.request_id.clone());
 }
 
 /// Appends this hop to `Via`.
-pub fn append_via(headers: &mut HeaderMap, via: &str) {
-    let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {via}"),
-        None => via.to_string(),
+pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let value = match headers.get(http::header::VIA).map(|v| v.as_bytes()) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + via.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(via.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        // The common case: a clone of a value made once, no copy.
+        None => Some(via.clone()),
     };
     headers.remove(http::header::VIA);
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(http::header::VIA, v);
     }
 }

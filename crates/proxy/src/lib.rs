@@ -47,7 +47,10 @@ pub struct Gateway {
     /// Retry settings per route, in configuration order.
     retries: Vec<config::RetryConfig>,
     logger: Arc<log::Logger>,
-    via: String,
+    /// `Via` for responses.
+    via: http::HeaderValue,
+    /// `Via` for requests, by the client's version: 1.0, 1.1, 2.
+    via_request: [http::HeaderValue; 3],
     /// Client connections served at once, across every worker.
     permits: Arc<tokio::sync::Semaphore>,
 }
@@ -96,7 +99,14 @@ impl Gateway {
                 .expect("validated config names only known upstreams")
         });
         let retries = config.routes.iter().map(|r| r.retry.clone()).collect();
-        let via = format!("1.1 {}", config.server_name);
+        // `Via` values, made once: `1.0`, `1.1` and `2` for requests by the client's version,
+        // `1.1` for responses.
+        let via_value = |version: &str| {
+            http::HeaderValue::from_str(&format!("{version} {}", config.server_name))
+                .unwrap_or(http::HeaderValue::from_static("1.1 cleargate"))
+        };
+        let via_request = [via_value("1.0"), via_value("1.1"), via_value("2")];
+        let via = via_value("1.1");
         let permits = Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_client_connections,
         ));
@@ -109,6 +119,7 @@ impl Gateway {
             retries,
             logger,
             via,
+            via_request,
         }))
     }
 

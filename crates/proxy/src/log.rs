@@ -65,13 +65,38 @@ const MAX_PENDING: usize = 16 * 1024 * 1024;
 /// How long a line may wait in the buffer when traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
+/// Room for an access line with a few attempts, so that writing one never grows the buffer.
+const LINE_CAPACITY: usize = 1024;
+
+thread_local! {
+    /// Each thread's access line, reused from request to request.
+    static LINE: std::cell::RefCell<String> =
+        std::cell::RefCell::new(String::with_capacity(LINE_CAPACITY));
+}
+
 impl Pending {
+    /// Appends one line (and its line end) for the writer thread.
+    fn push(&self, line: &str) {
+        let mut buf = self.buf.lock().unwrap();
+        if buf.len() + line.len() > MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        if buf.len() >= BATCH {
+            self.wake.notify_one();
+        }
+    }
+
     /// Writes out everything pending; called by the writer thread and by `flush`.
     fn drain(&self) {
         // The writer lock is taken first, so a batch taken out is written before another drain
         // (a `flush`) can return.
         let mut w = self.writer.lock().unwrap();
-        let batch = std::mem::take(&mut *self.buf.lock().unwrap());
+        // The buffer handed over is replaced by one as large, so that requests do not pay for
+        // growing it again from nothing.
+        let batch = std::mem::replace(&mut *self.buf.lock().unwrap(), Vec::with_capacity(BATCH));
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if !batch.is_empty() {
             let _ = w.write_all(&batch);
@@ -140,18 +165,7 @@ impl Logger {
 
     fn emit(&self, line: String) {
         match &self.out {
-            Out::Buffered(p) => {
-                let mut buf = p.buf.lock().unwrap();
-                if buf.len() + line.len() > MAX_PENDING {
-                    p.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                buf.extend_from_slice(line.as_bytes());
-                buf.push(b'\n');
-                if buf.len() >= BATCH {
-                    p.wake.notify_one();
-                }
-            }
+            Out::Buffered(p) => p.push(&line),
             Out::Memory(lines) => lines.lock().unwrap().push(line),
         }
     }
@@ -263,8 +277,21 @@ impl Logger {
 
     pub fn access(&self, record: &AccessRecord) {
         if self.format == Format::Json {
-            // The busiest line of all: written straight into a string, no intermediate map.
-            self.emit(access_json(record));
+            // The busiest line of all: written straight into a reused buffer, no intermediate
+            // map and no allocation of its own.
+            match &self.out {
+                Out::Buffered(p) => LINE.with(|line| {
+                    let mut line = line.borrow_mut();
+                    line.clear();
+                    access_json(&mut line, record, SystemTime::now());
+                    p.push(&line);
+                }),
+                Out::Memory(_) => {
+                    let mut line = String::with_capacity(LINE_CAPACITY);
+                    access_json(&mut line, record, SystemTime::now());
+                    self.emit(line);
+                }
+            }
             return;
         }
         let mut m = Map::new();
@@ -309,62 +336,126 @@ impl Logger {
     }
 }
 
-/// The JSON access line, with the same fields in the same order as the text format.
-fn access_json(r: &AccessRecord) -> String {
-    let mut o = String::with_capacity(512);
+/// The JSON access line, with the same fields in the same order as the text format, written
+/// into `o` by hand: numbers and times without `fmt`, no allocation when `o` has room.
+fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
+    use std::fmt::Write as _;
     o.push_str("{\"time\":\"");
-    o.push_str(&rfc3339(SystemTime::now()));
+    push_rfc3339(o, now);
     o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
-    let client = r.client.map(|c| c.to_string());
-    json_str(&mut o, "client", client.as_deref());
-    json_str(&mut o, "method", Some(&r.method));
-    json_str(&mut o, "host", Some(&r.host));
-    json_str(&mut o, "path", Some(&r.path));
-    json_str(&mut o, "proto", Some(r.proto));
-    json_raw(&mut o, "status", Some(r.status));
-    json_raw(&mut o, "bytes_in", Some(r.bytes_in));
-    json_raw(&mut o, "bytes_out", Some(r.bytes_out));
-    json_raw(&mut o, "duration_ms", Some(ms(r.duration)));
-    json_str(&mut o, "request_id", Some(&r.request_id));
-    json_str(&mut o, "upstream", r.upstream.as_deref());
-    json_str(&mut o, "endpoint", r.endpoint.as_deref());
-    json_str(&mut o, "cause", r.cause.map(Cause::as_str));
-    json_str(&mut o, "phase", r.phase.map(Phase::as_str));
-    json_raw(&mut o, "gateway_error", Some(r.gateway_error));
+    o.push_str(",\"client\":");
+    match r.client {
+        // Addresses need no escaping; written through `fmt` straight into the line.
+        Some(c) => {
+            let _ = write!(o, "\"{c}\"");
+        }
+        None => o.push_str("null"),
+    }
+    json_str(o, "method", Some(&r.method));
+    json_str(o, "host", Some(&r.host));
+    json_str(o, "path", Some(&r.path));
+    json_str(o, "proto", Some(r.proto));
+    json_uint(o, "status", Some(u64::from(r.status)));
+    json_uint(o, "bytes_in", Some(r.bytes_in));
+    json_uint(o, "bytes_out", Some(r.bytes_out));
+    json_ms(o, "duration_ms", Some(r.duration));
+    json_str(o, "request_id", Some(&r.request_id));
+    json_str(o, "upstream", r.upstream.as_deref());
+    json_str(o, "endpoint", r.endpoint.as_deref());
+    json_str(o, "cause", r.cause.map(Cause::as_str));
+    json_str(o, "phase", r.phase.map(Phase::as_str));
+    json_bool(o, "gateway_error", r.gateway_error);
     o.push_str(",\"attempts\":[");
     for (i, a) in r.attempts.iter().enumerate() {
         if i > 0 {
             o.push(',');
         }
         o.push_str("{\"endpoint\":");
-        json_string(&mut o, &a.endpoint);
-        json_raw(&mut o, "reused", Some(a.reused));
-        json_raw(&mut o, "idle_ms", a.idle.map(ms));
-        json_raw(&mut o, "conn_uses", Some(a.conn_uses));
-        json_raw(&mut o, "conn_age_ms", a.conn_age.map(ms));
-        json_str(&mut o, "cause", a.cause.map(Cause::as_str));
-        json_str(&mut o, "phase", a.phase.map(Phase::as_str));
-        json_raw(&mut o, "status", a.status);
-        json_raw(&mut o, "connect_ms", a.connect.map(ms));
-        json_raw(&mut o, "first_byte_ms", a.first_byte.map(ms));
-        json_raw(&mut o, "total_ms", a.total.map(ms));
+        json_string(o, &a.endpoint);
+        json_bool(o, "reused", a.reused);
+        json_ms(o, "idle_ms", a.idle);
+        json_uint(o, "conn_uses", Some(u64::from(a.conn_uses)));
+        json_ms(o, "conn_age_ms", a.conn_age);
+        json_str(o, "cause", a.cause.map(Cause::as_str));
+        json_str(o, "phase", a.phase.map(Phase::as_str));
+        json_uint(o, "status", a.status.map(u64::from));
+        json_ms(o, "connect_ms", a.connect);
+        json_ms(o, "first_byte_ms", a.first_byte);
+        json_ms(o, "total_ms", a.total);
         o.push('}');
     }
     o.push_str("]}");
-    o
 }
 
-/// `,"key":value` for numbers and booleans, `null` when absent.
-fn json_raw(o: &mut String, key: &str, v: Option<impl std::fmt::Display>) {
-    use std::fmt::Write as _;
+/// `,"key":`.
+fn json_key(o: &mut String, key: &str) {
     o.push_str(",\"");
     o.push_str(key);
     o.push_str("\":");
-    match v {
-        Some(v) => {
-            let _ = write!(o, "{v}");
+}
+
+/// Decimal digits of `v`.
+fn push_uint(o: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
         }
+    }
+    // Only ASCII digits were written.
+    o.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+/// `v` with at least `width` digits, zero-padded.
+fn push_padded(o: &mut String, v: u64, width: usize) {
+    let mut n = 1;
+    let mut x = v;
+    while x >= 10 {
+        x /= 10;
+        n += 1;
+    }
+    for _ in n..width {
+        o.push('0');
+    }
+    push_uint(o, v);
+}
+
+fn json_uint(o: &mut String, key: &str, v: Option<u64>) {
+    json_key(o, key);
+    match v {
+        Some(v) => push_uint(o, v),
         None => o.push_str("null"),
+    }
+}
+
+fn json_bool(o: &mut String, key: &str, v: bool) {
+    json_key(o, key);
+    o.push_str(if v { "true" } else { "false" });
+}
+
+/// Milliseconds rounded to the microsecond, as the shortest decimal: `12`, `0.5`, `3.142`
+/// (what `ms(d)` prints through `fmt`).
+fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
+    json_key(o, key);
+    let Some(d) = d else {
+        o.push_str("null");
+        return;
+    };
+    let micros = (d.as_secs_f64() * 1_000_000.0).round() as u64;
+    push_uint(o, micros / 1000);
+    let mut frac = micros % 1000;
+    if frac != 0 {
+        o.push('.');
+        let mut width = 3;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            width -= 1;
+        }
+        push_padded(o, frac, width);
     }
 }
 
@@ -479,6 +570,13 @@ pub struct AccessRecord {
 
 /// `2026-11-23T10:04:05.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut s = String::with_capacity(24);
+    push_rfc3339(&mut s, t);
+    s
+}
+
+/// Writes `t` as `2026-11-23T10:04:05.123Z` into `o`.
+fn push_rfc3339(o: &mut String, t: SystemTime) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -492,13 +590,20 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    push_padded(o, year.max(0) as u64, 4);
+    o.push('-');
+    push_padded(o, month as u64, 2);
+    o.push('-');
+    push_padded(o, day as u64, 2);
+    o.push('T');
+    push_padded(o, rem / 3600, 2);
+    o.push(':');
+    push_padded(o, rem % 3600 / 60, 2);
+    o.push(':');
+    push_padded(o, rem % 60, 2);
+    o.push('.');
+    push_padded(o, u64::from(d.subsec_millis()), 3);
+    o.push('Z');
 }
 
 #[cfg(test)]
@@ -538,7 +643,9 @@ mod tests {
             }],
             ..AccessRecord::default()
         };
-        let v: Value = serde_json::from_str(&access_json(&r)).unwrap();
+        let mut line = String::new();
+        access_json(&mut line, &r, SystemTime::now());
+        let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\n\u{1}é");
         assert_eq!(v["status"], 502);
         assert_eq!(v["duration_ms"], 1.5);
@@ -547,6 +654,153 @@ mod tests {
         assert_eq!(v["attempts"][0]["idle_ms"], 40.0);
         assert_eq!(v["attempts"][0]["reused"], true);
         assert_eq!(v["attempts"][0]["status"], Value::Null);
+    }
+
+    /// The access line as it was written through `fmt` before it was written by hand: the
+    /// reference the hand-written line must match byte for byte.
+    fn reference_line(r: &AccessRecord, now: SystemTime) -> String {
+        use std::fmt::Write as _;
+        fn raw(o: &mut String, key: &str, v: Option<impl std::fmt::Display>) {
+            o.push_str(",\"");
+            o.push_str(key);
+            o.push_str("\":");
+            match v {
+                Some(v) => {
+                    let _ = write!(o, "{v}");
+                }
+                None => o.push_str("null"),
+            }
+        }
+        fn reference_time(t: SystemTime) -> String {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let secs = d.as_secs();
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let z = days as i64 + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let day = doy - (153 * mp + 2) / 5 + 1;
+            let month = if mp < 10 { mp + 3 } else { mp - 9 };
+            let year = yoe + era * 400 + i64::from(month <= 2);
+            format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60,
+                d.subsec_millis()
+            )
+        }
+        let mut o = String::new();
+        o.push_str("{\"time\":\"");
+        o.push_str(&reference_time(now));
+        o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
+        let client = r.client.map(|c| c.to_string());
+        json_str(&mut o, "client", client.as_deref());
+        json_str(&mut o, "method", Some(&r.method));
+        json_str(&mut o, "host", Some(&r.host));
+        json_str(&mut o, "path", Some(&r.path));
+        json_str(&mut o, "proto", Some(r.proto));
+        raw(&mut o, "status", Some(r.status));
+        raw(&mut o, "bytes_in", Some(r.bytes_in));
+        raw(&mut o, "bytes_out", Some(r.bytes_out));
+        raw(&mut o, "duration_ms", Some(ms(r.duration)));
+        json_str(&mut o, "request_id", Some(&r.request_id));
+        json_str(&mut o, "upstream", r.upstream.as_deref());
+        json_str(&mut o, "endpoint", r.endpoint.as_deref());
+        json_str(&mut o, "cause", r.cause.map(Cause::as_str));
+        json_str(&mut o, "phase", r.phase.map(Phase::as_str));
+        raw(&mut o, "gateway_error", Some(r.gateway_error));
+        o.push_str(",\"attempts\":[");
+        for (i, a) in r.attempts.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str("{\"endpoint\":");
+            json_string(&mut o, &a.endpoint);
+            raw(&mut o, "reused", Some(a.reused));
+            raw(&mut o, "idle_ms", a.idle.map(ms));
+            raw(&mut o, "conn_uses", Some(a.conn_uses));
+            raw(&mut o, "conn_age_ms", a.conn_age.map(ms));
+            json_str(&mut o, "cause", a.cause.map(Cause::as_str));
+            json_str(&mut o, "phase", a.phase.map(Phase::as_str));
+            raw(&mut o, "status", a.status);
+            raw(&mut o, "connect_ms", a.connect.map(ms));
+            raw(&mut o, "first_byte_ms", a.first_byte.map(ms));
+            raw(&mut o, "total_ms", a.total.map(ms));
+            o.push('}');
+        }
+        o.push_str("]}");
+        o
+    }
+
+    #[test]
+    fn the_hand_written_access_line_is_byte_for_byte_the_reference() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let durations = |rng: &mut fastrand::Rng| -> Option<Duration> {
+            match rng.u8(..6) {
+                0 => None,
+                1 => Some(Duration::ZERO),
+                2 => Some(Duration::from_nanos(rng.u64(..2_000_000))),
+                3 => Some(Duration::from_micros(rng.u64(..100_000_000))),
+                4 => Some(Duration::from_millis(rng.u64(..10_000) * 10)),
+                _ => Some(Duration::from_nanos(rng.u64(..3_600_000_000_000))),
+            }
+        };
+        let clients = [
+            None,
+            Some("127.0.0.1:40250".parse().unwrap()),
+            Some("[::1]:8080".parse().unwrap()),
+            Some("[2001:db8::1:0:0:1]:65535".parse().unwrap()),
+            Some("10.0.0.255:1".parse().unwrap()),
+        ];
+        let mut line = String::with_capacity(LINE_CAPACITY);
+        for i in 0..20_000u64 {
+            let attempts = (0..rng.usize(..4))
+                .map(|_| AttemptRecord {
+                    endpoint: format!("10.0.0.{}:{}", rng.u8(..), rng.u16(..)),
+                    reused: rng.bool(),
+                    idle: durations(&mut rng),
+                    conn_uses: rng.u32(..),
+                    conn_age: durations(&mut rng),
+                    cause: [None, Some(Cause::Reset), Some(Cause::Timeout)][rng.usize(..3)],
+                    phase: [None, Some(Phase::ReadHead)][rng.usize(..2)],
+                    status: [None, Some(200), Some(503)][rng.usize(..3)],
+                    connect: durations(&mut rng),
+                    first_byte: durations(&mut rng),
+                    total: durations(&mut rng),
+                })
+                .collect();
+            let r = AccessRecord {
+                client: clients[rng.usize(..clients.len())],
+                method: ["GET", "POST", "X\"Y"][rng.usize(..3)].into(),
+                host: ["gw.test", "", "h\u{7}\u{1f}ö"][rng.usize(..3)].into(),
+                path: ["/", "/a\"b\\c\n\t\r", "/ü?x=1"][rng.usize(..3)].into(),
+                proto: ["HTTP/1.1", "HTTP/2.0"][rng.usize(..2)],
+                status: rng.u16(..),
+                bytes_in: rng.u64(..),
+                bytes_out: [0, u64::MAX, rng.u64(..)][rng.usize(..3)],
+                duration: durations(&mut rng).unwrap_or_default(),
+                request_id: format!("{:016x}", rng.u64(..)),
+                upstream: [None, Some("app".to_string())][rng.usize(..2)].clone(),
+                endpoint: [None, Some("127.0.0.1:3001".to_string())][rng.usize(..2)].clone(),
+                cause: [None, Some(Cause::ClientAborted)][rng.usize(..2)],
+                phase: [None, Some(Phase::ReadBody)][rng.usize(..2)],
+                gateway_error: rng.bool(),
+                attempts,
+            };
+            // Times from 1970 to 2200, with milliseconds.
+            let now = SystemTime::UNIX_EPOCH
+                + Duration::from_millis(if i == 0 {
+                    0
+                } else {
+                    rng.u64(..7_258_118_400_000)
+                });
+            line.clear();
+            access_json(&mut line, &r, now);
+            assert_eq!(line, reference_line(&r, now), "record {i}");
+        }
     }
 
     #[test]
