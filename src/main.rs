@@ -27,7 +27,7 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Start fault-injecting upstreams, one per failure mode, to test any gateway
     Lab(cmd::lab::Args),
-    /// Read nginx, Apache, HAProxy or cleargate logs: every gateway error classified, counted and explained
+    /// Read nginx, Apache, HAProxy, Caddy, Envoy or cleargate logs: every gateway error classified, counted and explained
     Logs(cmd::logs::Args),
 }
 
