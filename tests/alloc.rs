@@ -78,8 +78,8 @@ async fn a_proxied_request_stays_within_its_allocation_budget() {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let config = config::Config::parse(&text, "test.toml", std::path::Path::new("."))
-                    .unwrap();
+                let config =
+                    config::Config::parse(&text, "test.toml", std::path::Path::new(".")).unwrap();
                 let logger = Arc::new(Logger::new(Format::Json, Sink::Memory(lines)).unwrap());
                 let gateway = Gateway::new(config, logger).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();

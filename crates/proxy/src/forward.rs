@@ -113,7 +113,7 @@ impl Gateway {
         let mut log = RequestLog {
             record: AccessRecord {
                 client: Some(client),
-                method: req.method().to_string(),
+                method: req.method().clone(),
                 host: match &admitted {
                     Ok(a) => a.host.clone(),
                     Err(_) => String::new(),

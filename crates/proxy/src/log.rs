@@ -296,7 +296,7 @@ impl Logger {
         }
         let mut m = Map::new();
         m.insert("client".into(), json!(record.client.map(|c| c.to_string())));
-        m.insert("method".into(), json!(record.method));
+        m.insert("method".into(), json!(record.method.as_str()));
         m.insert("host".into(), json!(record.host));
         m.insert("path".into(), json!(record.path));
         m.insert("proto".into(), json!(record.proto));
@@ -351,7 +351,7 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
         }
         None => o.push_str("null"),
     }
-    json_str(o, "method", Some(&r.method));
+    json_str(o, "method", Some(r.method.as_str()));
     json_str(o, "host", Some(&r.host));
     json_str(o, "path", Some(&r.path));
     json_str(o, "proto", Some(r.proto));
@@ -547,11 +547,17 @@ pub struct AttemptRecord {
     pub total: Option<Duration>,
 }
 
+/// The method of an access line about a connection rather than a request: `-`.
+pub fn no_request_method() -> http::Method {
+    http::Method::from_bytes(b"-").unwrap_or_default()
+}
+
 /// Everything the access line says about one request.
 #[derive(Clone, Debug, Default)]
 pub struct AccessRecord {
     pub client: Option<SocketAddr>,
-    pub method: String,
+    /// `-` for a line about a connection rather than a request.
+    pub method: http::Method,
     pub host: String,
     pub path: String,
     pub proto: &'static str,
@@ -575,13 +581,9 @@ pub fn rfc3339(t: SystemTime) -> String {
     s
 }
 
-/// Writes `t` as `2026-11-23T10:04:05.123Z` into `o`.
-fn push_rfc3339(o: &mut String, t: SystemTime) {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+/// The civil date of `secs` since 1970-01-01 UTC: year, month, day (Howard Hinnant's algorithm).
+fn civil_date(secs: u64) -> (i64, i64, i64) {
+    let z = (secs / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -589,7 +591,15 @@ fn push_rfc3339(o: &mut String, t: SystemTime) {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Writes `t` as `2026-11-23T10:04:05.123Z` into `o`.
+fn push_rfc3339(o: &mut String, t: SystemTime) {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_date(secs);
     push_padded(o, year.max(0) as u64, 4);
     o.push('-');
     push_padded(o, month as u64, 2);
@@ -623,7 +633,7 @@ mod tests {
     fn json_access_lines_escape_and_parse() {
         let r = AccessRecord {
             client: Some("127.0.0.1:5000".parse().unwrap()),
-            method: "GET".into(),
+            method: http::Method::GET,
             host: "h".into(),
             path: "/a\"b\\c\n\u{1}é".into(),
             proto: "HTTP/1.1",
@@ -674,16 +684,8 @@ mod tests {
         fn reference_time(t: SystemTime) -> String {
             let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
             let secs = d.as_secs();
-            let (days, rem) = (secs / 86_400, secs % 86_400);
-            let z = days as i64 + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z - era * 146_097;
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let day = doy - (153 * mp + 2) / 5 + 1;
-            let month = if mp < 10 { mp + 3 } else { mp - 9 };
-            let year = yoe + era * 400 + i64::from(month <= 2);
+            let rem = secs % 86_400;
+            let (year, month, day) = civil_date(secs);
             format!(
                 "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
                 rem / 3600,
@@ -698,7 +700,7 @@ mod tests {
         o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
         let client = r.client.map(|c| c.to_string());
         json_str(&mut o, "client", client.as_deref());
-        json_str(&mut o, "method", Some(&r.method));
+        json_str(&mut o, "method", Some(r.method.as_str()));
         json_str(&mut o, "host", Some(&r.host));
         json_str(&mut o, "path", Some(&r.path));
         json_str(&mut o, "proto", Some(r.proto));
@@ -774,7 +776,9 @@ mod tests {
                 .collect();
             let r = AccessRecord {
                 client: clients[rng.usize(..clients.len())],
-                method: ["GET", "POST", "X\"Y"][rng.usize(..3)].into(),
+                method: [http::Method::GET, http::Method::POST, no_request_method()]
+                    [rng.usize(..3)]
+                .clone(),
                 host: ["gw.test", "", "h\u{7}\u{1f}ö"][rng.usize(..3)].into(),
                 path: ["/", "/a\"b\\c\n\t\r", "/ü?x=1"][rng.usize(..3)].into(),
                 proto: ["HTTP/1.1", "HTTP/2.0"][rng.usize(..2)],

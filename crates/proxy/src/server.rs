@@ -545,7 +545,7 @@ impl Gateway {
         }
         self.logger.access(&AccessRecord {
             client: Some(client),
-            method: "-".into(),
+            method: crate::log::no_request_method(),
             status: 408,
             bytes_out: body.len() as u64,
             request_id,
@@ -568,7 +568,7 @@ impl Gateway {
         if let Some(status) = status {
             self.logger.access(&AccessRecord {
                 client: Some(client),
-                method: "-".into(),
+                method: crate::log::no_request_method(),
                 status,
                 request_id,
                 cause: Some(failure.cause),
