@@ -97,6 +97,9 @@ pub struct Conn {
     /// Requests sent on this connection before the current one.
     pub uses: u32,
     pub last_used: Instant,
+    /// The send and response deadlines of this connection's exchanges: one timer for its
+    /// life, moved on in place from one exchange to the next (made at the first).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -172,6 +175,7 @@ where
         created: now,
         uses: 0,
         last_used: now,
+        timer: None,
     })
 }
 
@@ -206,6 +210,7 @@ impl Conn {
                 created: self.created,
                 uses: self.uses,
                 last_used: self.last_used,
+                timer: None,
             }),
             Sender::H1(_) => None,
         }
@@ -263,6 +268,10 @@ impl Conn {
         let mut fut = fut;
         let mut last_written = exchange.stats.written();
         let mut send_deadline = tokio::time::Instant::now() + deadlines.send;
+        let mut timer = self
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(send_deadline)));
         let result = loop {
             let response_deadline = progress
                 .finished_at()
@@ -271,6 +280,9 @@ impl Conn {
                 Some(d) => d,
                 None => send_deadline,
             };
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 // The body was sent whole: from now on the response deadline applies.
                 _ = progress.done.notified(), if response_deadline.is_none() => continue,
@@ -290,7 +302,7 @@ impl Conn {
                     }
                     f
                 }),
-                _ = tokio::time::sleep_until(wake) => {
+                _ = timer.as_mut() => {
                     let now = tokio::time::Instant::now();
                     if let Some(d) = response_deadline {
                         if now >= d {
@@ -321,6 +333,7 @@ impl Conn {
                 }
             }
         };
+        self.timer = Some(timer);
         match result {
             Ok(resp) => Ok((resp, self, exchange)),
             Err(mut f) => {

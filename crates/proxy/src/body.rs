@@ -32,7 +32,7 @@ pub struct RequestLog {
     pub responded: bool,
     pub attempts: u32,
     /// Decremented when the request ends, so the connection knows it is idle again.
-    pub inflight: Option<Arc<crate::server::ConnState>>,
+    pub inflight: Option<Arc<crate::conn::ConnState>>,
     /// False for the placeholder left behind when the log moved into a response body.
     pub armed: bool,
 }

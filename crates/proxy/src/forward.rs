@@ -1,18 +1,28 @@
-//! The request lifecycle, a short closed sequence of phases:
+//! The request lifecycle, in named phases:
 //!
 //! ```text
-//! client request ─► limits ─► route ─► select endpoint ─► checkout (connect) ─► send ─► response head
-//!      │              │         │              │                  │               │          │
-//!      └──────────────┴─────────┴──────────────┴──────────────────┴───────────────┘          ▼
-//!                          failure ─► one mapping ─► error page + WARN line         stream the body
-//!                                                                                  (failure ─► abort)
+//!  admit ──► route ──► upstream request ──► attempt loop ──► respond ──► (body streams) ──► log
+//!    │         │              │                  │
+//!    └─────────┴──────────────┴──────────────────┴──► fail: one mapping ─► page + WARN line ─► log
 //! ```
 //!
-//! Each step either moves on or produces a [`Failure`]; the error surface is built in one place,
-//! [`Gateway::fail`]. Retries and health come later and slot in around "select endpoint".
+//! - **admit** ([`Gateway::admit_phase`]): request id, the head scanner's findings, Host and
+//!   framing ([`crate::admit`]); the access record starts here.
+//! - **route** ([`Gateway::route`]): size limits, the route, its upstream and retry rules.
+//! - **upstream request** ([`Gateway::upstream_request`]): the head rewritten for the upstream,
+//!   the body read whole when it can be replayed.
+//! - **attempt loop** ([`crate::attempt`]): endpoint choice, in-flight slot, pooled or new
+//!   connection, send, response head; the retry rules decide after each failure.
+//! - **respond** ([`Gateway::respond`]): the upstream's head made the client's, its body
+//!   streamed with the connection lease and the request log attached.
+//! - **log** ([`crate::body::RequestLog`]): one access line when the response ends, however it
+//!   ends.
+//!
+//! Each phase either moves on or produces a [`Failure`]; the error surface is built in one place,
+//! [`Gateway::fail`]. A later phase (a cache lookup, an upgrade) slots in between two of these.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,19 +32,17 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::admit::{admit, Admitted};
-use crate::body::{first_frame, LimitedBody, PoolLease, ProxyBody, RequestLog};
-use crate::framing::response_framing;
+use crate::attempt::Answered;
+use crate::body::{LimitedBody, PoolLease, ProxyBody, RequestLog};
+use crate::conn::ConnState;
 use crate::headers::{
     append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
-    Forwarding, X_REQUEST_ID,
+    Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE, X_REQUEST_ID,
 };
-use crate::log::{AccessRecord, AttemptRecord};
+use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
-use crate::server::ConnState;
 use crate::Gateway;
 use bytes::Bytes;
-use std::time::Duration;
-use upstream::Outcome;
 
 fn proto_name(v: Version) -> &'static str {
     match v {
@@ -71,6 +79,34 @@ fn head_size(req: &Request<Incoming>) -> usize {
         + line
 }
 
+/// What the route phase decided: where the request goes, and under which retry rules.
+pub(crate) struct Routed<'g> {
+    pub upstream: &'g Arc<upstream::Upstream>,
+    /// Index of the upstream in the gateway's list (and of its deadlines).
+    pub upstream_index: usize,
+    pub retry: &'g config::RetryConfig,
+    /// The method (or an `Idempotency-Key`) allows sending the request again after a failure
+    /// the upstream may have seen.
+    pub idempotent: bool,
+    /// A request that timed out may have been processed; only these are sent again then.
+    pub repeatable: bool,
+    /// The `hash` policy's key, if the upstream balances by one.
+    pub key: Option<u64>,
+    pub started: Instant,
+    /// No attempt runs past it.
+    pub deadline: Instant,
+}
+
+/// The upstream request before its first attempt.
+pub(crate) struct Outgoing {
+    /// The head as the upstream gets it; taken by the last attempt that can be made.
+    pub parts: Option<http::request::Parts>,
+    pub body: PreparedBody,
+    /// Set when a streamed body went over the size limit.
+    pub too_large: Option<Arc<AtomicBool>>,
+    pub request_id: HeaderValue,
+}
+
 impl Gateway {
     /// Handles one client request from start to response head. `conn` is the client
     /// connection's state and the request's number on it (absent in unit tests).
@@ -80,10 +116,47 @@ impl Gateway {
         client: SocketAddr,
         conn: Option<(Arc<ConnState>, u64)>,
     ) -> Response<ProxyBody> {
+        let (admitted, mut log) = self.admit_phase(&req, client, conn);
+        let format = page::negotiate(req.headers());
+        let method = req.method().clone();
+        let result = match admitted {
+            Ok(admitted) => self.proxy(req, client, admitted, &mut log).await,
+            Err(failure) => Err(failure),
+        };
+        match result {
+            Ok(resp) => resp,
+            Err(failure) => self.fail(failure, &method, format, log),
+        }
+    }
+
+    /// The phases after admission, up to the response head.
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        admitted: Admitted,
+        log: &mut RequestLog,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let routed = self.route(&req, client, log)?;
+        let mut outgoing = self
+            .upstream_request(req, client, admitted, &routed, log)
+            .await?;
+        let answered = self.attempts(&routed, &mut outgoing, log).await?;
+        Ok(self.respond(answered, &routed, &outgoing.request_id, log))
+    }
+
+    /// Admission: the request id, what the head scanner found, then Host and framing. The
+    /// access record starts here, so that a refused request is logged like any other.
+    fn admit_phase(
+        &self,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        conn: Option<(Arc<ConnState>, u64)>,
+    ) -> (Result<Admitted, Failure>, RequestLog) {
         let started = Instant::now();
         let request_id = req
             .headers()
-            .get("x-request-id")
+            .get(&X_REQUEST_ID)
             .and_then(sane_request_id)
             .unwrap_or_else(new_request_id);
         let length_and_coding = conn
@@ -98,7 +171,7 @@ impl Gateway {
             .map_or("/", |p| p.as_str())
             .to_string();
         let limit = self.config.limits.max_request_header_bytes;
-        let admitted = if let Some(size) = oversized {
+        let mut admitted = if let Some(size) = oversized {
             Err(Failure::client(
                 ClientFault::HeadersTooLarge,
                 format!("request header section is {size} bytes, the limit is {limit}"),
@@ -108,19 +181,20 @@ impl Gateway {
             Err(Failure::new(Cause::NoRoute, Phase::Select)
                 .with_detail("CONNECT tunnels are not offered by this gateway"))
         } else {
-            admit(&req, length_and_coding)
+            admit(req, length_and_coding)
         };
-        let mut log = RequestLog {
+        let log = RequestLog {
             record: AccessRecord {
                 client: Some(client),
                 method: req.method().clone(),
-                host: match &admitted {
-                    Ok(a) => a.host.clone(),
+                // The host routed by lives in the record from here on.
+                host: match &mut admitted {
+                    Ok(a) => std::mem::take(&mut a.host),
                     Err(_) => String::new(),
                 },
-                path: path_and_query.clone(),
+                path: path_and_query,
                 proto: proto_name(req.version()),
-                request_id: request_id.clone(),
+                request_id,
                 ..AccessRecord::default()
             },
             started,
@@ -131,26 +205,7 @@ impl Gateway {
             inflight: conn.map(|(state, _)| state),
             armed: true,
         };
-        let format = page::negotiate(req.headers());
-        let method = req.method().clone();
-        let admitted = match admitted {
-            Ok(a) => a,
-            Err(failure) => return self.fail(failure, &method, format, log),
-        };
-        match self
-            .forward(
-                req,
-                client,
-                &admitted,
-                &path_and_query,
-                &request_id,
-                &mut log,
-            )
-            .await
-        {
-            Ok(resp) => resp,
-            Err(failure) => self.fail(failure, &method, format, log),
-        }
+        (admitted, log)
     }
 
     /// Builds the error response for `failure`, logs it, and attaches the request log.
@@ -219,22 +274,20 @@ impl Gateway {
         resp.map(|b| b.with_log(log))
     }
 
-    async fn forward(
+    /// Routing: the size limits first (an oversized request is refused before anything else is
+    /// spent on it), then the route by host and path, its upstream and its retry rules.
+    fn route(
         &self,
-        req: Request<Incoming>,
+        req: &Request<Incoming>,
         client: SocketAddr,
-        admitted: &Admitted,
-        path_and_query: &str,
-        request_id: &str,
         log: &mut RequestLog,
-    ) -> Result<Response<ProxyBody>, Failure> {
+    ) -> Result<Routed<'_>, Failure> {
         use http_body::Body as _;
         let limits = &self.config.limits;
-        // Limits first: an oversized request is refused before anything else is spent on it.
         // hyper enforces the HTTP/1 head limit exactly while parsing; HTTP/2 heads are measured
         // here.
         if req.version() == Version::HTTP_2 {
-            let size = head_size(&req);
+            let size = head_size(req);
             if size > limits.max_request_header_bytes {
                 return Err(Failure::client(
                     ClientFault::HeadersTooLarge,
@@ -257,44 +310,66 @@ impl Gateway {
                 ));
             }
         }
-
         // Absolute-form requests route like any other: the gateway never dials the target's
         // host, it only matches it against the routes.
-        let host = admitted.host.as_str();
-        let path = req.uri().path().to_string();
-        let Some(route) = self.router.find(host, &path) else {
+        let host = log.record.host.as_str();
+        let path = req.uri().path();
+        let Some(route) = self.router.find(host, path) else {
             return Err(Failure::new(Cause::NoRoute, Phase::Select)
                 .with_detail(format!("no route for host `{host}` and path `{path}`")));
         };
-        let upstream = self.upstreams[route.upstream].clone();
-        let retry = self.retries[route.index].clone();
+        let upstream = &self.upstreams[route.upstream];
+        let retry = &self.retries[route.index];
         log.record.upstream = Some(upstream.name.clone());
         upstream.budget.record_request();
-        let started = Instant::now();
-        let deadline = started + retry.deadline;
+        let method = req.method();
+        let keyed = req.headers().contains_key(&IDEMPOTENCY_KEY);
+        let idempotent = keyed
+            || matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            );
+        let repeatable = keyed
+            || matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
+        // The request's own start: one clock read less, and the deadline counts the time
+        // admission took too.
+        let started = log.started;
+        Ok(Routed {
+            upstream,
+            upstream_index: route.upstream,
+            retry,
+            idempotent,
+            repeatable,
+            key: self.hash_key(upstream, req, client),
+            started,
+            deadline: started + retry.deadline,
+        })
+    }
 
-        // The upstream request: origin-form, forwarding headers added.
+    /// The upstream request: origin-form (absolute for HTTP/2), forwarding headers added, the
+    /// body prepared for replay when it is small.
+    async fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        admitted: Admitted,
+        routed: &Routed<'_>,
+        log: &mut RequestLog,
+    ) -> Result<Outgoing, Failure> {
+        use http_body::Body as _;
         let version = req.version();
-        let method = req.method().clone();
-        let idempotent = matches!(
-            method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        ) || req.headers().contains_key("idempotency-key");
-        // A request that timed out may have been processed; only these are sent again then.
-        let repeatable = matches!(
-            method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-        ) || req.headers().contains_key("idempotency-key");
-        let key = self.hash_key(&upstream, &req, client);
         let (mut parts, body) = req.into_parts();
-        let host_header = admitted.host_value.clone();
-        let request_id_value =
-            HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("-"));
+        let host_header = admitted.host_value;
+        let request_id =
+            HeaderValue::from_str(&log.record.request_id).unwrap_or(HeaderValue::from_static("-"));
         forward_request_headers(
             &mut parts.headers,
             &Forwarding {
@@ -302,19 +377,20 @@ impl Gateway {
                 proto: "http",
                 host: host_header.as_ref(),
                 via: self.via_for(version),
-                request_id: &request_id_value,
+                request_id: &request_id,
             },
         );
-        let h2 = upstream.config.protocol == config::Protocol::H2c;
+        let path_and_query = log.record.path.as_str();
+        let h2 = routed.upstream.config.protocol == config::Protocol::H2c;
         parts.uri = if h2 {
             // HTTP/2 carries the authority in the URI; the Host header is not used.
             let authority = host_header
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost")
-                .to_string();
+                .unwrap_or("localhost");
+            let uri = format!("http://{authority}{path_and_query}").parse::<Uri>();
             parts.headers.remove(HOST);
-            format!("http://{authority}{path_and_query}").parse::<Uri>()
+            uri
         } else {
             path_and_query.parse::<Uri>()
         }
@@ -325,7 +401,7 @@ impl Gateway {
             Version::HTTP_11
         };
 
-        let mut body = self.prepare_body(body, &upstream).await?;
+        let body = self.prepare_body(body, routed.upstream).await?;
         // hyper's client writes the framing from the body: a length for a body of known size,
         // chunks otherwise (said explicitly, or hyper would drop a GET's body of unknown size).
         parts.headers.remove(CONTENT_LENGTH);
@@ -342,218 +418,57 @@ impl Gateway {
             PreparedBody::Streaming(Some(b)) => Some(b.exceeded.clone()),
             _ => None,
         };
+        Ok(Outgoing {
+            parts: Some(parts),
+            body,
+            too_large,
+            request_id,
+        })
+    }
 
-        let mut tried: Vec<usize> = Vec::new();
-        let mut retries_left = retry.attempts.saturating_sub(1);
-        let restart_until = started + upstream.config.restart_wait;
-        let mut backoff = Duration::from_millis(25);
-        loop {
-            let attempt_started = Instant::now();
-            // Choosing an endpoint and waiting for a slot are not attempts: nothing reached the
-            // upstream if they fail, and the attempt count says so.
-            let choice = upstream.select(&tried, key).map_err(|mut f| {
-                f.attempt = log.attempts;
-                f
-            })?;
-            let endpoint = choice.endpoint;
-            log.record.endpoint = Some(endpoint.name.clone());
-            let mut attempt = AttemptRecord {
-                endpoint: endpoint.name.clone(),
-                ..AttemptRecord::default()
-            };
-            let slot = upstream
-                .acquire(&endpoint, deadline)
-                .await
-                .map_err(|mut f| {
-                    f.attempt = log.attempts;
-                    f
-                })?;
-            log.attempts += 1;
-            let attempt_no = log.attempts;
-            let outcome = match upstream.checkout(&endpoint, slot, !idempotent).await {
-                Err(f) => Err((f, None)),
-                Ok(checkout) => {
-                    attempt.reused = checkout.conn.uses > 0;
-                    attempt.connect = Some(attempt_started.elapsed());
-                    attempt.idle = checkout.idle_for;
-                    attempt.conn_uses = checkout.conn.uses;
-                    attempt.conn_age = Some(checkout.conn.created.elapsed());
-                    let idle_for = checkout.idle_for;
-                    let Some(req_body) = body.take_for_attempt() else {
-                        // The retry rules below never allow this; say so loudly if they ever do.
-                        return Err(Failure::new(Cause::Internal, Phase::SendRequest)
-                            .with_detail("a streamed request body cannot be sent twice"));
-                    };
-                    let req = Request::from_parts(parts.clone(), req_body);
-                    if log.bytes_in.is_none() {
-                        log.bytes_in = Some(req.body().progress().clone());
-                    }
-                    let mut deadlines = self.deadlines[route.upstream];
-                    if let Some(per_try) = retry.per_try_timeout {
-                        deadlines.response = deadlines.response.min(per_try);
-                    }
-                    // No attempt runs past the route's deadline.
-                    deadlines.response = deadlines
-                        .response
-                        .min(deadline.saturating_duration_since(Instant::now()));
-                    match checkout.conn.send(req, &deadlines).await {
-                        Ok((resp, conn, exchange)) => {
-                            Ok((resp, conn, exchange, checkout.endpoint, checkout.slot))
-                        }
-                        Err((f, _)) => Err((f, idle_for)),
-                    }
-                }
-            };
-            // The response head arrived; is its body framed so that it can be relayed, and is
-            // its start readable?
-            let outcome = match outcome {
-                Ok((resp, conn, exchange, endpoint, slot)) => {
-                    let (mut parts, mut incoming) = resp.into_parts();
-                    let checked = match response_framing(&mut parts.headers) {
-                        Ok(framing) => match first_frame(&mut incoming).await {
-                            Ok(early) => Ok((framing, early)),
-                            Err(e) => Err(net::body_failure(&e, &exchange)),
-                        },
-                        Err(mut f) => {
-                            exchange.fill(&mut f);
-                            Err(f)
-                        }
-                    };
-                    match checked {
-                        Ok((framing, early)) => Ok((
-                            parts, incoming, framing, early, conn, exchange, endpoint, slot,
-                        )),
-                        Err(mut f) => {
-                            f.endpoint = Some(endpoint.name.clone());
-                            Err((f, None))
-                        }
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok((mut parts, incoming, framing, early, conn, exchange, endpoint, slot)) => {
-                    attempt.first_byte = Some(attempt_started.elapsed());
-                    attempt.status = Some(parts.status.as_u16());
-                    log.record.attempts.push(attempt);
-                    upstream.report(&endpoint, Outcome::Answered(parts.status.as_u16()));
-                    let keep_alive = keep_alive_timeout(&parts.headers);
-                    strip_hop_by_hop(&mut parts.headers);
-                    append_via(&mut parts.headers, &self.via);
-                    parts.headers.insert(X_REQUEST_ID, request_id_value.clone());
-                    log.record.status = parts.status.as_u16();
-                    let lease = PoolLease {
-                        conn,
-                        upstream: upstream.clone(),
-                        endpoint,
-                        keep_alive,
-                        slot,
-                        close: framing.close_upstream,
-                    };
-                    let body = ProxyBody::stream(
-                        incoming,
-                        lease,
-                        exchange,
-                        attempt_started,
-                        self.deadlines[route.upstream].body_idle,
-                    )
-                    .with_early(early);
-                    let log = std::mem::replace(log, RequestLog::detached(&self.logger));
-                    return Ok(Response::from_parts(parts, body.with_log(log)));
-                }
-                Err((mut f, idle_for)) => {
-                    f.attempt = attempt_no;
-                    f.upstream.get_or_insert_with(|| upstream.name.clone());
-                    f.endpoint.get_or_insert_with(|| endpoint.name.clone());
-                    if too_large
-                        .as_ref()
-                        .is_some_and(|t| t.load(Ordering::Acquire))
-                    {
-                        f = Failure::client(
-                            ClientFault::BodyTooLarge,
-                            format!(
-                                "request body exceeds the limit of {} bytes",
-                                limits.max_request_body_bytes
-                            ),
-                        );
-                    }
-                    attempt.cause = Some(f.cause);
-                    attempt.phase = Some(f.phase);
-                    attempt.total = Some(attempt_started.elapsed());
-                    log.record.attempts.push(attempt);
-                    if f.cause.side() != cause::Side::Upstream {
-                        return Err(f);
-                    }
-                    upstream.report(&endpoint, Outcome::Failed(&f));
-                    let race = f.reused
-                        && f.response_bytes == 0
-                        && matches!(f.cause, Cause::Closed | Cause::Reset);
-                    if race {
-                        if let Some(idle) = idle_for {
-                            upstream.lost_race(&endpoint, idle);
-                        }
-                    }
-                    // The retry rules: facts first, then the request's properties, then limits.
-                    let unsent = f.phase.before_send() || f.unprocessed;
-                    let replayable = body.available();
-                    let timed_out = f.cause == Cause::Timeout;
-                    let allowed = replayable
-                        && (unsent
-                            || (idempotent
-                                && (race
-                                    || (retry.on.contains(&f.cause)
-                                        && (!timed_out || repeatable)))));
-                    if !allowed || Instant::now() >= deadline {
-                        return Err(f);
-                    }
-                    tried.push(endpoint.index);
-                    // The signs of an endpoint going down or coming up: nothing listens, or a new
-                    // connection dies before a single response byte (a process being killed).
-                    let going_away = (f.phase == Phase::Connect
-                        && matches!(f.cause, Cause::Refused | Cause::Unreachable | Cause::Reset))
-                        || (!f.reused
-                            && f.response_bytes == 0
-                            && matches!(f.cause, Cause::Reset | Cause::Closed));
-                    if going_away && tried.len() >= upstream.endpoints.len() {
-                        // A restart gap: every endpoint is down. Idempotent requests wait a
-                        // little for one to come back instead of failing at once.
-                        if !idempotent || Instant::now() + backoff >= restart_until.min(deadline) {
-                            return Err(f);
-                        }
-                        // A refused connect costs the upstream nothing; a request it received
-                        // and dropped does, so those waits draw on the retry budget.
-                        if f.request_bytes > 0 && !upstream.budget.try_retry() {
-                            f.detail = Some(format!(
-                                "{}; not retried: the retry budget is spent",
-                                f.detail.unwrap_or_default()
-                            ));
-                            return Err(f);
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(250));
-                        tried.clear();
-                        continue;
-                    }
-                    // Every endpoint already failed this request: only a lost keep-alive race or a
-                    // request the upstream refused unprocessed is worth another try on them.
-                    if retries_left == 0
-                        || (tried.len() >= upstream.endpoints.len() && !race && !f.unprocessed)
-                    {
-                        return Err(f);
-                    }
-                    if !upstream.budget.try_retry() {
-                        f.detail = Some(format!(
-                            "{}; not retried: the retry budget is spent",
-                            f.detail.unwrap_or_default()
-                        ));
-                        return Err(f);
-                    }
-                    self.logger
-                        .attempt_retried(&log.record.request_id, &f, attempt_no, race);
-                    retries_left -= 1;
-                }
-            }
-        }
+    /// The upstream's head becomes the client's: hop-by-hop headers dropped, this hop added to
+    /// `Via`, the request id set; the body streams with the connection lease and the log.
+    fn respond(
+        &self,
+        answered: Answered,
+        routed: &Routed<'_>,
+        request_id: &HeaderValue,
+        log: &mut RequestLog,
+    ) -> Response<ProxyBody> {
+        let Answered {
+            mut parts,
+            incoming,
+            framing,
+            early,
+            conn,
+            exchange,
+            endpoint,
+            slot,
+            attempt_started,
+        } = answered;
+        let keep_alive = keep_alive_timeout(&parts.headers);
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers, &self.via);
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        log.record.status = parts.status.as_u16();
+        let lease = PoolLease {
+            conn,
+            upstream: routed.upstream.clone(),
+            endpoint,
+            keep_alive,
+            slot,
+            close: framing.close_upstream,
+        };
+        let body = ProxyBody::stream(
+            incoming,
+            lease,
+            exchange,
+            attempt_started,
+            self.deadlines[routed.upstream_index].body_idle,
+        )
+        .with_early(early);
+        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
+        Response::from_parts(parts, body.with_log(log))
     }
 
     /// Reads a small request body whole, so that a failed attempt can be replayed; larger
@@ -671,13 +586,13 @@ impl Gateway {
 }
 
 /// The request body as it goes to the upstream: whole (replayable) or streamed once.
-enum PreparedBody {
+pub(crate) enum PreparedBody {
     Buffered(Bytes),
     Streaming(Option<LimitedBody>),
 }
 
 impl PreparedBody {
-    fn take_for_attempt(&mut self) -> Option<net::RequestBody> {
+    pub(crate) fn take_for_attempt(&mut self) -> Option<net::RequestBody> {
         match self {
             PreparedBody::Buffered(b) => {
                 Some(net::RequestBody::new(http_body_util::Full::new(b.clone())))
@@ -686,8 +601,13 @@ impl PreparedBody {
         }
     }
 
+    /// The body can be sent again after an attempt took it: it is held whole.
+    pub(crate) fn replayable(&self) -> bool {
+        matches!(self, PreparedBody::Buffered(_))
+    }
+
     /// The body can still be sent: it is buffered, or it was never handed to an attempt.
-    fn available(&self) -> bool {
+    pub(crate) fn available(&self) -> bool {
         matches!(
             self,
             PreparedBody::Buffered(_) | PreparedBody::Streaming(Some(_))
@@ -698,7 +618,7 @@ impl PreparedBody {
 /// The `timeout=` of a `Keep-Alive` response header, in seconds.
 fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<u64> {
     headers
-        .get("keep-alive")?
+        .get(&KEEP_ALIVE)?
         .to_str()
         .ok()?
         .split(',')
@@ -711,7 +631,8 @@ impl RequestLog {
     fn detached(logger: &Arc<crate::log::Logger>) -> RequestLog {
         RequestLog {
             record: AccessRecord::default(),
-            started: Instant::now(),
+            // Never read: the placeholder is never written.
+            started: log_epoch(),
             logger: logger.clone(),
             bytes_in: None,
             responded: true,
@@ -720,4 +641,12 @@ impl RequestLog {
             armed: false,
         }
     }
+}
+
+/// A fixed instant for placeholders, read from the clock once per thread.
+fn log_epoch() -> Instant {
+    thread_local! {
+        static EPOCH: Instant = Instant::now();
+    }
+    EPOCH.with(|e| *e)
 }

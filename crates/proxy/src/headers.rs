@@ -1,20 +1,28 @@
 //! Proxy header semantics: hop-by-hop headers stay on their hop, forwarding headers are added,
 //! and every request carries a request id from the client to the upstream and back.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::HeaderMap;
 
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// Headers that describe one connection and never cross the gateway (RFC 9110 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Compared as names, not strings: a standard name is an enum, so the check costs little.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// True for a request header name that a backend could read as another header: any name with
@@ -48,20 +56,55 @@ pub fn strip_look_alikes(headers: &mut HeaderMap) {
     }
 }
 
+/// The place of `name` in [`HOP_BY_HOP`]: its length picks the one or two candidates.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let candidates: &[usize] = match name.as_str().len() {
+        2 => &[5],
+        7 => &[6, 8],
+        10 => &[0, 1],
+        16 => &[2],
+        17 => &[7],
+        18 => &[3],
+        19 => &[4],
+        _ => return None,
+    };
+    candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == *name)
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(&name);
+    // Most messages carry none of them, or only `Connection`: one pass over the names finds
+    // out which are there, and nothing is looked up or removed by a name that is absent.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = hop_by_hop_index(k) {
+            present |= 1 << i;
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| {
+                // `Connection: keep-alive` or `close` names nothing beyond the list below.
+                !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -113,15 +156,11 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         }
         _ => {
             // The address is written on the stack, then copied once into the value.
-            use std::io::Write as _;
-            let mut buf = [0u8; 64];
-            let mut cur = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cur, "{}", f.client_ip);
-            let n = cur.position() as usize;
-            HeaderValue::from_bytes(&buf[..n]).ok()
+            let mut buf = IpText::new();
+            buf.push_ip(f.client_ip);
+            HeaderValue::from_bytes(buf.as_bytes()).ok()
         }
     };
-    headers.remove(&X_FORWARDED_FOR);
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -135,6 +174,92 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     }
     append_via(headers, f.via);
     headers.insert(X_REQUEST_ID, f.request_id.clone());
+}
+
+/// An address written as text on the stack, without `fmt` for IPv4 (the common case: `fmt`
+/// costs about a microsecond per address).
+pub struct IpText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new() -> IpText {
+        IpText {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_decimal(&mut self, v: u16) {
+        if v >= 10_000 {
+            self.push(b'0' + (v / 10_000) as u8);
+        }
+        if v >= 1000 {
+            self.push(b'0' + (v / 1000 % 10) as u8);
+        }
+        if v >= 100 {
+            self.push(b'0' + (v / 100 % 10) as u8);
+        }
+        if v >= 10 {
+            self.push(b'0' + (v / 10 % 10) as u8);
+        }
+        self.push(b'0' + (v % 10) as u8);
+    }
+
+    /// `203.0.113.7`, or an IPv6 address as `fmt` writes it.
+    pub fn push_ip(&mut self, ip: std::net::IpAddr) {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    self.push_decimal(u16::from(octet));
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut cur = std::io::Cursor::new(&mut self.buf[self.len..]);
+                let _ = write!(cur, "{v6}");
+                self.len += cur.position() as usize;
+            }
+        }
+    }
+
+    /// `203.0.113.7:5123` or `[::1]:5123`, as `SocketAddr`'s `fmt` writes them.
+    pub fn push_socket_addr(&mut self, addr: std::net::SocketAddr) {
+        match addr {
+            std::net::SocketAddr::V4(v4) => {
+                self.push_ip(std::net::IpAddr::V4(*v4.ip()));
+                self.push(b':');
+                self.push_decimal(v4.port());
+            }
+            std::net::SocketAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut cur = std::io::Cursor::new(&mut self.buf[self.len..]);
+                let _ = write!(cur, "{v6}");
+                self.len += cur.position() as usize;
+            }
+        }
+    }
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText::new()
+    }
 }
 
 /// Appends this hop to `Via`.
@@ -190,6 +315,55 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_fmt_writes_them() {
+        let mut addrs: Vec<std::net::SocketAddr> = vec![
+            "0.0.0.0:0".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+            "10.0.100.9:80".parse().unwrap(),
+            "[::1]:8080".parse().unwrap(),
+            "[2001:db8::ff00:42:8329]:1".parse().unwrap(),
+            "[::ffff:192.0.2.1]:443".parse().unwrap(),
+        ];
+        for _ in 0..2000 {
+            let ip = std::net::Ipv4Addr::from(fastrand::u32(..));
+            addrs.push(std::net::SocketAddr::from((ip, fastrand::u16(..))));
+        }
+        for a in addrs {
+            let mut t = IpText::new();
+            t.push_socket_addr(a);
+            assert_eq!(t.as_bytes(), a.to_string().as_bytes());
+            let mut t = IpText::new();
+            t.push_ip(a.ip());
+            assert_eq!(t.as_bytes(), a.ip().to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_found_by_its_length() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&X_FORWARDED_FOR), None);
+        assert_eq!(hop_by_hop_index(&http::header::CONTENT_TYPE), None);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}");
+        }
     }
 
     #[test]

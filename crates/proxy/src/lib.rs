@@ -4,7 +4,9 @@
 //!   shutdown;
 //! - `prescan`: the raw request bytes, for what hyper's parsed request no longer shows;
 //! - `admit`: the first phase: Host, authority and body framing of a request;
-//! - `forward`: the request lifecycle, from client request to upstream response;
+//! - `forward`: the request lifecycle in phases (admit, route, upstream request, respond);
+//! - `attempt`: the attempt loop and the retry rules;
+//! - `conn`: the state a client connection shares with its requests;
 //! - `framing`: how an upstream response's body is framed, and what is relayed of it;
 //! - `body`: streaming bodies both ways, and the request log written when a response ends;
 //! - `page`: the error surface (status, `Proxy-Status`, negotiated page);
@@ -17,7 +19,9 @@
 //! `cause::Failure::answer`.
 
 mod admit;
+mod attempt;
 mod body;
+mod conn;
 mod forward;
 mod framing;
 mod headers;
@@ -35,7 +39,7 @@ use net::{ConnectOptions, Deadlines};
 use upstream::Upstream;
 
 pub use body::ProxyBody;
-pub use server::ConnState;
+pub use conn::ConnState;
 pub use tokio_util::sync::CancellationToken;
 
 /// A configured gateway, ready to serve listeners.

@@ -339,15 +339,18 @@ impl Logger {
 /// The JSON access line, with the same fields in the same order as the text format, written
 /// into `o` by hand: numbers and times without `fmt`, no allocation when `o` has room.
 fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
-    use std::fmt::Write as _;
     o.push_str("{\"time\":\"");
     push_rfc3339(o, now);
     o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
     o.push_str(",\"client\":");
     match r.client {
-        // Addresses need no escaping; written through `fmt` straight into the line.
+        // Addresses need no escaping.
         Some(c) => {
-            let _ = write!(o, "\"{c}\"");
+            let mut text = crate::headers::IpText::new();
+            text.push_socket_addr(c);
+            o.push('"');
+            o.push_str(std::str::from_utf8(text.as_bytes()).unwrap_or("-"));
+            o.push('"');
         }
         None => o.push_str("null"),
     }
@@ -406,8 +409,8 @@ fn push_uint(o: &mut String, mut v: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    o.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+    // SAFETY: only ASCII digits were written into `digits[i..]`.
+    o.push_str(unsafe { std::str::from_utf8_unchecked(&digits[i..]) });
 }
 
 /// `v` with at least `width` digits, zero-padded.
@@ -474,19 +477,28 @@ fn json_str(o: &mut String, key: &str, v: Option<&str>) {
 fn json_string(o: &mut String, s: &str) {
     use std::fmt::Write as _;
     o.push('"');
-    for c in s.chars() {
+    // Runs of bytes that need no escaping are copied whole; most strings are one such run.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        o.push_str(&s[start..i]);
+        start = i + 1;
+        let c = char::from(b);
         match c {
             '"' => o.push_str("\\\""),
             '\\' => o.push_str("\\\\"),
             '\n' => o.push_str("\\n"),
             '\r' => o.push_str("\\r"),
             '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            c => {
                 let _ = write!(o, "\\u{:04x}", c as u32);
             }
-            c => o.push(c),
         }
     }
+    o.push_str(&s[start..]);
     o.push('"');
 }
 

@@ -14,8 +14,8 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::ConnState;
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
 use crate::prescan::{Finding, HeadScanner};
@@ -79,78 +80,6 @@ fn sniff(first: &[u8]) -> Option<Sniffed> {
         }
     }
     Some(Sniffed::Http1)
-}
-
-/// What the watchdog of one client connection knows about it.
-#[derive(Debug)]
-pub struct ConnState {
-    inflight: AtomicUsize,
-    requests: AtomicU64,
-    /// When the first byte of a not yet complete request head arrived.
-    head_started: Mutex<Option<Instant>>,
-    /// When the connection last became idle.
-    idle_since: Mutex<Instant>,
-    h2: AtomicBool,
-    /// The number of the request head that carried both `Content-Length` and
-    /// `Transfer-Encoding` on the wire, or `u64::MAX`.
-    cl_and_te: AtomicU64,
-    /// The number of the first request head over the size limit, or `u64::MAX`, and its size.
-    oversized: AtomicU64,
-    oversized_bytes: AtomicUsize,
-    wake: tokio::sync::Notify,
-}
-
-impl ConnState {
-    fn new() -> ConnState {
-        ConnState {
-            inflight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            head_started: Mutex::new(None),
-            idle_since: Mutex::new(Instant::now()),
-            h2: AtomicBool::new(false),
-            cl_and_te: AtomicU64::new(u64::MAX),
-            oversized: AtomicU64::new(u64::MAX),
-            oversized_bytes: AtomicUsize::new(0),
-            wake: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Counts a request in; returns its number on the connection (1 for the first).
-    fn request_started(&self) -> u64 {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.head_started.lock().unwrap() = None;
-        n
-    }
-
-    /// True when request number `n` carried both `Content-Length` and `Transfer-Encoding`.
-    pub fn had_length_and_coding(&self, n: u64) -> bool {
-        self.cl_and_te.load(Ordering::Relaxed) == n
-    }
-
-    /// The size of request number `n`'s head, when it was over the limit.
-    pub fn oversized_head(&self, n: u64) -> Option<usize> {
-        (self.oversized.load(Ordering::Relaxed) == n)
-            .then(|| self.oversized_bytes.load(Ordering::Relaxed))
-    }
-
-    /// Called when a request's response is over (sent, aborted or abandoned).
-    pub fn request_done(&self) {
-        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.idle_since.lock().unwrap() = Instant::now();
-            self.wake.notify_one();
-        }
-    }
-
-    fn bytes_arrived(&self) {
-        if self.inflight.load(Ordering::Acquire) == 0 {
-            let mut head = self.head_started.lock().unwrap();
-            if head.is_none() {
-                *head = Some(Instant::now());
-                self.wake.notify_one();
-            }
-        }
-    }
 }
 
 /// The client connection's I/O: replays the bytes read to tell the protocol, reports arriving
@@ -431,8 +360,16 @@ impl Gateway {
         C: std::future::Future<Output = Result<(), hyper::Error>>,
     {
         let mut shutting_down = false;
+        // One timer for the connection's life. Moved to a later deadline (the usual case: a
+        // request ended, the idle deadline moves on) it is changed in place, without going
+        // back into the runtime's timer wheel; only an earlier one (a head started) re-arms it.
+        let timer = tokio::time::sleep_until(self.next_check(state).into());
+        tokio::pin!(timer);
         loop {
-            let wake = self.next_check(state);
+            let wake = tokio::time::Instant::from_std(self.next_check(state));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -445,7 +382,7 @@ impl Gateway {
                     graceful(conn.as_mut());
                 }
                 _ = state.wake.notified() => {}
-                _ = tokio::time::sleep_until(wake.into()), if !shutting_down => {
+                _ = &mut timer, if !shutting_down => {
                     match self.check(state) {
                         Verdict::Fine => {}
                         Verdict::Idle => {

@@ -1,0 +1,80 @@
+//! The state of one client connection that its watchdog, its I/O and its requests share: what
+//! is in flight, when the connection went idle, when a request head started, and what the head
+//! scanner found. It depends on nothing else in the crate, so that the server (which owns the
+//! connection), the request log (which ends a request) and the lifecycle can all use it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What the watchdog of one client connection knows about it.
+#[derive(Debug)]
+pub struct ConnState {
+    pub(crate) inflight: AtomicUsize,
+    pub(crate) requests: AtomicU64,
+    /// When the first byte of a not yet complete request head arrived.
+    pub(crate) head_started: Mutex<Option<Instant>>,
+    /// When the connection last became idle.
+    pub(crate) idle_since: Mutex<Instant>,
+    pub(crate) h2: AtomicBool,
+    /// The number of the request head that carried both `Content-Length` and
+    /// `Transfer-Encoding` on the wire, or `u64::MAX`.
+    pub(crate) cl_and_te: AtomicU64,
+    /// The number of the first request head over the size limit, or `u64::MAX`, and its size.
+    pub(crate) oversized: AtomicU64,
+    pub(crate) oversized_bytes: AtomicUsize,
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl ConnState {
+    pub(crate) fn new() -> ConnState {
+        ConnState {
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            head_started: Mutex::new(None),
+            idle_since: Mutex::new(Instant::now()),
+            h2: AtomicBool::new(false),
+            cl_and_te: AtomicU64::new(u64::MAX),
+            oversized: AtomicU64::new(u64::MAX),
+            oversized_bytes: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts a request in; returns its number on the connection (1 for the first).
+    pub(crate) fn request_started(&self) -> u64 {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.head_started.lock().unwrap() = None;
+        n
+    }
+
+    /// True when request number `n` carried both `Content-Length` and `Transfer-Encoding`.
+    pub fn had_length_and_coding(&self, n: u64) -> bool {
+        self.cl_and_te.load(Ordering::Relaxed) == n
+    }
+
+    /// The size of request number `n`'s head, when it was over the limit.
+    pub fn oversized_head(&self, n: u64) -> Option<usize> {
+        (self.oversized.load(Ordering::Relaxed) == n)
+            .then(|| self.oversized_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Called when a request's response is over (sent, aborted or abandoned).
+    pub fn request_done(&self) {
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap() = Instant::now();
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn bytes_arrived(&self) {
+        if self.inflight.load(Ordering::Acquire) == 0 {
+            let mut head = self.head_started.lock().unwrap();
+            if head.is_none() {
+                *head = Some(Instant::now());
+                self.wake.notify_one();
+            }
+        }
+    }
+}
