@@ -5,7 +5,8 @@
 #
 #   bench/idle.sh            N=2000 bench/idle.sh
 #
-# The origin is python's http.server on a free loopback port; everything stops at exit.
+# The origin is nginx with keep-alive when it is installed (python's http.server otherwise) on a
+# free loopback port; everything stops at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
@@ -20,9 +21,42 @@ import socket
 s = [socket.socket() for _ in range(2)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*(x.getsockname()[1] for x in s))')
-mkdir -p "$DIR/www" && echo hello >"$DIR/www/hello"
-python3 -m http.server --bind 127.0.0.1 --directory "$DIR/www" "$ORIGIN" >/dev/null 2>&1 &
+mkdir -p "$DIR/www" "$DIR/tmp" && echo hello >"$DIR/www/hello"
+PATH=$PATH:/usr/sbin:/sbin
+if command -v nginx >/dev/null 2>&1; then
+  # A keep-alive origin, as in production: the gateway's upstream connections are pooled.
+  ORIGIN_KIND="nginx (keep-alive)"
+  USER_LINE=""
+  [ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
+  cat >"$DIR/origin.conf" <<EOF
+$USER_LINE
+daemon off;
+pid $DIR/origin.pid;
+error_log $DIR/origin-error.log warn;
+worker_processes 1;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $DIR/tmp/body;
+    proxy_temp_path $DIR/tmp/proxy;
+    fastcgi_temp_path $DIR/tmp/fastcgi;
+    uwsgi_temp_path $DIR/tmp/uwsgi;
+    scgi_temp_path $DIR/tmp/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$ORIGIN;
+        root $DIR/www;
+    }
+}
+EOF
+  nginx -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf" >/dev/null 2>&1 &
+else
+  # python's http.server answers HTTP/1.0 and closes: a new upstream connection per request.
+  ORIGIN_KIND="python http.server (a new upstream connection per request)"
+  python3 -m http.server --bind 127.0.0.1 --directory "$DIR/www" "$ORIGIN" >/dev/null 2>&1 &
+fi
 PIDS+=($!)
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$ORIGIN/hello" && break; sleep 0.05; done
 cat >"$DIR/gw.toml" <<CONF
 listen = ["127.0.0.1:$GW"]
 workers = 1
@@ -38,7 +72,7 @@ CONF
 PIDS+=($!)
 GW_PID=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$GW/hello" && break; sleep 0.05; done
-timeout 300 python3 - "$GW_PID" "$GW" "$N" <<'PY'
+timeout 300 python3 - "$GW_PID" "$GW" "$N" "$ORIGIN_KIND" <<'PY'
 import socket, sys
 pid, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def rss():
@@ -59,5 +93,6 @@ for _ in range(n):
     s.recv(4096)
     socks.append(s)
 after = rss()
+print(f"origin: {sys.argv[4]}")
 print(f"{n} idle keep-alive connections: RSS {base} KiB -> {after} KiB, {(after - base) / n:.1f} KiB each")
 PY
