@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Proxy throughput and latency: cleargate, nginx and HAProxy in front of the same origin, in one
-# run, reported as ratios to nginx.
+# run, reported as ratios to nginx: with 1 worker each (the figure that counts on 2 cores), then
+# with 2 workers each; HTTP/1.1 on /hello and /16k (wrk), and h2c on /hello (h2load).
 #
-#   bench/proxy.sh                    (about 2 minutes)
+#   bench/proxy.sh                    (about 5 minutes)
 #   DURATION=5 bench/proxy.sh         (seconds measured per target and response; default 10)
-#   WORKERS=1 bench/proxy.sh          (nginx workers, HAProxy threads and cleargate workers; default 2)
+#   WORKERS=1 bench/proxy.sh          (only these worker counts: nginx workers, HAProxy threads,
+#                                      cleargate workers; default "1 2")
+#
+# h2c: nginx listens with `http2` on a second port, HAProxy binds a second port with `proto h2`,
+# cleargate tells h2c from HTTP/1 on its one port. `h2load -c64 -m10` (64 connections, 10 streams
+# each) runs the same warm-up and measurement; its mean time per request stands in for p50.
 #
 # One nginx origin serves `/hello` (`return 200 "hello\n"`) and `/16k` (a 16 KiB static file)
 # on loopback with keep-alive. The three proxies forward `/` to it, each with pooled keep-alive
@@ -23,19 +29,19 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
-WORKERS=${WORKERS:-2}
+WORKERS=${WORKERS:-1 2}
 BIN=target/release/cleargate
 PATH=$PATH:/usr/sbin:/sbin
 
 need=()
-for tool in wrk nginx haproxy curl python3; do
+for tool in wrk h2load nginx haproxy curl python3; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "${CI:-}" = "true" ]; then
     pkgs=()
     for t in "${need[@]}"; do
-      case $t in wrk | nginx | haproxy | curl) pkgs+=("$t") ;; *)
+      case $t in wrk | nginx | haproxy | curl) pkgs+=("$t") ;; h2load) pkgs+=(nghttp2-client) ;; *)
         echo "missing: $t" >&2
         exit 1
         ;;
@@ -46,7 +52,7 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}"
   else
-    echo "missing: ${need[*]} (install them, e.g. apt-get install -y wrk nginx haproxy; CI=true does it)" >&2
+    echo "missing: ${need[*]} (install them, e.g. apt-get install -y wrk nghttp2-client nginx haproxy; CI=true does it)" >&2
     exit 1
   fi
 fi
@@ -72,10 +78,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Four distinct free loopback ports, held together while they are chosen.
-read -r ORIGIN_PORT NGINX_PORT HAPROXY_PORT CLEARGATE_PORT < <(python3 -c '
+# Six distinct free loopback ports, held together while they are chosen.
+read -r ORIGIN_PORT NGINX_PORT HAPROXY_PORT CLEARGATE_PORT NGINX_H2_PORT HAPROXY_H2_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -128,20 +134,23 @@ $(nginx_http_common origin)
 }
 EOF
 
-# nginx as the proxy: $WORKERS workers, pooled upstream connections, combined access log to a file.
+# The three proxies' configurations for $1 workers (threads).
+write_proxy_configs() { # WORKERS
+# nginx as the proxy: $1 workers, pooled upstream connections, combined access log to a file.
 cat >"$DIR/nginx.conf" <<EOF
 $(nginx_common nginx)
-worker_processes $WORKERS;
+worker_processes $1;
 http {
 $(nginx_http_common nginx)
     access_log $DIR/nginx-access.log combined;
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
+        keepalive 1024;
         keepalive_requests 1000000;
     }
     server {
         listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_H2_PORT http2;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -151,11 +160,11 @@ $(nginx_http_common nginx)
 }
 EOF
 
-# HAProxy: $WORKERS threads, safe connection reuse, the httplog line of every request to stdout, which
+# HAProxy: $1 threads, safe connection reuse, the httplog line of every request to stdout, which
 # goes to a file (one write per line, as nginx's unbuffered access_log).
 cat >"$DIR/haproxy.cfg" <<EOF
 global
-    nbthread $WORKERS
+    nbthread $1
     maxconn 4096
     log stdout format raw local0
 defaults
@@ -168,15 +177,17 @@ defaults
     http-reuse safe
 frontend fe
     bind 127.0.0.1:$HAPROXY_PORT
+    bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
     default_backend be
 backend be
     server origin 127.0.0.1:$ORIGIN_PORT
 EOF
 
-# cleargate: JSON access log to a file (written by its log thread), pool sized as nginx's.
+# cleargate: JSON access log to a file (written by its log thread), pool sized as nginx's: above
+# the 640 streams of the h2c run, so that neither pool churns.
 cat >"$DIR/cleargate.toml" <<EOF
 listen = ["127.0.0.1:$CLEARGATE_PORT"]
-workers = $WORKERS
+workers = $1
 
 [log]
 format = "json"
@@ -184,12 +195,13 @@ destination = "$DIR/cleargate.log"
 
 [upstream.origin]
 endpoints = ["127.0.0.1:$ORIGIN_PORT"]
-max_idle_per_endpoint = 64
+max_idle_per_endpoint = 1024
 
 [[route]]
 path = "/"
 upstream = "origin"
 EOF
+}
 
 wait_port() { # PORT NAME
   for _ in $(seq 1 100); do
@@ -204,37 +216,11 @@ wait_port() { # PORT NAME
 start() { # NAME PORT COMMAND...
   local name=$1 port=$2
   shift 2
-  "$@" >"$DIR/$name.out" 2>&1 &
+  "$@" >>"$DIR/$name.out" 2>&1 &
   PIDS+=($!)
   eval "${name^^}_PID=$!"
   wait_port "$port" "$name"
 }
-
-nginx -t -q -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf"
-nginx -t -q -p "$DIR/" -e "$DIR/nginx-error.log" -c "$DIR/nginx.conf"
-haproxy -c -q -f "$DIR/haproxy.cfg"
-"$BIN" check -c "$DIR/cleargate.toml" >/dev/null
-
-start origin "$ORIGIN_PORT" nginx -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf"
-start nginx "$NGINX_PORT" nginx -p "$DIR/" -e "$DIR/nginx-error.log" -c "$DIR/nginx.conf"
-start haproxy "$HAPROXY_PORT" haproxy -db -f "$DIR/haproxy.cfg"
-start cleargate "$CLEARGATE_PORT" "$BIN" serve -c "$DIR/cleargate.toml"
-
-# Correctness first: every target answers 200 with the right body for both responses.
-printf 'hello\n' >"$DIR/hello.expected"
-for target in origin:$ORIGIN_PORT nginx:$NGINX_PORT haproxy:$HAPROXY_PORT cleargate:$CLEARGATE_PORT; do
-  name=${target%%:*} port=${target##*:}
-  for path in hello 16k; do
-    expected=$DIR/hello.expected
-    [ "$path" = 16k ] && expected=$DIR/www/16k
-    code=$(curl -s -o "$DIR/got" -w '%{http_code}' "http://127.0.0.1:$port/$path")
-    if [ "$code" != 200 ] || ! cmp -s "$DIR/got" "$expected"; then
-      echo "check failed: $name /$path gave $code, body $(wc -c <"$DIR/got") bytes" >&2
-      exit 1
-    fi
-  done
-done
-echo "check: origin, nginx, haproxy, cleargate answer 200 with the right body on /hello and /16k"
 
 # CPU seconds (user+system) of a process and its direct children (nginx's workers).
 cpu_of() { # PID
@@ -260,32 +246,102 @@ origin_accepts() {
   curl -s "http://127.0.0.1:$ORIGIN_PORT/status" | awk 'NR == 3 { print $1 }'
 }
 
+nginx -t -q -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf"
+start origin "$ORIGIN_PORT" nginx -p "$DIR/" -e "$DIR/origin-error.log" -c "$DIR/origin.conf"
+printf 'hello\n' >"$DIR/hello.expected"
+
+stop() { # PID
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$1" 2>/dev/null || true
+}
+
+# One measurement: a warm-up, then the run, with the proxy's CPU time and the origin's accepted
+# connections counted around it. Appends a line to $RESULTS.
+measure() { # WORKERS PROTO PATH NAME PORT PID
+  local w=$1 proto=$2 path=$3 name=$4 port=$5 pid=$6
+  local url=http://127.0.0.1:$port/$path out=$DIR/run-$w-$proto-$name-$path.txt
+  if [ "$proto" = h1 ]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >"$DIR/warmup-$name-$w-$proto-$path.txt"
+  else
+    h2load -t"$THREADS" -c"$CONNS" -m10 -D"$WARMUP" "$url" >"$DIR/warmup-$name-$w-$proto-$path.txt"
+  fi
+  local accepts_before cpu_before cpu_after accepts_after
+  accepts_before=$(origin_accepts)
+  cpu_before=$(cpu_of "$pid")
+  if [ "$proto" = h1 ]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$out"
+  else
+    h2load -t"$THREADS" -c"$CONNS" -m10 -D"$DURATION" "$url" >"$out"
+  fi
+  cpu_after=$(cpu_of "$pid")
+  accepts_after=$(origin_accepts)
+  # The origin's own /status request opens one connection; it is not the proxy's.
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$proto" "$path" "$name" \
+    "$(python3 -c "print($cpu_after - $cpu_before)")" \
+    "$((accepts_after - accepts_before - 1))" "$out" >>"$RESULTS"
+  echo "measured $name /$path ($proto, $w worker(s))"
+}
+
 RESULTS=$DIR/results.tsv
 : >"$RESULTS"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-for path in hello 16k; do
-  for target in origin:$ORIGIN_PORT:$ORIGIN_PID nginx:$NGINX_PORT:$NGINX_PID \
-    haproxy:$HAPROXY_PORT:$HAPROXY_PID cleargate:$CLEARGATE_PORT:$CLEARGATE_PID; do
-    IFS=: read -r name port pid <<<"$target"
-    url=http://127.0.0.1:$port/$path
-    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >"$DIR/warmup-$name-$path.txt"
-    accepts_before=$(origin_accepts)
-    cpu_before=$(cpu_of "$pid")
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$url" >"$DIR/wrk-$name-$path.txt"
-    cpu_after=$(cpu_of "$pid")
-    accepts_after=$(origin_accepts)
-    # The origin's own /status request opens one connection; it is not the proxy's.
-    printf '%s\t%s\t%s\t%s\t%s\n' "$path" "$name" "$(python3 -c "print($cpu_after - $cpu_before)")" \
-      "$((accepts_after - accepts_before - 1))" "$DIR/wrk-$name-$path.txt" >>"$RESULTS"
-    echo "measured $name /$path"
+first=1
+for w in $WORKERS; do
+  write_proxy_configs "$w"
+  nginx -t -q -p "$DIR/" -e "$DIR/nginx-error.log" -c "$DIR/nginx.conf"
+  haproxy -c -q -f "$DIR/haproxy.cfg"
+  "$BIN" check -c "$DIR/cleargate.toml" >/dev/null
+  start nginx "$NGINX_PORT" nginx -p "$DIR/" -e "$DIR/nginx-error.log" -c "$DIR/nginx.conf"
+  start haproxy "$HAPROXY_PORT" haproxy -db -f "$DIR/haproxy.cfg"
+  start cleargate "$CLEARGATE_PORT" "$BIN" serve -c "$DIR/cleargate.toml"
+
+  # Correctness first: every target answers 200 with the right body, over HTTP/1.1 and h2c.
+  for target in origin:$ORIGIN_PORT nginx:$NGINX_PORT haproxy:$HAPROXY_PORT cleargate:$CLEARGATE_PORT \
+    nginx-h2c:$NGINX_H2_PORT haproxy-h2c:$HAPROXY_H2_PORT cleargate-h2c:$CLEARGATE_PORT; do
+    name=${target%%:*} port=${target##*:}
+    h2=()
+    [[ $name == *-h2c ]] && h2=(--http2-prior-knowledge)
+    for path in hello 16k; do
+      expected=$DIR/hello.expected
+      [ "$path" = 16k ] && expected=$DIR/www/16k
+      code=$(curl -s "${h2[@]}" -o "$DIR/got" -w '%{http_code} %{http_version}' "http://127.0.0.1:$port/$path")
+      want="200 1.1"
+      [ ${#h2[@]} -gt 0 ] && want="200 2"
+      if [ "$code" != "$want" ] || ! cmp -s "$DIR/got" "$expected"; then
+        echo "check failed: $name /$path gave $code (wanted $want), body $(wc -c <"$DIR/got") bytes" >&2
+        exit 1
+      fi
+    done
   done
+  echo "check ($w worker(s)): every target answers 200 with the right body on /hello and /16k, HTTP/1.1 and h2c"
+
+  for path in hello 16k; do
+    [ "$first" = 1 ] && measure "$w" h1 "$path" origin "$ORIGIN_PORT" "$ORIGIN_PID"
+    measure "$w" h1 "$path" nginx "$NGINX_PORT" "$NGINX_PID"
+    measure "$w" h1 "$path" haproxy "$HAPROXY_PORT" "$HAPROXY_PID"
+    measure "$w" h1 "$path" cleargate "$CLEARGATE_PORT" "$CLEARGATE_PID"
+  done
+  measure "$w" h2c hello nginx "$NGINX_H2_PORT" "$NGINX_PID"
+  measure "$w" h2c hello haproxy "$HAPROXY_H2_PORT" "$HAPROXY_PID"
+  measure "$w" h2c hello cleargate "$CLEARGATE_PORT" "$CLEARGATE_PID"
+  stop "$NGINX_PID"
+  stop "$HAPROXY_PID"
+  stop "$CLEARGATE_PID"
+  first=0
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# Every proxy logs every request: count the lines against the requests wrk completed (the
-# startup probes and the checks add a few lines; wrk's requests cut off at its end add a few).
+# Every proxy logs every request: count the lines against the requests the load tools completed
+# (the startup probes and the checks add a few lines; requests cut off at a run's end add a few).
 sleep 0.5
-sent() { cat "$DIR"/warmup-"$1"-*.txt "$DIR"/wrk-"$1"-*.txt | awk '/requests in/ { n += $1 } END { print n }'; }
+sent() {
+  cat "$DIR"/warmup-"$1"-*.txt "$DIR"/run-*-"$1"-*.txt |
+    awk '/requests in/ { n += $1 } /^requests: / { n += $8 } END { print n }'
+}
 lines() { # FILE PATTERN NAME
   grep -F "$2" "$1" | awk -v sent="$(sent "$3")" '{ n++; b += length($0) + 1 }
     END { printf "%d lines for %d requests, %.0f bytes a line", n, sent, n ? b / n : 0 }'
@@ -296,8 +352,8 @@ CLEARGATE_LINES=$(lines "$DIR/cleargate.log" '"kind":"access"' cleargate)
 
 echo
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
-echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print "wrk " $2}'), $("$BIN" --version 2>/dev/null || echo cleargate)"
-echo "wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), one target at a time; proxies with $WORKERS worker(s)/thread(s); wrk, proxy and origin share the cores"
+echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print "wrk " $2}'), $(h2load --version | head -1), $("$BIN" --version 2>/dev/null || echo cleargate)"
+echo "HTTP/1.1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; h2c: h2load -t$THREADS -c$CONNS -m10 -D$DURATION; each after a ${WARMUP}s warm-up, one target at a time; the load tool, proxy and origin share the cores"
 echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
 echo "access logs: nginx $NGINX_LINES; haproxy $HAPROXY_LINES; cleargate $CLEARGATE_LINES"
 echo
@@ -312,36 +368,58 @@ def ms(text):
 
 rows = []
 for line in open(sys.argv[1]):
-    path, name, cpu, conns, wrk_file = line.rstrip("\n").split("\t")
-    out = open(wrk_file).read()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-    p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = re.search(r"Socket errors: (.*)", out)
+    workers, proto, path, name, cpu, conns, out_file = line.rstrip("\n").split("\t")
+    out = open(out_file).read()
     problems = []
-    if bad:
-        problems.append(f"{bad.group(1)} non-2xx")
-    if errs:
-        problems.append("socket errors: " + errs.group(1))
-    rows.append(dict(path=path, name=name, rps=rps, p50=p50, p99=p99,
-                     cpu_us=float(cpu) / total * 1e6 if total else 0.0,
+    if proto == "h1":
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errs = re.search(r"Socket errors: (.*)", out)
+        if bad:
+            problems.append(f"{bad.group(1)} non-2xx")
+        if errs:
+            problems.append("socket errors: " + errs.group(1))
+    else:
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+        # h2load gives min, max, mean and sd per request: the mean stands in for p50, no p99.
+        p50 = ms(re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1))
+        p99 = None
+        m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+        total = int(m.group(2))
+        if int(m.group(3)) or int(m.group(4)):
+            problems.append(f"{m.group(3)} failed, {m.group(4)} errored")
+        codes = re.search(r"status codes: (\d+) 2xx", out)
+        if not codes or int(codes.group(1)) != total:
+            problems.append("not every answer was 2xx")
+    rows.append(dict(workers=workers, proto=proto, path=path, name=name, rps=rps, p50=p50,
+                     p99=p99, cpu_us=float(cpu) / total * 1e6 if total else 0.0,
                      conns=int(conns), problems="; ".join(problems) or "-"))
 
 def fmt_ms(v):
+    if v is None:
+        return "-"
     return f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms"
 
-header = ["response", "target", "req/s", "p50", "p99", "ratio to nginx (req/s)",
-          "proxy CPU per request", "upstream conns opened", "errors"]
+header = ["workers", "protocol", "response", "target", "req/s", "p50 (h2c: mean)", "p99",
+          "ratio to nginx (req/s)", "proxy CPU per request", "ratio to nginx (CPU)",
+          "upstream conns opened", "errors"]
 table = []
 for r in rows:
-    nginx = next(x for x in rows if x["path"] == r["path"] and x["name"] == "nginx")
+    nginx = next(x for x in rows if x["path"] == r["path"] and x["name"] == "nginx"
+                 and x["proto"] == r["proto"] and x["workers"] == r["workers"]) \
+        if r["name"] != "origin" else next(x for x in rows if x["path"] == r["path"]
+                                           and x["name"] == "nginx" and x["proto"] == "h1")
     name = "origin (direct, baseline)" if r["name"] == "origin" else r["name"]
-    cpu = "-" if r["name"] == "origin" else f"{r['cpu_us']:.0f} µs"
-    conns = "-" if r["name"] == "origin" else str(r["conns"])
-    table.append(["/" + r["path"], name, f"{r['rps']:.0f}", fmt_ms(r["p50"]), fmt_ms(r["p99"]),
-                  f"{r['rps'] / nginx['rps']:.2f}x", cpu, conns, r["problems"]])
+    proxy = r["name"] != "origin"
+    cpu = f"{r['cpu_us']:.1f} µs" if proxy else "-"
+    cpu_ratio = f"{r['cpu_us'] / nginx['cpu_us']:.2f}x" if proxy and nginx["cpu_us"] else "-"
+    conns = str(r["conns"]) if proxy else "-"
+    table.append([r["workers"] if proxy else "-", "HTTP/1.1" if r["proto"] == "h1" else "h2c",
+                  "/" + r["path"], name, f"{r['rps']:.0f}", fmt_ms(r["p50"]), fmt_ms(r["p99"]),
+                  f"{r['rps'] / nginx['rps']:.2f}x", cpu, cpu_ratio, conns, r["problems"]])
 
 widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
 line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()

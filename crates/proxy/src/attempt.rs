@@ -244,8 +244,8 @@ impl Gateway {
                 }
                 Tried::Failed(mut f, idle_for) => {
                     f.attempt = log.attempts;
-                    f.upstream.get_or_insert_with(|| upstream.name.clone());
-                    f.endpoint.get_or_insert_with(|| endpoint.name.clone());
+                    f.upstream.get_or_insert_with(|| upstream.name.to_string());
+                    f.endpoint.get_or_insert_with(|| endpoint.name.to_string());
                     if outgoing
                         .too_large
                         .as_ref()
@@ -359,7 +359,7 @@ impl Gateway {
                 attempt_started,
             })),
             Err(mut f) => {
-                f.endpoint = Some(checkout.endpoint.name.clone());
+                f.endpoint = Some(checkout.endpoint.name.to_string());
                 Ok(Tried::Failed(f, None))
             }
         }

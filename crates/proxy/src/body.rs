@@ -308,8 +308,8 @@ impl Streamed {
     /// Names the hop in `f` and counts it against the endpoint's health.
     fn annotate(&self, f: &mut Failure) {
         if let Some(lease) = &self.lease {
-            f.endpoint = Some(lease.endpoint.name.clone());
-            f.upstream = Some(lease.upstream.name.clone());
+            f.endpoint = Some(lease.endpoint.name.to_string());
+            f.upstream = Some(lease.upstream.name.to_string());
             lease
                 .upstream
                 .report(&lease.endpoint, upstream::Outcome::Failed(f));

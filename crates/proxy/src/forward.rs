@@ -269,8 +269,8 @@ impl Gateway {
         log.record.cause = Some(failure.cause);
         log.record.phase = Some(failure.phase);
         log.record.gateway_error = true;
-        log.record.upstream = failure.upstream.clone();
-        log.record.endpoint = failure.endpoint.clone();
+        log.record.upstream = failure.upstream.as_deref().map(std::sync::Arc::from);
+        log.record.endpoint = failure.endpoint.as_deref().map(std::sync::Arc::from);
         resp.map(|b| b.with_log(log))
     }
 

@@ -137,7 +137,7 @@ impl Gateway {
 
     /// The upstream named `name`, for inspection.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.upstreams.iter().find(|u| u.name == name)
+        self.upstreams.iter().find(|u| &*u.name == name)
     }
 
     /// Re-resolves every upstream host name now.

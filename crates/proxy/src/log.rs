@@ -305,8 +305,8 @@ impl Logger {
         m.insert("bytes_out".into(), json!(record.bytes_out));
         m.insert("duration_ms".into(), json!(ms(record.duration)));
         m.insert("request_id".into(), json!(record.request_id));
-        m.insert("upstream".into(), json!(record.upstream));
-        m.insert("endpoint".into(), json!(record.endpoint));
+        m.insert("upstream".into(), json!(record.upstream.as_deref()));
+        m.insert("endpoint".into(), json!(record.endpoint.as_deref()));
         m.insert("cause".into(), json!(record.cause.map(Cause::as_str)));
         m.insert("phase".into(), json!(record.phase.map(Phase::as_str)));
         m.insert("gateway_error".into(), json!(record.gateway_error));
@@ -315,7 +315,7 @@ impl Logger {
             .iter()
             .map(|a| {
                 json!({
-                    "endpoint": a.endpoint,
+                    "endpoint": &*a.endpoint,
                     "reused": a.reused,
                     "idle_ms": a.idle.map(ms),
                     "conn_uses": a.conn_uses,
@@ -473,6 +473,19 @@ fn json_str(o: &mut String, key: &str, v: Option<&str>) {
     }
 }
 
+/// The bytes a JSON string cannot hold as they are: controls, `"` and `\\`.
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// A JSON string literal (RFC 8259 escaping).
 fn json_string(o: &mut String, s: &str) {
     use std::fmt::Write as _;
@@ -480,12 +493,16 @@ fn json_string(o: &mut String, s: &str) {
     // Runs of bytes that need no escaping are copied whole; most strings are one such run.
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !ESCAPED[usize::from(b)] {
+            i += 1;
             continue;
         }
         o.push_str(&s[start..i]);
-        start = i + 1;
+        i += 1;
+        start = i;
         let c = char::from(b);
         match c {
             '"' => o.push_str("\\\""),
@@ -543,7 +560,7 @@ fn quote_if_needed(s: &str) -> String {
 /// One attempt at the upstream, for the access line.
 #[derive(Clone, Debug, Default)]
 pub struct AttemptRecord {
-    pub endpoint: String,
+    pub endpoint: std::sync::Arc<str>,
     pub reused: bool,
     /// How long the pooled connection had been idle, when reused.
     pub idle: Option<Duration>,
@@ -578,8 +595,8 @@ pub struct AccessRecord {
     pub bytes_out: u64,
     pub duration: Duration,
     pub request_id: String,
-    pub upstream: Option<String>,
-    pub endpoint: Option<String>,
+    pub upstream: Option<std::sync::Arc<str>>,
+    pub endpoint: Option<std::sync::Arc<str>>,
     pub cause: Option<Cause>,
     pub phase: Option<Phase>,
     pub gateway_error: bool,
@@ -608,8 +625,30 @@ fn civil_date(secs: u64) -> (i64, i64, i64) {
 
 /// Writes `t` as `2026-11-23T10:04:05.123Z` into `o`.
 fn push_rfc3339(o: &mut String, t: SystemTime) {
+    thread_local! {
+        /// The last second written, and its text up to the seconds: every line of that second
+        /// reuses it.
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            cached.1.clear();
+            push_date_time(&mut cached.1, secs);
+            cached.0 = secs;
+        }
+        o.push_str(&cached.1);
+    });
+    o.push('.');
+    push_padded(o, u64::from(d.subsec_millis()), 3);
+    o.push('Z');
+}
+
+/// `2026-11-23T10:04:05` for `secs` since 1970-01-01 UTC.
+fn push_date_time(o: &mut String, secs: u64) {
     let rem = secs % 86_400;
     let (year, month, day) = civil_date(secs);
     push_padded(o, year.max(0) as u64, 4);
@@ -623,9 +662,6 @@ fn push_rfc3339(o: &mut String, t: SystemTime) {
     push_padded(o, rem % 3600 / 60, 2);
     o.push(':');
     push_padded(o, rem % 60, 2);
-    o.push('.');
-    push_padded(o, u64::from(d.subsec_millis()), 3);
-    o.push('Z');
 }
 
 #[cfg(test)]
@@ -773,7 +809,7 @@ mod tests {
         for i in 0..20_000u64 {
             let attempts = (0..rng.usize(..4))
                 .map(|_| AttemptRecord {
-                    endpoint: format!("10.0.0.{}:{}", rng.u8(..), rng.u16(..)),
+                    endpoint: format!("10.0.0.{}:{}", rng.u8(..), rng.u16(..)).into(),
                     reused: rng.bool(),
                     idle: durations(&mut rng),
                     conn_uses: rng.u32(..),
@@ -799,8 +835,8 @@ mod tests {
                 bytes_out: [0, u64::MAX, rng.u64(..)][rng.usize(..3)],
                 duration: durations(&mut rng).unwrap_or_default(),
                 request_id: format!("{:016x}", rng.u64(..)),
-                upstream: [None, Some("app".to_string())][rng.usize(..2)].clone(),
-                endpoint: [None, Some("127.0.0.1:3001".to_string())][rng.usize(..2)].clone(),
+                upstream: [None, Some("app".into())][rng.usize(..2)].clone(),
+                endpoint: [None, Some("127.0.0.1:3001".into())][rng.usize(..2)].clone(),
                 cause: [None, Some(Cause::ClientAborted)][rng.usize(..2)],
                 phase: [None, Some(Phase::ReadBody)][rng.usize(..2)],
                 gateway_error: rng.bool(),

@@ -64,7 +64,7 @@ impl Upstream {
     fn no_healthy(&self, why: &str) -> Failure {
         let mut f =
             Failure::new(Cause::NoHealthyUpstream, Phase::Select).with_detail(why.to_string());
-        f.upstream = Some(self.name.clone());
+        f.upstream = Some(self.name.to_string());
         f
     }
 

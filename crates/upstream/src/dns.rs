@@ -119,8 +119,8 @@ pub(crate) async fn refresh(
     let cfg = &upstream.config;
     let fields = || {
         vec![
-            ("upstream", upstream.name.clone()),
-            ("endpoint", endpoint.name.clone()),
+            ("upstream", upstream.name.to_string()),
+            ("endpoint", endpoint.name.to_string()),
         ]
     };
     loop {

@@ -87,8 +87,8 @@ impl Upstream {
         message: String,
         mut fields: Vec<(&'static str, String)>,
     ) {
-        fields.insert(0, ("endpoint", e.name.clone()));
-        fields.insert(0, ("upstream", self.name.clone()));
+        fields.insert(0, ("endpoint", e.name.to_string()));
+        fields.insert(0, ("upstream", self.name.to_string()));
         (self.events)(level, message, fields);
     }
 
@@ -282,7 +282,7 @@ async fn probe(
         return Ok(());
     };
     let req = http::Request::get(path.as_str())
-        .header(http::header::HOST, e.name.as_str())
+        .header(http::header::HOST, &*e.name)
         .header(http::header::USER_AGENT, "cleargate-health-check")
         .header(http::header::CONNECTION, "close")
         .body(RequestBody::empty())

@@ -60,8 +60,8 @@ pub fn set_worker(index: usize) {
 
 /// One place an upstream can be reached.
 pub struct Endpoint {
-    /// `host:port` as configured.
-    pub name: String,
+    /// `host:port` as configured; shared, so that a request's log takes it without a copy.
+    pub name: Arc<str>,
     pub weight: u32,
     pub index: usize,
     /// Idle connections, one pool per worker.
@@ -126,7 +126,7 @@ impl Endpoint {
                 format!("pool idle timeout lowered to {safe:?}: {why}"),
                 vec![
                     ("upstream", upstream.to_string()),
-                    ("endpoint", self.name.clone()),
+                    ("endpoint", self.name.to_string()),
                 ],
             );
         }
@@ -135,7 +135,7 @@ impl Endpoint {
 
 /// A named group of endpoints with its pools, health and limits.
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub config: UpstreamConfig,
     connect: ConnectOptions,
@@ -197,7 +197,7 @@ impl Upstream {
             .enumerate()
             .map(|(index, e)| {
                 Arc::new(Endpoint {
-                    name: e.address.clone(),
+                    name: Arc::from(e.address.as_str()),
                     weight: e.weight,
                     index,
                     idle: (0..workers).map(|_| Mutex::new(VecDeque::new())).collect(),
@@ -211,7 +211,7 @@ impl Upstream {
             .collect::<Vec<_>>();
         let n = endpoints.len();
         Arc::new(Upstream {
-            name: config.name.clone(),
+            name: Arc::from(config.name.as_str()),
             endpoints,
             config: config.clone(),
             connect,
@@ -311,7 +311,7 @@ impl Upstream {
             self.config.max_in_flight,
             self.config.max_in_flight_per_endpoint
         ));
-        f.upstream = Some(self.name.clone());
+        f.upstream = Some(self.name.to_string());
         f
     }
 
@@ -389,13 +389,13 @@ impl Upstream {
             }
         }
         let addr = endpoint.names.pick().await.map_err(|mut f| {
-            f.endpoint = Some(endpoint.name.clone());
-            f.upstream = Some(self.name.clone());
+            f.endpoint = Some(endpoint.name.to_string());
+            f.upstream = Some(self.name.to_string());
             f
         })?;
         let conn = net::connect(addr, &self.connect).await.map_err(|mut f| {
-            f.upstream = Some(self.name.clone());
-            f.endpoint = Some(endpoint.name.clone());
+            f.upstream = Some(self.name.to_string());
+            f.endpoint = Some(endpoint.name.to_string());
             f
         })?;
         if self.connect.h2 {
