@@ -53,40 +53,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r ORIGIN_PORT PROXY_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-for s in socks:
-    s.close()
-')
+# shellcheck source=bench/common.sh
+. bench/common.sh
+read -r ORIGIN_PORT PROXY_PORT < <(free_ports 2)
 
-USER_LINE=""
-[ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
-nginx_common() { # NAME
-  cat <<EOF
-$USER_LINE
-daemon off;
-pid $DIR/$1.pid;
-error_log $DIR/$1-error.log warn;
-events { worker_connections 4096; }
-http {
-    default_type text/plain;
-    client_body_temp_path $DIR/$1-tmp/body;
-    proxy_temp_path $DIR/$1-tmp/proxy;
-    fastcgi_temp_path $DIR/$1-tmp/fastcgi;
-    uwsgi_temp_path $DIR/$1-tmp/uwsgi;
-    scgi_temp_path $DIR/$1-tmp/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-EOF
-}
 mkdir -p "$DIR/www" "$DIR/origin-tmp" "$DIR/nginx-tmp"
 head -c 12288 /dev/urandom | base64 -w 0 >"$DIR/www/16k"
 cat >"$DIR/origin.conf" <<EOF
 $(nginx_common origin)
+http {
+$(nginx_http_common origin)
     access_log off;
     server {
         listen 127.0.0.1:$ORIGIN_PORT;
@@ -100,6 +76,8 @@ EOF
 # Under valgrind nginx runs without its master process: the one process is the worker.
 cat >"$DIR/nginx.conf" <<EOF
 $(nginx_common nginx)
+http {
+$(nginx_http_common nginx)
     access_log $DIR/nginx-access.log combined;
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;

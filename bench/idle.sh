@@ -16,33 +16,21 @@ DIR=$(mktemp -d "${TMPDIR:-/tmp}/cleargate-idle.XXXXXX")
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
-read -r ORIGIN GW < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))')
-mkdir -p "$DIR/www" "$DIR/tmp" && echo hello >"$DIR/www/hello"
+# shellcheck source=bench/common.sh
+. bench/common.sh
+read -r ORIGIN GW < <(free_ports 2)
+mkdir -p "$DIR/www" && echo hello >"$DIR/www/hello"
 PATH=$PATH:/usr/sbin:/sbin
 if command -v nginx >/dev/null 2>&1; then
   # A keep-alive origin, as in production: the gateway's upstream connections are pooled.
   ORIGIN_KIND="nginx (keep-alive)"
-  USER_LINE=""
-  [ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
+  mkdir -p "$DIR/origin-tmp"
   cat >"$DIR/origin.conf" <<EOF
-$USER_LINE
-daemon off;
-pid $DIR/origin.pid;
-error_log $DIR/origin-error.log warn;
+$(nginx_common origin)
 worker_processes 1;
-events { worker_connections 1024; }
 http {
+$(nginx_http_common origin)
     access_log off;
-    client_body_temp_path $DIR/tmp/body;
-    proxy_temp_path $DIR/tmp/proxy;
-    fastcgi_temp_path $DIR/tmp/fastcgi;
-    uwsgi_temp_path $DIR/tmp/uwsgi;
-    scgi_temp_path $DIR/tmp/scgi;
-    keepalive_requests 1000000;
     server {
         listen 127.0.0.1:$ORIGIN;
         root $DIR/www;

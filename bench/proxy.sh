@@ -78,41 +78,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Six distinct free loopback ports, held together while they are chosen.
-read -r ORIGIN_PORT NGINX_PORT HAPROXY_PORT CLEARGATE_PORT NGINX_H2_PORT HAPROXY_H2_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(6)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-for s in socks:
-    s.close()
-')
-
-USER_LINE=""
-[ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
-# Common nginx boilerplate: everything under $DIR, in the foreground.
-nginx_common() { # NAME
-  cat <<EOF
-$USER_LINE
-daemon off;
-pid $DIR/$1.pid;
-error_log $DIR/$1-error.log warn;
-events { worker_connections 4096; }
-EOF
-}
-nginx_http_common() { # NAME
-  cat <<EOF
-    default_type text/plain;
-    client_body_temp_path $DIR/$1-tmp/body;
-    proxy_temp_path $DIR/$1-tmp/proxy;
-    fastcgi_temp_path $DIR/$1-tmp/fastcgi;
-    uwsgi_temp_path $DIR/$1-tmp/uwsgi;
-    scgi_temp_path $DIR/$1-tmp/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-EOF
-}
+# shellcheck source=bench/common.sh
+. bench/common.sh
+read -r ORIGIN_PORT NGINX_PORT HAPROXY_PORT CLEARGATE_PORT NGINX_H2_PORT HAPROXY_H2_PORT < <(free_ports 6)
 
 # The origin: one worker, no access log, keep-alive without a request limit.
 mkdir -p "$DIR/www" "$DIR/origin-tmp" "$DIR/nginx-tmp"
