@@ -218,6 +218,14 @@ impl IpText {
         self.push(b'0' + (v % 10) as u8);
     }
 
+    /// `v` as `fmt` writes it (IPv6 addresses: rare enough to leave to `fmt`).
+    fn push_fmt(&mut self, v: impl std::fmt::Display) {
+        use std::io::Write as _;
+        let mut cur = std::io::Cursor::new(&mut self.buf[self.len..]);
+        let _ = write!(cur, "{v}");
+        self.len += cur.position() as usize;
+    }
+
     /// `203.0.113.7`, or an IPv6 address as `fmt` writes it.
     pub fn push_ip(&mut self, ip: std::net::IpAddr) {
         match ip {
@@ -229,12 +237,7 @@ impl IpText {
                     self.push_decimal(u16::from(octet));
                 }
             }
-            std::net::IpAddr::V6(v6) => {
-                use std::io::Write as _;
-                let mut cur = std::io::Cursor::new(&mut self.buf[self.len..]);
-                let _ = write!(cur, "{v6}");
-                self.len += cur.position() as usize;
-            }
+            std::net::IpAddr::V6(v6) => self.push_fmt(v6),
         }
     }
 
@@ -246,12 +249,7 @@ impl IpText {
                 self.push(b':');
                 self.push_decimal(v4.port());
             }
-            std::net::SocketAddr::V6(v6) => {
-                use std::io::Write as _;
-                let mut cur = std::io::Cursor::new(&mut self.buf[self.len..]);
-                let _ = write!(cur, "{v6}");
-                self.len += cur.position() as usize;
-            }
+            std::net::SocketAddr::V6(v6) => self.push_fmt(v6),
         }
     }
 }
