@@ -443,7 +443,7 @@ pub async fn exchange(conn: Conn, dest: &Destination, budget: &Budget) -> (Excha
                 break;
             }
             Ok(Some(Err(e))) => {
-                ex.problem = Some(Problem::from(&net::body_failure(&e, &exchange)));
+                ex.problem = Some(Problem::from(&net::body_failure(e, &exchange)));
                 break;
             }
             Ok(Some(Ok(frame))) => frame,
@@ -454,7 +454,13 @@ pub async fn exchange(conn: Conn, dest: &Destination, budget: &Budget) -> (Excha
         }
     }
     ex.total_ms = ms(started.elapsed());
-    let conn = if ex.body_complete { Some(conn) } else { None };
+    let conn = if ex.body_complete {
+        let mut conn = conn;
+        conn.rejoin(&mut body);
+        Some(conn)
+    } else {
+        None
+    };
     (ex, conn)
 }
 

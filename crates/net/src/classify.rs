@@ -93,6 +93,32 @@ pub fn classify_hyper_error(e: &hyper::Error, phase: Phase, reused: bool) -> Fai
     f
 }
 
+/// Classifies what ended an HTTP/1.1 exchange before its response head, in `phase`.
+pub(crate) fn h1_error(e: &crate::h1::H1Error, phase: Phase, reused: bool) -> Failure {
+    use crate::h1::H1Error as E;
+    let cause = match e {
+        E::Io(ioe) => io_cause(ioe).unwrap_or(Cause::Reset),
+        E::Closed { .. } => Cause::Closed,
+        E::Invalid(_) => Cause::InvalidResponse,
+        E::TooLarge => Cause::ResponseTooLarge,
+        E::RequestBody => Cause::Internal,
+    };
+    let mut f = Failure::new(cause, phase).with_detail(e.to_string());
+    f.reused = reused;
+    f
+}
+
+/// Classifies what broke an HTTP/1.1 response body (phase `read_body`).
+pub(crate) fn h1_body_error(e: &crate::h1::BodyError) -> Failure {
+    use crate::h1::BodyError as E;
+    let cause = match e {
+        E::Io(ioe) => io_cause(ioe).unwrap_or(Cause::Reset),
+        E::Closed => Cause::Closed,
+        E::Invalid(_) => Cause::InvalidResponse,
+    };
+    Failure::new(cause, Phase::ReadBody).with_detail(e.to_string())
+}
+
 /// Classifies the error that ended a client connection. Returns the failure and, when hyper
 /// answered the client itself, the status it sent; `None` when the client merely went away.
 pub fn classify_client_error(

@@ -10,6 +10,7 @@
 
 mod classify;
 pub mod dns;
+mod h1;
 mod io;
 pub mod probe;
 pub mod resolver;
@@ -25,7 +26,7 @@ use cause::{Cause, Failure, Phase};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
 
 pub use classify::{classify_client_error, classify_connect_error, classify_hyper_error};
@@ -77,8 +78,53 @@ pub async fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, Failure> {
 }
 
 enum Sender {
-    H1(http1::SendRequest<RequestBody>),
+    /// Driven from the request's task; see `h1.rs`.
+    H1(h1::H1),
     H2(http2::SendRequest<RequestBody>),
+}
+
+/// The body of an upstream response. Its errors are failures in phase `read_body`, classified
+/// but without the exchange's facts ([`body_failure`] adds them).
+pub struct UpstreamBody {
+    inner: BodyInner,
+}
+
+enum BodyInner {
+    H1(h1::H1Body),
+    H2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Failure;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Failure>>> {
+        match &mut self.inner {
+            BodyInner::H1(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(|e| classify::h1_body_error(&e)))),
+            BodyInner::H2(b) => std::pin::Pin::new(b).poll_frame(cx).map(|o| {
+                o.map(|r| r.map_err(|e| classify_hyper_error(&e, Phase::ReadBody, false)))
+            }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            BodyInner::H1(b) => b.is_end_stream(),
+            BodyInner::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            BodyInner::H1(b) => b.size_hint(),
+            BodyInner::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// One connection to an upstream endpoint: HTTP/1.1 (one request at a time) or HTTP/2 (shared by
@@ -86,7 +132,7 @@ enum Sender {
 pub struct Conn {
     sender: Sender,
     stats: Arc<IoStats>,
-    /// When the connection task ended (the upstream or the gateway closed it).
+    /// HTTP/2: when the connection task ended (the upstream or the gateway closed it).
     closed_at: Arc<std::sync::Mutex<Option<Instant>>>,
     /// The largest response head accepted and the most header lines, for the detail of a
     /// `response_too_large`.
@@ -128,13 +174,13 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let stats = Arc::new(IoStats::default());
-    let io = TokioIo::new(CountingIo::new(io, stats.clone()));
     let closed_at = Arc::new(std::sync::Mutex::new(None));
     let mark = closed_at.clone();
     let handshake_failed = |e: hyper::Error| {
         classify_hyper_error(&e, Phase::Connect, false).with_endpoint(addr.to_string())
     };
     let sender = if opts.h2 {
+        let io = TokioIo::new(CountingIo::new(io, stats.clone()));
         let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .max_header_list_size(opts.max_response_header_bytes.min(u32::MAX as usize) as u32)
             .handshake(io)
@@ -146,23 +192,13 @@ where
         });
         Sender::H2(sender)
     } else {
-        let mut builder = http1::Builder::new();
-        // The limit is exact: a head of the limit is read, one byte more is too large.
-        builder
-            .max_header_size(opts.max_response_header_bytes)
-            .max_buf_size(opts.max_response_header_bytes + 8192);
-        // hyper parses up to 100 header lines on the stack; a higher count makes it reserve room
-        // for that many on the heap for every response, so it is set only when asked for.
-        if opts.max_response_headers > 100 {
-            builder.max_headers(opts.max_response_headers);
-        }
-        let (sender, conn) = builder.handshake(io).await.map_err(handshake_failed)?;
-        tokio::spawn(async move {
-            // The error, if any, also reaches the pending request, which classifies it.
-            let _ = conn.await;
-            *mark.lock().unwrap() = Some(Instant::now());
-        });
-        Sender::H1(sender)
+        // The head limit is exact: a head of the limit is read, one byte more is too large.
+        let io = CountingIo::new(io, stats.clone());
+        Sender::H1(h1::H1::new(
+            Box::new(io),
+            opts.max_response_header_bytes,
+            opts.max_response_headers,
+        ))
     };
     let now = Instant::now();
     Ok(Conn {
@@ -183,7 +219,7 @@ impl Conn {
     /// True when the connection can carry another request right now.
     pub fn is_open(&self) -> bool {
         match &self.sender {
-            Sender::H1(s) => !s.is_closed(),
+            Sender::H1(c) => c.is_open(),
             Sender::H2(s) => !s.is_closed(),
         }
     }
@@ -194,7 +230,18 @@ impl Conn {
 
     /// When the upstream (or the gateway) closed this connection, if it is closed.
     pub fn closed_at(&self) -> Option<Instant> {
-        *self.closed_at.lock().unwrap()
+        match &self.sender {
+            Sender::H1(c) => c.closed_at(),
+            Sender::H2(_) => *self.closed_at.lock().unwrap(),
+        }
+    }
+
+    /// Takes the connection back from a response body that was read to its end, so that it can
+    /// carry another request; a body that did not end cleanly leaves the connection closed.
+    pub fn rejoin(&mut self, body: &mut UpstreamBody) {
+        if let (Sender::H1(c), BodyInner::H1(b)) = (&mut self.sender, &mut body.inner) {
+            c.rejoin(b);
+        }
     }
 
     /// Another handle on a shared HTTP/2 connection; `None` for HTTP/1.1.
@@ -216,10 +263,11 @@ impl Conn {
         }
     }
 
-    /// True when the connection can take a request at once (its last exchange is over).
-    pub fn is_ready(&self) -> bool {
-        match &self.sender {
-            Sender::H1(s) => s.is_ready(),
+    /// True when the connection can take a request at once (its last exchange is over and,
+    /// for HTTP/1.1, the upstream has not closed it).
+    pub fn is_ready(&mut self) -> bool {
+        match &mut self.sender {
+            Sender::H1(c) => c.check(),
             Sender::H2(s) => s.is_ready(),
         }
     }
@@ -228,8 +276,14 @@ impl Conn {
     pub async fn ready(&mut self, within: Duration) -> bool {
         let ready = async {
             match &mut self.sender {
-                Sender::H1(s) => s.ready().await,
-                Sender::H2(s) => s.ready().await,
+                Sender::H1(c) => {
+                    if c.check() {
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                }
+                Sender::H2(s) => s.ready().await.map_err(|_| ()),
             }
         };
         matches!(tokio::time::timeout(within, ready).await, Ok(Ok(())))
@@ -247,7 +301,7 @@ impl Conn {
         mut self,
         req: Request<RequestBody>,
         deadlines: &Deadlines,
-    ) -> Result<(Response<Incoming>, Conn, Exchange), (Failure, Exchange)> {
+    ) -> Result<(Response<UpstreamBody>, Conn, Exchange), (Failure, Exchange)> {
         let reused = self.uses > 0;
         self.uses += 1;
         self.last_used = Instant::now();
@@ -259,13 +313,27 @@ impl Conn {
             started: Instant::now(),
             stats: self.stats.clone(),
         };
-        let fut: std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>,
-        > = match &mut self.sender {
-            Sender::H1(s) => Box::pin(s.send_request(req)),
-            Sender::H2(s) => Box::pin(s.send_request(req)),
+        type Sent<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Response<UpstreamBody>, SendError>>
+                    + Send
+                    + 'a,
+            >,
+        >;
+        let mut fut: Sent<'_> = match &mut self.sender {
+            Sender::H1(c) => Box::pin(async move {
+                let resp = c.exchange(req).await.map_err(SendError::H1)?;
+                Ok(resp.map(|b| UpstreamBody {
+                    inner: BodyInner::H1(b),
+                }))
+            }),
+            Sender::H2(s) => Box::pin(async move {
+                let resp = s.send_request(req).await.map_err(SendError::H2)?;
+                Ok(resp.map(|b| UpstreamBody {
+                    inner: BodyInner::H2(b),
+                }))
+            }),
         };
-        let mut fut = fut;
         let mut last_written = exchange.stats.written();
         let mut send_deadline = tokio::time::Instant::now() + deadlines.send;
         let mut timer = self
@@ -292,7 +360,10 @@ impl Conn {
                         // The client's body broke off; the upstream is not to blame.
                         return progress.client_failure();
                     }
-                    let mut f = classify_hyper_error(&e, phase, reused);
+                    let mut f = match &e {
+                        SendError::H1(e) => classify::h1_error(e, phase, reused),
+                        SendError::H2(e) => classify_hyper_error(e, phase, reused),
+                    };
                     if f.cause == Cause::ResponseTooLarge {
                         f.detail = Some(format!(
                             "the upstream's response head exceeds the limit of {} bytes or {} header lines (max_response_header_bytes, max_response_headers)",
@@ -333,6 +404,7 @@ impl Conn {
                 }
             }
         };
+        drop(fut);
         self.timer = Some(timer);
         match result {
             Ok(resp) => Ok((resp, self, exchange)),
@@ -343,6 +415,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// What ended an exchange before its response head, by protocol.
+enum SendError {
+    H1(h1::H1Error),
+    H2(hyper::Error),
 }
 
 /// Facts of one exchange on a connection, for the failure and the log.
@@ -523,9 +601,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Classifies an error from reading an upstream response body (phase `read_body`).
-pub fn body_failure(err: &hyper::Error, exchange: &Exchange) -> Failure {
-    let mut f = classify_hyper_error(err, Phase::ReadBody, exchange.reused);
+/// An error from reading an upstream response body (phase `read_body`), with the exchange's
+/// facts added.
+pub fn body_failure(mut f: Failure, exchange: &Exchange) -> Failure {
     exchange.fill(&mut f);
     f
 }

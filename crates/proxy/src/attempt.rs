@@ -14,7 +14,6 @@ use bytes::Bytes;
 use cause::{Cause, ClientFault, Failure, Phase};
 use http::Request;
 use http_body::Frame;
-use hyper::body::Incoming;
 use upstream::{Endpoint, Outcome, Slot, Upstream};
 
 use crate::body::{first_frame, RequestLog};
@@ -27,7 +26,7 @@ use crate::Gateway;
 /// the connection and slot it holds.
 pub(crate) struct Answered {
     pub parts: http::response::Parts,
-    pub incoming: Incoming,
+    pub incoming: net::UpstreamBody,
     pub framing: Framing,
     /// What a look at the body before the head went out found.
     pub early: Option<Option<Frame<Bytes>>>,
@@ -339,7 +338,7 @@ impl Gateway {
         let checked = match response_framing(&mut parts.headers) {
             Ok(framing) => match first_frame(&mut incoming).await {
                 Ok(early) => Ok((framing, early)),
-                Err(e) => Err(net::body_failure(&e, &exchange)),
+                Err(e) => Err(net::body_failure(e, &exchange)),
             },
             Err(mut f) => {
                 exchange.fill(&mut f);

@@ -84,7 +84,7 @@ enum Kind {
 }
 
 struct Streamed {
-    incoming: Incoming,
+    incoming: net::UpstreamBody,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
     /// The idle deadline runs only while the gateway waits on the upstream: a slow client that
@@ -98,6 +98,9 @@ struct Streamed {
     /// What a look at the body before the head went out found: a first frame to send, or
     /// (`Some(None)`) the end of the body.
     early: Option<Option<Frame<Bytes>>>,
+    /// A failure held back for one turn, so that what was relayed before it (the head, the
+    /// body so far) is flushed to the client before the connection is aborted.
+    deferred: Option<Failure>,
 }
 
 impl ProxyBody {
@@ -122,7 +125,7 @@ impl ProxyBody {
 
     /// The upstream's body, streamed with the body-idle deadline.
     pub fn stream(
-        incoming: Incoming,
+        incoming: net::UpstreamBody,
         lease: PoolLease,
         exchange: Exchange,
         attempt_started: Instant,
@@ -140,6 +143,7 @@ impl ProxyBody {
                 sent: Arc::new(AtomicU64::new(0)),
                 done: Arc::new(AtomicBool::new(false)),
                 early: None,
+                deferred: None,
             })),
             log: None,
         }
@@ -223,6 +227,9 @@ impl Body for ProxyBody {
             Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => s,
         };
+        if let Some(f) = s.deferred.take() {
+            return Poll::Ready(Some(Err(this.fail(f))));
+        }
         if let Some(early) = s.early.take() {
             let Some(frame) = early else {
                 s.finish();
@@ -252,10 +259,14 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                let mut f = net::body_failure(&e, &s.exchange);
+                let mut f = net::body_failure(e, &s.exchange);
                 s.annotate(&mut f);
                 s.lease = None;
-                Poll::Ready(Some(Err(this.fail(f))))
+                // The error may come in the same turn as the data before it: let hyper write
+                // that out first, as a client of the gateway sees what the upstream sent.
+                s.deferred = Some(f);
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Pending => {
                 if !s.waiting {
@@ -296,8 +307,9 @@ impl Streamed {
     /// The body was read to its end: the connection may serve another request.
     fn finish(&mut self) {
         self.done.store(true, Ordering::Relaxed);
-        if let Some(lease) = self.lease.take() {
+        if let Some(mut lease) = self.lease.take() {
             if !lease.close {
+                lease.conn.rejoin(&mut self.incoming);
                 lease
                     .upstream
                     .release(&lease.endpoint, lease.conn, lease.keep_alive);
@@ -322,8 +334,8 @@ impl Streamed {
 /// response instead of a head followed by an abort. Only bodies without a known length are
 /// looked at: a length-framed body cannot be broken before its first byte.
 pub async fn first_frame(
-    incoming: &mut Incoming,
-) -> Result<Option<Option<Frame<Bytes>>>, hyper::Error> {
+    incoming: &mut net::UpstreamBody,
+) -> Result<Option<Option<Frame<Bytes>>>, Failure> {
     if incoming.is_end_stream() || incoming.size_hint().exact().is_some() {
         return Ok(None);
     }

@@ -1,0 +1,1062 @@
+//! The HTTP/1.1 client side of an upstream connection, driven from the request's own task.
+//!
+//! No connection task and no channel: the request's task writes the head and the body and reads
+//! the response head in one future, and the response body reads from the same socket. Between
+//! exchanges the connection sits in the pool with a waker of its own registered on the socket,
+//! so the moment the upstream closes an idle connection is known (it is how the pool learns
+//! an upstream's idle timeout) without any task polling it.
+//!
+//! The parsing rules are RFC 9112's, with hyper's client decisions where the RFC leaves a
+//! choice (so the gateway behaves as it did on hyper's client):
+//!
+//! - 1xx heads other than 101 are skipped; a 101 nobody asked for is an invalid response.
+//! - HEAD responses, 204 and 304 have no body; `Transfer-Encoding` ending in `chunked` frames by
+//!   chunks, any other coding reads to the close; `Content-Length` lines must agree; a
+//!   `Transfer-Encoding` in an HTTP/1.0 response is invalid; neither means read to the close.
+//! - The head limit is exact: a head of `limit` bytes is read, one byte more is too large.
+//! - Chunk size lines end in CRLF; trailers are read and dropped (the gateway forwards none).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use crate::RequestBody;
+
+/// The byte stream under a connection: TCP, or TLS over TCP.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Bytes read from the socket at a time while looking for a head.
+const HEAD_READ: usize = 8 * 1024;
+/// The most a body read asks the socket for.
+const BODY_READ: usize = 64 * 1024;
+/// The most buffered request bytes before they are written out.
+const WRITE_BATCH: usize = 64 * 1024;
+/// The longest chunk size line (size and extensions).
+const CHUNK_LINE: usize = 4096;
+
+/// What ended an exchange before its response head was whole.
+#[derive(Debug)]
+pub(crate) enum H1Error {
+    Io(io::Error),
+    /// The upstream closed the connection; `mid_head` when some of a head had arrived.
+    Closed {
+        mid_head: bool,
+    },
+    Invalid(String),
+    TooLarge,
+    /// The request body broke off (its failure is in the body's progress).
+    RequestBody,
+}
+
+impl std::fmt::Display for H1Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            H1Error::Io(e) => write!(f, "{e}"),
+            H1Error::Closed { mid_head: false } => {
+                f.write_str("the upstream closed the connection before any response byte")
+            }
+            H1Error::Closed { mid_head: true } => {
+                f.write_str("the upstream closed the connection in the middle of the response head")
+            }
+            H1Error::Invalid(why) => write!(f, "invalid response head: {why}"),
+            H1Error::TooLarge => f.write_str("the response head is too large"),
+            H1Error::RequestBody => f.write_str("the request body broke off"),
+        }
+    }
+}
+
+/// Records when the socket of an idle connection became readable: the upstream closed it (or
+/// sent bytes nobody asked for, which makes it just as unusable).
+#[derive(Debug, Default)]
+struct IdleMark {
+    fired: AtomicBool,
+    at: Mutex<Option<Instant>>,
+}
+
+impl Wake for IdleMark {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.fired.swap(true, Ordering::AcqRel) {
+            *self.at.lock().unwrap() = Some(Instant::now());
+        }
+    }
+}
+
+/// The socket and buffers of a connection; lent to a response body while it is read.
+struct Wire {
+    io: Box<dyn Io>,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    /// The request being written.
+    out: Vec<u8>,
+}
+
+/// One HTTP/1.1 connection to an upstream.
+pub(crate) struct H1 {
+    /// `None` while a response body has the wire, or once the connection is unusable.
+    wire: Option<Box<Wire>>,
+    idle: Arc<IdleMark>,
+    idle_waker: Waker,
+    head_limit: usize,
+    header_lines: usize,
+}
+
+impl H1 {
+    pub(crate) fn new(io: Box<dyn Io>, head_limit: usize, header_lines: usize) -> H1 {
+        let idle = Arc::new(IdleMark::default());
+        H1 {
+            wire: Some(Box::new(Wire {
+                io,
+                buf: BytesMut::new(),
+                out: Vec::new(),
+            })),
+            idle_waker: Waker::from(idle.clone()),
+            idle,
+            head_limit,
+            header_lines,
+        }
+    }
+
+    /// When the upstream closed this idle connection, if it did.
+    pub(crate) fn closed_at(&self) -> Option<Instant> {
+        if self.idle.fired.load(Ordering::Acquire) {
+            *self.idle.at.lock().unwrap()
+        } else {
+            None
+        }
+    }
+
+    /// True when a request can be sent now: the last exchange ended cleanly and the upstream
+    /// has not closed the connection since.
+    pub(crate) fn is_open(&self) -> bool {
+        self.wire.is_some() && !self.idle.fired.load(Ordering::Acquire)
+    }
+
+    /// Looks at the idle socket once more (a close that arrived since the runtime last looked
+    /// is seen here), then says whether a request can be sent.
+    pub(crate) fn check(&mut self) -> bool {
+        self.watch_idle();
+        self.is_open()
+    }
+
+    /// Takes the wire back from a response body that was read to its end, and starts watching
+    /// the idle socket. A body that did not end cleanly keeps it, and the connection is closed.
+    pub(crate) fn rejoin(&mut self, body: &mut H1Body) {
+        if body.state != Decode::Done || !body.reusable {
+            return;
+        }
+        if let Some(wire) = body.wire.take() {
+            if wire.buf.is_empty() {
+                self.wire = Some(wire);
+                self.watch_idle();
+            }
+        }
+    }
+
+    /// Registers the idle waker on the socket, or finds the connection closed (or sent
+    /// unrequested bytes) already.
+    fn watch_idle(&mut self) {
+        let Some(wire) = &mut self.wire else { return };
+        let mut cx = Context::from_waker(&self.idle_waker);
+        if wire.buf.capacity() - wire.buf.len() < 64 {
+            wire.buf.reserve(64);
+        }
+        match poll_read_buf(Pin::new(&mut wire.io), &mut cx, &mut wire.buf) {
+            Poll::Pending => {}
+            Poll::Ready(_) => {
+                // A close, an error, or bytes nobody asked for: the connection is done.
+                self.idle.wake_by_ref();
+                self.wire = None;
+            }
+        }
+    }
+
+    /// Sends `req` and reads the response head. The body comes with the connection's wire,
+    /// which [`H1::rejoin`] takes back once the body has been read.
+    pub(crate) async fn exchange(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<H1Body>, H1Error> {
+        let Some(mut wire) = self.wire.take() else {
+            return Err(H1Error::Closed { mid_head: false });
+        };
+        self.idle.fired.store(false, Ordering::Release);
+        *self.idle.at.lock().unwrap() = None;
+        let (parts, mut body) = req.into_parts();
+        wire.out.clear();
+        let mut writer = Writer {
+            framing: encode_head(&parts, &body, &mut wire.out),
+            written: 0,
+            body_done: false,
+            flushed: false,
+        };
+        writer.body_done = body.is_end_stream() || writer.framing == ReqFraming::None;
+        let close_asked = parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"close"));
+        let head_method = parts.method == Method::HEAD;
+        let connect = parts.method == Method::CONNECT;
+        let limit = self.head_limit;
+        let lines = self.header_lines;
+        let head = poll_fn(|cx| loop {
+            let wrote = if writer.done() {
+                false
+            } else {
+                writer.poll(cx, &mut wire, &mut body)?
+            };
+            if let Poll::Ready(head) = poll_head(cx, &mut wire, limit, lines)? {
+                return Poll::Ready(Ok(head));
+            }
+            if !wrote {
+                return Poll::Pending;
+            }
+        })
+        .await?;
+        let Head {
+            status,
+            version,
+            headers,
+            reason,
+            keep_alive,
+        } = head;
+        let state = match decoder(status, version, &headers, head_method, connect)? {
+            Decode::Length(0) => Decode::Done,
+            d => d,
+        };
+        // A response that came before the request was written whole leaves the connection in
+        // an unknown state: it is closed after this response.
+        let reusable = keep_alive && !close_asked && writer.done() && state != Decode::Eof;
+        let body = H1Body {
+            wire: Some(wire),
+            state,
+            reusable,
+            trailer_limit: limit,
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        if let Some(reason) = reason {
+            resp.extensions_mut().insert(reason);
+        }
+        Ok(resp)
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReqFraming {
+    /// No body at all.
+    None,
+    Length,
+    Chunked,
+}
+
+struct Writer {
+    framing: ReqFraming,
+    /// Bytes of `out` already written.
+    written: usize,
+    body_done: bool,
+    flushed: bool,
+}
+
+impl Writer {
+    fn done(&self) -> bool {
+        self.flushed
+    }
+
+    /// Moves the request on: gathers what the body has ready, writes what is gathered.
+    /// `Ok(true)` when something moved.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        wire: &mut Wire,
+        body: &mut RequestBody,
+    ) -> Result<bool, H1Error> {
+        let mut moved = false;
+        loop {
+            while !self.body_done && wire.out.len() - self.written < WRITE_BATCH {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        moved = true;
+                        // Trailers are not forwarded.
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if self.framing == ReqFraming::Chunked {
+                            push_hex(&mut wire.out, data.len());
+                            wire.out.extend_from_slice(b"\r\n");
+                            wire.out.extend_from_slice(&data);
+                            wire.out.extend_from_slice(b"\r\n");
+                        } else {
+                            wire.out.extend_from_slice(&data);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        moved = true;
+                        self.body_done = true;
+                        if self.framing == ReqFraming::Chunked {
+                            wire.out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => return Err(H1Error::RequestBody),
+                    Poll::Pending => break,
+                }
+            }
+            if self.written < wire.out.len() {
+                match Pin::new(&mut wire.io).poll_write(cx, &wire.out[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Err(H1Error::Io(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        moved = true;
+                        self.written += n;
+                        if self.written == wire.out.len() {
+                            wire.out.clear();
+                            self.written = 0;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Err(H1Error::Io(e)),
+                    Poll::Pending => return Ok(moved),
+                }
+            }
+            if !self.body_done {
+                return Ok(moved);
+            }
+            return match Pin::new(&mut wire.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.flushed = true;
+                    Ok(true)
+                }
+                Poll::Ready(Err(e)) => Err(H1Error::Io(e)),
+                Poll::Pending => Ok(moved),
+            };
+        }
+    }
+}
+
+/// Writes the request line and the header section into `out` and decides the body's framing,
+/// as hyper's client did: a body of known size gets a length, one of unknown size chunks
+/// (none at all for GET, HEAD and CONNECT), an explicit `Transfer-Encoding` is kept.
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> ReqFraming {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    match (parts.uri.scheme(), parts.uri.path_and_query()) {
+        (None, Some(pq)) => out.extend_from_slice(pq.as_str().as_bytes()),
+        (None, None) => out.push(b'/'),
+        (Some(_), _) => out.extend_from_slice(parts.uri.to_string().as_bytes()),
+    }
+    out.extend_from_slice(if parts.version == Version::HTTP_10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    let empty = body.is_end_stream();
+    let has_te = parts.headers.contains_key(TRANSFER_ENCODING);
+    let has_cl = parts.headers.contains_key(CONTENT_LENGTH);
+    let mut framing = if empty {
+        ReqFraming::None
+    } else if has_te {
+        ReqFraming::Chunked
+    } else if has_cl {
+        ReqFraming::Length
+    } else {
+        match body.size_hint().exact() {
+            Some(_) => ReqFraming::Length,
+            None if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
+                ReqFraming::None
+            }
+            None => ReqFraming::Chunked,
+        }
+    };
+    if framing == ReqFraming::Length && !has_cl && body.size_hint().exact() == Some(0) {
+        framing = ReqFraming::None;
+    }
+    for (name, value) in &parts.headers {
+        let skip = (name == TRANSFER_ENCODING && framing != ReqFraming::Chunked)
+            || (name == CONTENT_LENGTH && framing == ReqFraming::Chunked);
+        if skip {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ReqFraming::Length if !has_cl => {
+            let n = body.size_hint().exact().unwrap_or(0);
+            out.extend_from_slice(b"content-length: ");
+            let mut digits = [0u8; 20];
+            let mut i = digits.len();
+            let mut v = n;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            out.extend_from_slice(&digits[i..]);
+            out.extend_from_slice(b"\r\n");
+        }
+        ReqFraming::Chunked if !has_te => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[v & 15];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// True when the comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    reason: Option<hyper::ext::ReasonPhrase>,
+    keep_alive: bool,
+}
+
+/// Reads until a final response head is whole (1xx heads are skipped).
+fn poll_head(
+    cx: &mut Context<'_>,
+    wire: &mut Wire,
+    limit: usize,
+    lines: usize,
+) -> Poll<Result<Head, H1Error>> {
+    loop {
+        if !wire.buf.is_empty() {
+            if let Some(head) = parse_head(&mut wire.buf, limit, lines)? {
+                return Poll::Ready(Ok(head));
+            }
+            if wire.buf.len() > limit {
+                return Poll::Ready(Err(H1Error::TooLarge));
+            }
+        }
+        if wire.buf.capacity() - wire.buf.len() < HEAD_READ / 4 {
+            wire.buf.reserve(HEAD_READ);
+        }
+        match poll_read_buf(Pin::new(&mut wire.io), cx, &mut wire.buf) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(H1Error::Closed {
+                    mid_head: !wire.buf.is_empty(),
+                }))
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Io(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// Parses a head at the start of `buf`; `None` when more bytes are needed. A 1xx head is
+/// consumed and skipped.
+fn parse_head(buf: &mut BytesMut, limit: usize, lines: usize) -> Result<Option<Head>, H1Error> {
+    loop {
+        let mut stack = [httparse::EMPTY_HEADER; 100];
+        let mut heap;
+        let slots: &mut [httparse::Header<'_>] = if lines > stack.len() {
+            heap = vec![httparse::EMPTY_HEADER; lines];
+            &mut heap
+        } else {
+            &mut stack[..lines]
+        };
+        let mut res = httparse::Response::new(slots);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::TooLarge),
+            Err(e) => return Err(H1Error::Invalid(e.to_string())),
+        };
+        if len > limit {
+            return Err(H1Error::TooLarge);
+        }
+        let code = res.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| H1Error::Invalid(format!("status {code}")))?;
+        if status.is_informational() {
+            if code == 101 {
+                return Err(H1Error::Invalid(
+                    "the upstream switched protocols (101) although no upgrade was asked for"
+                        .into(),
+                ));
+            }
+            buf.advance(len);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let reason = res
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason())
+            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
+        // Where each name and value sits in the head, so that the values share its bytes.
+        let base = buf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
+            let name = (h.name.as_ptr() as usize - base, h.name.len());
+            let value = (h.value.as_ptr() as usize - base, h.value.len());
+            spans.push((name, value));
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut said_close = false;
+        for ((ns, nl), (vs, vl)) in spans {
+            let name = HeaderName::from_bytes(&head[ns..ns + nl])
+                .map_err(|_| H1Error::Invalid("a header name is not a token".into()))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+                .map_err(|_| H1Error::Invalid("a header value has a forbidden byte".into()))?;
+            if name == CONNECTION {
+                if said_close || has_token(value.as_bytes(), b"close") {
+                    said_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(value.as_bytes(), b"keep-alive");
+                }
+            }
+            headers.append(name, value);
+        }
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            reason,
+            keep_alive,
+        }));
+    }
+}
+
+/// How the response body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decode {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Eof,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// A size line is next.
+    Size,
+    /// Data bytes of the current chunk still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines until an empty one; the bytes read so far.
+    Trailers(usize),
+}
+
+/// RFC 9112 §6.3, with hyper's choices (see the module comment).
+fn decoder(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    head_method: bool,
+    connect: bool,
+) -> Result<Decode, H1Error> {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED || head_method {
+        return Ok(Decode::Done);
+    }
+    if connect && status.is_success() {
+        return Err(H1Error::Invalid(
+            "a tunnel through the upstream was not asked for".into(),
+        ));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(H1Error::Invalid(
+                "an HTTP/1.0 response cannot have Transfer-Encoding".into(),
+            ));
+        }
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            .unwrap_or(false);
+        return Ok(if last {
+            Decode::Chunked(Chunk::Size)
+        } else {
+            Decode::Eof
+        });
+    }
+    let mut length: Option<u64> = None;
+    let mut any = false;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        any = true;
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii());
+            match (n, length) {
+                (None, _) => return Err(H1Error::Invalid("Content-Length is not a number".into())),
+                (Some(n), Some(l)) if n != l => {
+                    return Err(H1Error::Invalid("Content-Length values disagree".into()))
+                }
+                (Some(n), _) => length = Some(n),
+            }
+        }
+    }
+    Ok(match length {
+        Some(n) => Decode::Length(n),
+        None if any => return Err(H1Error::Invalid("Content-Length is empty".into())),
+        None => Decode::Eof,
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add((d - b'0') as u64)
+    })
+}
+
+/// Why a response body could not be read to its end.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    Io(io::Error),
+    /// The upstream closed the connection before the end of the body.
+    Closed,
+    Invalid(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Io(e) => write!(f, "error reading the response body: {e}"),
+            BodyError::Closed => {
+                f.write_str("the upstream closed the connection before the end of the body")
+            }
+            BodyError::Invalid(why) => write!(f, "invalid response body framing: {why}"),
+        }
+    }
+}
+
+/// The body of an HTTP/1.1 response, read from the connection's wire.
+pub(crate) struct H1Body {
+    wire: Option<Box<Wire>>,
+    state: Decode,
+    /// The connection may carry another request once this body has ended.
+    reusable: bool,
+    trailer_limit: usize,
+}
+
+impl H1Body {
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        match self.state {
+            Decode::Length(n) => Some(n),
+            Decode::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let Some(wire) = self.wire.as_deref_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.state {
+                Decode::Done => return Poll::Ready(None),
+                Decode::Length(left) => {
+                    if !wire.buf.is_empty() {
+                        let n = (wire.buf.len() as u64).min(left) as usize;
+                        let data = wire.buf.split_to(n).freeze();
+                        self.state = match left - n as u64 {
+                            0 => Decode::Done,
+                            rest => Decode::Length(rest),
+                        };
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    let want = left.clamp(4096, BODY_READ as u64) as usize;
+                    match ready_read(cx, wire, want) {
+                        Poll::Ready(Ok(0)) => return self.fail(BodyError::Closed),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(e)) => return self.fail(BodyError::Io(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Decode::Eof => {
+                    if !wire.buf.is_empty() {
+                        let data = wire.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    match ready_read(cx, wire, BODY_READ / 4) {
+                        Poll::Ready(Ok(0)) => {
+                            self.state = Decode::Done;
+                            self.reusable = false;
+                            return Poll::Ready(None);
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(e)) => return self.fail(BodyError::Io(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Decode::Chunked(chunk) => match decode_chunk(&mut wire.buf, chunk) {
+                    Err(why) => return self.fail(BodyError::Invalid(why)),
+                    Ok(Step::Data(data, next)) => {
+                        self.state = Decode::Chunked(next);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Ok(Step::Next(next)) => self.state = Decode::Chunked(next),
+                    Ok(Step::End) => self.state = Decode::Done,
+                    Ok(Step::More(next)) => {
+                        if let Chunk::Trailers(read) = next {
+                            if read + wire.buf.len() > self.trailer_limit {
+                                return self.fail(BodyError::Invalid(
+                                    "the trailer section is too large".into(),
+                                ));
+                            }
+                        }
+                        self.state = Decode::Chunked(next);
+                        let want = match next {
+                            Chunk::Data(left) => left.clamp(4096, BODY_READ as u64) as usize,
+                            _ => 4096,
+                        };
+                        match ready_read(cx, wire, want) {
+                            Poll::Ready(Ok(0)) => return self.fail(BodyError::Closed),
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Err(e)) => return self.fail(BodyError::Io(e)),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.wire = None;
+        self.reusable = false;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+/// Reads what the socket has, with room for at least `want` more bytes.
+fn ready_read(cx: &mut Context<'_>, wire: &mut Wire, want: usize) -> Poll<io::Result<usize>> {
+    if wire.buf.capacity() - wire.buf.len() < want {
+        wire.buf.reserve(want);
+    }
+    poll_read_buf(Pin::new(&mut wire.io), cx, &mut wire.buf)
+}
+
+/// One step of the chunked decoder over the buffered bytes.
+enum Step {
+    Data(Bytes, Chunk),
+    /// A size line or a chunk's end was consumed.
+    Next(Chunk),
+    /// More bytes are needed in this state.
+    More(Chunk),
+    End,
+}
+
+fn decode_chunk(buf: &mut BytesMut, chunk: Chunk) -> Result<Step, String> {
+    match chunk {
+        Chunk::Size => {
+            let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+                if buf.len() > CHUNK_LINE {
+                    return Err("a chunk size line is too long".into());
+                }
+                return Ok(Step::More(chunk));
+            };
+            if lf == 0 || buf[lf - 1] != b'\r' || buf[..lf - 1].contains(&b'\r') {
+                return Err("a chunk size line does not end in CRLF".into());
+            }
+            let line = &buf[..lf - 1];
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 {
+                return Err("a chunk size is not a hexadecimal number".into());
+            }
+            let rest = line[digits..].trim_ascii_start();
+            if !rest.is_empty() && rest[0] != b';' {
+                return Err("a chunk size is followed by something other than an extension".into());
+            }
+            let mut size: u64 = 0;
+            for &d in &line[..digits] {
+                let v = (d as char).to_digit(16).unwrap_or(0) as u64;
+                size = size
+                    .checked_mul(16)
+                    .and_then(|s| s.checked_add(v))
+                    .ok_or_else(|| "a chunk size overflows".to_string())?;
+            }
+            buf.advance(lf + 1);
+            Ok(Step::Next(if size == 0 {
+                Chunk::Trailers(0)
+            } else {
+                Chunk::Data(size)
+            }))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::More(chunk));
+            }
+            let n = (buf.len() as u64).min(left) as usize;
+            let data = buf.split_to(n).freeze();
+            let next = match left - n as u64 {
+                0 => Chunk::DataEnd,
+                rest => Chunk::Data(rest),
+            };
+            Ok(Step::Data(data, next))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                if buf.first().is_some_and(|&b| b != b'\r') {
+                    return Err("a chunk's data is not followed by CRLF".into());
+                }
+                return Ok(Step::More(chunk));
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err("a chunk's data is not followed by CRLF".into());
+            }
+            buf.advance(2);
+            Ok(Step::Next(Chunk::Size))
+        }
+        Chunk::Trailers(read) => {
+            let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+                return Ok(Step::More(chunk));
+            };
+            if lf == 0 || buf[lf - 1] != b'\r' {
+                return Err("a trailer line does not end in CRLF".into());
+            }
+            let empty = lf == 1;
+            buf.advance(lf + 1);
+            if empty {
+                Ok(Step::End)
+            } else {
+                Ok(Step::Next(Chunk::Trailers(read + lf + 1)))
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.poll_data(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == Decode::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact_len() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(input: &[u8]) -> Result<Vec<u8>, String> {
+        let mut buf = BytesMut::from(input);
+        let mut state = Chunk::Size;
+        let mut out = Vec::new();
+        loop {
+            match decode_chunk(&mut buf, state)? {
+                Step::Data(d, next) => {
+                    out.extend_from_slice(&d);
+                    state = next;
+                }
+                Step::Next(next) => state = next,
+                Step::More(_) => return Err("incomplete".into()),
+                Step::End => return Ok(out),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_framing() {
+        assert_eq!(chunked(b"5\r\nhello\r\n0\r\n\r\n").unwrap(), b"hello");
+        assert_eq!(
+            chunked(b"5;ext=1\r\nhello\r\n2 \r\n, \r\n0\r\nx-t: 1\r\n\r\n").unwrap(),
+            b"hello, "
+        );
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"z\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let r = chunked(bad);
+            assert!(
+                r.is_err() && r.as_ref().unwrap_err() != "incomplete",
+                "{:?} gave {r:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(chunked(b"5\r\nhel").unwrap_err(), "incomplete");
+    }
+
+    fn head(raw: &str) -> Result<Option<Head>, H1Error> {
+        parse_head(&mut BytesMut::from(raw.as_bytes()), 1000, 100)
+    }
+
+    #[test]
+    fn heads() {
+        let h = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Fine\r\nA: 1\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.status, 200);
+        assert!(!h.keep_alive);
+        assert_eq!(h.reason.unwrap().as_bytes(), b"Fine");
+        let h = head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive && h.reason.is_none());
+        assert!(head("HTTP/1.1 200 OK\r\nA: 1\r\n").unwrap().is_none());
+        assert!(matches!(
+            head("HTTP/1.1 101 Switching\r\n\r\n"),
+            Err(H1Error::Invalid(_))
+        ));
+        assert!(matches!(
+            head("HTTX/1.1 200 OK\r\n\r\n"),
+            Err(H1Error::Invalid(_))
+        ));
+        let mut big = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        for _ in 0..3 {
+            big.extend_from_slice(b"X: 1\r\n");
+        }
+        big.extend_from_slice(b"\r\n");
+        let n = big.len();
+        assert!(parse_head(&mut big.clone(), n, 100).unwrap().is_some());
+        assert!(matches!(
+            parse_head(&mut big.clone(), n - 1, 100),
+            Err(H1Error::TooLarge)
+        ));
+        assert!(matches!(parse_head(&mut big, n, 2), Err(H1Error::TooLarge)));
+    }
+
+    fn decode(
+        status: u16,
+        version: Version,
+        fields: &[(&str, &str)],
+        head: bool,
+    ) -> Result<Decode, H1Error> {
+        let mut h = HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        decoder(
+            StatusCode::from_u16(status).unwrap(),
+            version,
+            &h,
+            head,
+            false,
+        )
+    }
+
+    #[test]
+    fn body_framing() {
+        use Version as V;
+        assert_eq!(
+            decode(200, V::HTTP_11, &[("content-length", "5")], true).unwrap(),
+            Decode::Done
+        );
+        assert_eq!(
+            decode(304, V::HTTP_11, &[("content-length", "5")], false).unwrap(),
+            Decode::Done
+        );
+        assert_eq!(
+            decode(200, V::HTTP_11, &[("content-length", "5, 5")], false).unwrap(),
+            Decode::Length(5)
+        );
+        assert!(decode(
+            200,
+            V::HTTP_11,
+            &[("content-length", "5"), ("content-length", "6")],
+            false
+        )
+        .is_err());
+        assert!(decode(200, V::HTTP_11, &[("content-length", "+5")], false).is_err());
+        assert_eq!(
+            decode(
+                200,
+                V::HTTP_11,
+                &[
+                    ("transfer-encoding", "gzip, chunked"),
+                    ("content-length", "5")
+                ],
+                false
+            )
+            .unwrap(),
+            Decode::Chunked(Chunk::Size)
+        );
+        assert_eq!(
+            decode(200, V::HTTP_11, &[("transfer-encoding", "gzip")], false).unwrap(),
+            Decode::Eof
+        );
+        assert!(decode(200, V::HTTP_10, &[("transfer-encoding", "chunked")], false).is_err());
+        assert_eq!(decode(200, V::HTTP_11, &[], false).unwrap(), Decode::Eof);
+    }
+}
