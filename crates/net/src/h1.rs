@@ -18,6 +18,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,8 +38,8 @@ use crate::RequestBody;
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Bytes read from the socket at a time while looking for a head.
-const HEAD_READ: usize = 8 * 1024;
+/// Room for a read while looking for a head: a head and a small body in one read.
+const HEAD_READ: usize = 16 * 1024;
 /// The most a body read asks the socket for.
 const BODY_READ: usize = 64 * 1024;
 /// The most buffered request bytes before they are written out.
@@ -154,16 +155,17 @@ impl H1 {
     }
 
     /// Takes the wire back from a response body that was read to its end, and starts watching
-    /// the idle socket. A body that did not end cleanly keeps it, and the connection is closed.
+    /// the idle socket. Otherwise (the body broke off, or the connection cannot be reused) the
+    /// connection is closed at once.
     pub(crate) fn rejoin(&mut self, body: &mut H1Body) {
+        // Taken either way: a connection that cannot be reused is closed now.
+        let wire = body.wire.take();
         if body.state != Decode::Done || !body.reusable {
             return;
         }
-        if let Some(wire) = body.wire.take() {
-            if wire.buf.is_empty() {
-                self.wire = Some(wire);
-                self.watch_idle();
-            }
+        if let Some(wire) = wire.filter(|w| w.buf.is_empty()) {
+            self.wire = Some(wire);
+            self.watch_idle();
         }
     }
 
@@ -498,16 +500,20 @@ fn poll_head(
 /// consumed and skipped.
 fn parse_head(buf: &mut BytesMut, limit: usize, lines: usize) -> Result<Option<Head>, H1Error> {
     loop {
-        let mut stack = [httparse::EMPTY_HEADER; 100];
+        // Uninitialised slots: nothing is written for header lines the head does not have.
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
         let mut heap;
-        let slots: &mut [httparse::Header<'_>] = if lines > stack.len() {
-            heap = vec![httparse::EMPTY_HEADER; lines];
+        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if lines > stack.len() {
+            heap = Vec::with_capacity(lines);
+            heap.resize_with(lines, MaybeUninit::uninit);
             &mut heap
         } else {
             &mut stack[..lines]
         };
-        let mut res = httparse::Response::new(slots);
-        let len = match res.parse(buf) {
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, slots);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(H1Error::TooLarge),
@@ -543,17 +549,30 @@ fn parse_head(buf: &mut BytesMut, limit: usize, lines: usize) -> Result<Option<H
             .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
         // Where each name and value sits in the head, so that the values share its bytes.
         let base = buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(res.headers.len());
-        for h in res.headers.iter() {
-            let name = (h.name.as_ptr() as usize - base, h.name.len());
-            let value = (h.value.as_ptr() as usize - base, h.value.len());
-            spans.push((name, value));
+        let count = res.headers.len();
+        let mut on_stack = [(0u32, 0u32, 0u32, 0u32); 100];
+        let mut on_heap;
+        let spans: &mut [(u32, u32, u32, u32)] = if count > on_stack.len() {
+            on_heap = vec![(0, 0, 0, 0); count];
+            &mut on_heap
+        } else {
+            &mut on_stack[..count]
+        };
+        // A head is at most the limit long, far below 4 GiB.
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            *span = (
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            );
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut said_close = false;
-        for ((ns, nl), (vs, vl)) in spans {
+        for &mut (ns, nl, vs, vl) in spans {
+            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
             let name = HeaderName::from_bytes(&head[ns..ns + nl])
                 .map_err(|_| H1Error::Invalid("a header name is not a token".into()))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))

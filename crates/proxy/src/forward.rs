@@ -401,7 +401,13 @@ impl Gateway {
             Version::HTTP_11
         };
 
-        let body = self.prepare_body(body, routed.upstream).await?;
+        // Most requests have no body; the reading of one is boxed so that its state does not
+        // make the future of every request larger.
+        let body = if body.is_end_stream() {
+            PreparedBody::Buffered(Bytes::new())
+        } else {
+            Box::pin(self.prepare_body(body, routed.upstream)).await?
+        };
         // hyper's client writes the framing from the body: a length for a body of known size,
         // chunks otherwise (said explicitly, or hyper would drop a GET's body of unknown size).
         parts.headers.remove(CONTENT_LENGTH);
@@ -448,6 +454,7 @@ impl Gateway {
         } = answered;
         let keep_alive = keep_alive_timeout(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.reserve(2);
         append_via(&mut parts.headers, &self.via);
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
         log.record.status = parts.status.as_u16();

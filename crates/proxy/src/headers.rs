@@ -148,6 +148,8 @@ pub struct Forwarding<'a> {
 
 /// Rewrites the client's headers into the upstream request's headers.
 pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    // Room for the six fields added below, so that the map grows at most once.
+    headers.reserve(6);
     strip_hop_by_hop(headers);
     strip_look_alikes(headers);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -15,6 +15,13 @@ use std::time::{Duration, SystemTime};
 use cause::{Cause, Failure, Level, Phase};
 use serde_json::{json, Map, Value};
 
+/// `,"name":` as one literal, written in one go.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 /// What failed and where: cause, phase, upstream and endpoint.
 fn where_fields(m: &mut Map<String, Value>, failure: &Failure) {
     m.insert("cause".into(), json!(failure.cause.as_str()));
@@ -354,20 +361,20 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
         }
         None => o.push_str("null"),
     }
-    json_str(o, "method", Some(r.method.as_str()));
-    json_str(o, "host", Some(&r.host));
-    json_str(o, "path", Some(&r.path));
-    json_str(o, "proto", Some(r.proto));
-    json_uint(o, "status", Some(u64::from(r.status)));
-    json_uint(o, "bytes_in", Some(r.bytes_in));
-    json_uint(o, "bytes_out", Some(r.bytes_out));
-    json_ms(o, "duration_ms", Some(r.duration));
-    json_str(o, "request_id", Some(&r.request_id));
-    json_str(o, "upstream", r.upstream.as_deref());
-    json_str(o, "endpoint", r.endpoint.as_deref());
-    json_str(o, "cause", r.cause.map(Cause::as_str));
-    json_str(o, "phase", r.phase.map(Phase::as_str));
-    json_bool(o, "gateway_error", r.gateway_error);
+    json_str(o, key!("method"), Some(r.method.as_str()));
+    json_str(o, key!("host"), Some(&r.host));
+    json_str(o, key!("path"), Some(&r.path));
+    json_str(o, key!("proto"), Some(r.proto));
+    json_uint(o, key!("status"), Some(u64::from(r.status)));
+    json_uint(o, key!("bytes_in"), Some(r.bytes_in));
+    json_uint(o, key!("bytes_out"), Some(r.bytes_out));
+    json_ms(o, key!("duration_ms"), Some(r.duration));
+    json_str(o, key!("request_id"), Some(&r.request_id));
+    json_str(o, key!("upstream"), r.upstream.as_deref());
+    json_str(o, key!("endpoint"), r.endpoint.as_deref());
+    json_str(o, key!("cause"), r.cause.map(Cause::as_str));
+    json_str(o, key!("phase"), r.phase.map(Phase::as_str));
+    json_bool(o, key!("gateway_error"), r.gateway_error);
     o.push_str(",\"attempts\":[");
     for (i, a) in r.attempts.iter().enumerate() {
         if i > 0 {
@@ -375,26 +382,24 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
         }
         o.push_str("{\"endpoint\":");
         json_string(o, &a.endpoint);
-        json_bool(o, "reused", a.reused);
-        json_ms(o, "idle_ms", a.idle);
-        json_uint(o, "conn_uses", Some(u64::from(a.conn_uses)));
-        json_ms(o, "conn_age_ms", a.conn_age);
-        json_str(o, "cause", a.cause.map(Cause::as_str));
-        json_str(o, "phase", a.phase.map(Phase::as_str));
-        json_uint(o, "status", a.status.map(u64::from));
-        json_ms(o, "connect_ms", a.connect);
-        json_ms(o, "first_byte_ms", a.first_byte);
-        json_ms(o, "total_ms", a.total);
+        json_bool(o, key!("reused"), a.reused);
+        json_ms(o, key!("idle_ms"), a.idle);
+        json_uint(o, key!("conn_uses"), Some(u64::from(a.conn_uses)));
+        json_ms(o, key!("conn_age_ms"), a.conn_age);
+        json_str(o, key!("cause"), a.cause.map(Cause::as_str));
+        json_str(o, key!("phase"), a.phase.map(Phase::as_str));
+        json_uint(o, key!("status"), a.status.map(u64::from));
+        json_ms(o, key!("connect_ms"), a.connect);
+        json_ms(o, key!("first_byte_ms"), a.first_byte);
+        json_ms(o, key!("total_ms"), a.total);
         o.push('}');
     }
     o.push_str("]}");
 }
 
-/// `,"key":`.
+/// A key made by [`key!`].
 fn json_key(o: &mut String, key: &str) {
-    o.push_str(",\"");
     o.push_str(key);
-    o.push_str("\":");
 }
 
 /// Decimal digits of `v`.
@@ -464,9 +469,7 @@ fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
 
 /// `,"key":"escaped"`, `null` when absent.
 fn json_str(o: &mut String, key: &str, v: Option<&str>) {
-    o.push_str(",\"");
-    o.push_str(key);
-    o.push_str("\":");
+    json_key(o, key);
     match v {
         Some(v) => json_string(o, v),
         None => o.push_str("null"),
@@ -747,20 +750,20 @@ mod tests {
         o.push_str(&reference_time(now));
         o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
         let client = r.client.map(|c| c.to_string());
-        json_str(&mut o, "client", client.as_deref());
-        json_str(&mut o, "method", Some(r.method.as_str()));
-        json_str(&mut o, "host", Some(&r.host));
-        json_str(&mut o, "path", Some(&r.path));
-        json_str(&mut o, "proto", Some(r.proto));
+        json_str(&mut o, key!("client"), client.as_deref());
+        json_str(&mut o, key!("method"), Some(r.method.as_str()));
+        json_str(&mut o, key!("host"), Some(&r.host));
+        json_str(&mut o, key!("path"), Some(&r.path));
+        json_str(&mut o, key!("proto"), Some(r.proto));
         raw(&mut o, "status", Some(r.status));
         raw(&mut o, "bytes_in", Some(r.bytes_in));
         raw(&mut o, "bytes_out", Some(r.bytes_out));
         raw(&mut o, "duration_ms", Some(ms(r.duration)));
-        json_str(&mut o, "request_id", Some(&r.request_id));
-        json_str(&mut o, "upstream", r.upstream.as_deref());
-        json_str(&mut o, "endpoint", r.endpoint.as_deref());
-        json_str(&mut o, "cause", r.cause.map(Cause::as_str));
-        json_str(&mut o, "phase", r.phase.map(Phase::as_str));
+        json_str(&mut o, key!("request_id"), Some(&r.request_id));
+        json_str(&mut o, key!("upstream"), r.upstream.as_deref());
+        json_str(&mut o, key!("endpoint"), r.endpoint.as_deref());
+        json_str(&mut o, key!("cause"), r.cause.map(Cause::as_str));
+        json_str(&mut o, key!("phase"), r.phase.map(Phase::as_str));
         raw(&mut o, "gateway_error", Some(r.gateway_error));
         o.push_str(",\"attempts\":[");
         for (i, a) in r.attempts.iter().enumerate() {
@@ -773,8 +776,8 @@ mod tests {
             raw(&mut o, "idle_ms", a.idle.map(ms));
             raw(&mut o, "conn_uses", Some(a.conn_uses));
             raw(&mut o, "conn_age_ms", a.conn_age.map(ms));
-            json_str(&mut o, "cause", a.cause.map(Cause::as_str));
-            json_str(&mut o, "phase", a.phase.map(Phase::as_str));
+            json_str(&mut o, key!("cause"), a.cause.map(Cause::as_str));
+            json_str(&mut o, key!("phase"), a.phase.map(Phase::as_str));
             raw(&mut o, "status", a.status);
             raw(&mut o, "connect_ms", a.connect.map(ms));
             raw(&mut o, "first_byte_ms", a.first_byte.map(ms));

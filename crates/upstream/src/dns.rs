@@ -76,7 +76,9 @@ impl Names {
         }
         // Never resolved yet (or never successfully): ask now, so the first request need not
         // wait for the refresh task.
-        match self.resolver.lookup(&self.host).await {
+        // Boxed: the lookup's state is large and this path is rare, so it is kept out of the
+        // future of every request.
+        match Box::pin(self.resolver.lookup(&self.host)).await {
             Ok(answer) => {
                 let addrs = self.to_addrs(&answer.addrs);
                 let mut st = self.state.lock().unwrap();

@@ -388,6 +388,18 @@ impl Upstream {
                 }
             }
         }
+        // A new connection: boxed, so that the connect and handshake states do not make every
+        // request's future larger.
+        let conn = Box::pin(self.connect_new(endpoint)).await?;
+        Ok(Checkout {
+            conn,
+            endpoint: endpoint.clone(),
+            idle_for: None,
+            slot,
+        })
+    }
+
+    async fn connect_new(&self, endpoint: &Arc<Endpoint>) -> Result<Conn, Failure> {
         let addr = endpoint.names.pick().await.map_err(|mut f| {
             f.endpoint = Some(endpoint.name.to_string());
             f.upstream = Some(self.name.to_string());
@@ -401,12 +413,7 @@ impl Upstream {
         if self.connect.h2 {
             *endpoint.shared().lock().unwrap() = conn.share();
         }
-        Ok(Checkout {
-            conn,
-            endpoint: endpoint.clone(),
-            idle_for: None,
-            slot,
-        })
+        Ok(conn)
     }
 
     /// Gives a connection back after a complete exchange, for reuse. `keep_alive` is the

@@ -1,0 +1,313 @@
+//! The HTTP/1.1 client against a raw socket on loopback that says exactly what each case needs:
+//! reuse after a complete body, the moment an idle connection is closed, a body of unknown
+//! length sent in chunks, an answer that comes before the request body is sent, bytes after
+//! the end of a response, and an early end of the body.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cause::{Cause, Phase};
+use http_body_util::BodyExt;
+use net::{Conn, ConnectOptions, Deadlines, RequestBody, UpstreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const OPTS: ConnectOptions = ConnectOptions {
+    connect_timeout: Duration::from_secs(2),
+    max_response_header_bytes: 8192,
+    max_response_headers: 100,
+    h2: false,
+};
+
+const DEADLINES: Deadlines = Deadlines {
+    connect: Duration::from_secs(2),
+    send: Duration::from_secs(2),
+    response: Duration::from_secs(2),
+    body_idle: Duration::from_secs(2),
+};
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+/// Reads from `s` until `buf` holds a whole request head and, if `body` bytes are expected
+/// after it, those too. Returns what was read.
+async fn read_request(s: &mut TcpStream, body: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if buf.len() >= end + 4 + body {
+                return buf;
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "the client closed early: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn get(path: &str) -> http::Request<RequestBody> {
+    http::Request::get(path)
+        .header("host", "test")
+        .body(RequestBody::empty())
+        .unwrap()
+}
+
+async fn body_of(
+    resp: http::Response<UpstreamBody>,
+) -> (UpstreamBody, Result<Bytes, cause::Failure>) {
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    loop {
+        match body.frame().await {
+            None => return (body, Ok(out.into())),
+            Some(Err(f)) => return (body, Err(f)),
+            Some(Ok(frame)) => {
+                if let Ok(d) = frame.into_data() {
+                    out.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until `done` holds; the socket event has to reach the runtime first.
+async fn until(mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the condition never came true");
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_after_a_whole_body_and_its_idle_close_is_seen_when_it_happens() {
+    let (l, addr) = listener().await;
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        for body in ["one", "two"] {
+            let req = read_request(&mut s, 0).await;
+            assert!(req.starts_with(b"GET /x HTTP/1.1\r\nhost: test\r\n\r\n"));
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{body}");
+            s.write_all(resp.as_bytes()).await.unwrap();
+        }
+        close_rx.await.unwrap();
+        drop(s);
+    });
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (resp, mut conn, _) = conn.send(get("/x"), &DEADLINES).await.unwrap();
+    assert!(
+        !conn.is_open(),
+        "the body has the connection while it is read"
+    );
+    let (mut body, data) = body_of(resp).await;
+    assert_eq!(data.unwrap(), "one");
+    conn.rejoin(&mut body);
+    assert!(conn.is_ready());
+    let (resp, mut conn, exchange) = conn.send(get("/x"), &DEADLINES).await.unwrap();
+    assert!(exchange.reused);
+    let (mut body, data) = body_of(resp).await;
+    assert_eq!(data.unwrap(), "two");
+    conn.rejoin(&mut body);
+    assert!(conn.is_ready() && conn.closed_at().is_none());
+    let before = Instant::now();
+    close_tx.send(()).unwrap();
+    until(|| conn.closed_at().is_some()).await;
+    assert!(conn.closed_at().unwrap() >= before);
+    assert!(!conn.is_ready());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_goes_in_chunks() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let expect: &[u8] = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let req = read_request(&mut s, expect.len()).await;
+        let text = String::from_utf8_lossy(&req).into_owned();
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        text
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let req = http::Request::post("/up")
+        .header("host", "test")
+        .body(RequestBody::new(Chan(rx)))
+        .unwrap();
+    let feeder = tokio::spawn(async move {
+        for part in ["hello", " world"] {
+            tx.send(Bytes::from(part)).await.unwrap();
+        }
+    });
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (resp, _, _) = conn.send(req, &DEADLINES).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    feeder.await.unwrap();
+    let seen = server.await.unwrap();
+    assert!(seen.starts_with("POST /up HTTP/1.1\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{seen}"
+    );
+    assert!(!seen.contains("content-length"), "{seen}");
+    assert!(
+        seen.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{seen}"
+    );
+}
+
+/// A request body fed frame by frame, of unknown length.
+struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Chan {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn an_answer_before_the_request_body_is_sent_ends_the_connection_after_it() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_request(&mut s, 0).await;
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+            .await
+            .unwrap();
+        // Keeps the connection open: the client must not wait for anything else.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let (_tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = http::Request::put("/big")
+        .header("host", "test")
+        .body(RequestBody::new(Chan(rx)))
+        .unwrap();
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (resp, mut conn, _) = conn.send(req, &DEADLINES).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let (mut body, data) = body_of(resp).await;
+    assert_eq!(data.unwrap(), "big!");
+    conn.rejoin(&mut body);
+    assert!(
+        !conn.is_open(),
+        "a connection with half a request on it is not reused"
+    );
+    drop(conn);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_after_the_end_of_a_response_make_the_connection_unusable() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_request(&mut s, 0).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (resp, mut conn, _) = conn.send(get("/"), &DEADLINES).await.unwrap();
+    let (mut body, data) = body_of(resp).await;
+    assert_eq!(data.unwrap(), "ok");
+    conn.rejoin(&mut body);
+    assert!(!conn.is_ready());
+    drop(conn);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn failures_are_classified_with_their_phase() {
+    // Each case: what the upstream answers, then the failure of the head or the body.
+    let cases: [(&[u8], Cause, Phase); 5] = [
+        (b"", Cause::Closed, Phase::ReadHead),
+        (b"HTTP/1.1 200 OK\r\nX-Half", Cause::Closed, Phase::ReadHead),
+        (
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            Cause::InvalidResponse,
+            Phase::ReadHead,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            Cause::Closed,
+            Phase::ReadBody,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+            Cause::InvalidResponse,
+            Phase::ReadBody,
+        ),
+    ];
+    for (answer, cause, phase) in cases {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_request(&mut s, 0).await;
+            s.write_all(answer).await.unwrap();
+        });
+        let conn = net::connect(addr, &OPTS).await.unwrap();
+        let f = match conn.send(get("/"), &DEADLINES).await {
+            Err((f, _)) => f,
+            Ok((resp, _, exchange)) => {
+                let (_, data) = body_of(resp).await;
+                net::body_failure(data.expect_err("the body must fail"), &exchange)
+            }
+        };
+        let shown = String::from_utf8_lossy(answer);
+        assert_eq!(
+            (f.cause, f.phase),
+            (cause, phase),
+            "{shown}: {:?}",
+            f.detail
+        );
+        server.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_too_large_and_one_at_the_limit_is_read() {
+    for (extra, cause) in [(0usize, None), (1, Some(Cause::ResponseTooLarge))] {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_request(&mut s, 0).await;
+            let start = b"HTTP/1.1 204 No Content\r\nX-Pad: ";
+            let pad = OPTS.max_response_header_bytes + extra - start.len() - 4;
+            let mut head = start.to_vec();
+            head.resize(start.len() + pad, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            let _ = s.write_all(&head).await;
+        });
+        let conn = net::connect(addr, &OPTS).await.unwrap();
+        match (conn.send(get("/"), &DEADLINES).await, cause) {
+            (Ok((resp, _, _)), None) => assert_eq!(resp.status(), 204),
+            (Err((f, _)), Some(c)) => assert_eq!(f.cause, c),
+            (Ok(_), Some(_)) => panic!("a head one byte over the limit was accepted"),
+            (Err((f, _)), None) => panic!("a head at the limit failed: {f:?}"),
+        }
+        server.await.unwrap();
+    }
+}
