@@ -397,7 +397,8 @@ pub async fn exchange(conn: Conn, dest: &Destination, budget: &Budget) -> (Excha
         response: step,
         body_idle: step,
     };
-    let (resp, conn, exchange) = match conn.send(req, &deadlines).await {
+    let (head, body) = req.into_parts();
+    let (resp, conn, exchange) = match conn.send(&head, body, &deadlines).await {
         Ok(ok) => ok,
         Err((f, _)) => {
             ex.problem = Some(Problem::from(&f));

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
@@ -191,17 +191,17 @@ impl H1 {
     /// which [`H1::rejoin`] takes back once the body has been read.
     pub(crate) async fn exchange(
         &mut self,
-        req: Request<RequestBody>,
+        parts: &http::request::Parts,
+        mut body: RequestBody,
     ) -> Result<Response<H1Body>, H1Error> {
         let Some(mut wire) = self.wire.take() else {
             return Err(H1Error::Closed { mid_head: false });
         };
         self.idle.fired.store(false, Ordering::Release);
         *self.idle.at.lock().unwrap() = None;
-        let (parts, mut body) = req.into_parts();
         wire.out.clear();
         let mut writer = Writer {
-            framing: encode_head(&parts, &body, &mut wire.out),
+            framing: encode_head(parts, &body, &mut wire.out),
             written: 0,
             body_done: false,
             flushed: false,

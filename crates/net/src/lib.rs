@@ -293,19 +293,22 @@ impl Conn {
         &self.stats
     }
 
-    /// Sends `req` and waits for the response head, applying the send and response deadlines.
+    /// Sends the request (`head` and `body`) and waits for the response head, applying the
+    /// send and response deadlines. HTTP/1.1 writes the head from the borrowed parts, so a
+    /// request that may be retried needs no copy of it; HTTP/2 takes a copy.
     ///
     /// On success the connection is handed back with the response body, which releases it when
     /// the body has been read to its end.
     pub async fn send(
         mut self,
-        req: Request<RequestBody>,
+        head: &http::request::Parts,
+        body: RequestBody,
         deadlines: &Deadlines,
     ) -> Result<(Response<UpstreamBody>, Conn, Exchange), (Failure, Exchange)> {
         let reused = self.uses > 0;
         self.uses += 1;
         self.last_used = Instant::now();
-        let progress = req.body().progress.clone();
+        let progress = body.progress.clone();
         let exchange = Exchange {
             reused,
             read_at_start: self.stats.read(),
@@ -313,98 +316,96 @@ impl Conn {
             started: Instant::now(),
             stats: self.stats.clone(),
         };
-        type Sent<'a> = std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Response<UpstreamBody>, SendError>>
-                    + Send
-                    + 'a,
-            >,
-        >;
-        let mut fut: Sent<'_> = match &mut self.sender {
-            Sender::H1(c) => Box::pin(async move {
-                let resp = c.exchange(req).await.map_err(SendError::H1)?;
-                Ok(resp.map(|b| UpstreamBody {
-                    inner: BodyInner::H1(b),
-                }))
-            }),
-            Sender::H2(s) => Box::pin(async move {
-                let resp = s.send_request(req).await.map_err(SendError::H2)?;
-                Ok(resp.map(|b| UpstreamBody {
-                    inner: BodyInner::H2(b),
-                }))
-            }),
-        };
         let mut last_written = exchange.stats.written();
         let mut send_deadline = tokio::time::Instant::now() + deadlines.send;
         let mut timer = self
             .timer
             .take()
             .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(send_deadline)));
-        let result = loop {
-            let response_deadline = progress
-                .finished_at()
-                .map(|at| tokio::time::Instant::from_std(at) + deadlines.response);
-            let wake = match response_deadline {
-                Some(d) => d,
-                None => send_deadline,
-            };
-            if timer.deadline() != wake {
-                timer.as_mut().reset(wake);
-            }
-            tokio::select! {
-                // The body was sent whole: from now on the response deadline applies.
-                _ = progress.done.notified(), if response_deadline.is_none() => continue,
-                r = &mut fut => break r.map_err(|e| {
-                    let phase = if progress.is_finished() { Phase::ReadHead } else { Phase::SendRequest };
-                    if progress.client_failed() {
-                        // The client's body broke off; the upstream is not to blame.
-                        return progress.client_failure();
-                    }
-                    let mut f = match &e {
-                        SendError::H1(e) => classify::h1_error(e, phase, reused),
-                        SendError::H2(e) => classify_hyper_error(e, phase, reused),
-                    };
-                    if f.cause == Cause::ResponseTooLarge {
-                        f.detail = Some(format!(
-                            "the upstream's response head exceeds the limit of {} bytes or {} header lines (max_response_header_bytes, max_response_headers)",
-                            self.head_limit,
-                            self.header_lines
-                        ));
-                    }
-                    f
+        let result = {
+            // Either protocol's future, pinned in place: no allocation per exchange.
+            use tokio_util::either::Either;
+            let fut = match &mut self.sender {
+                Sender::H1(c) => Either::Left(async move {
+                    let resp = c.exchange(head, body).await.map_err(SendError::H1)?;
+                    Ok(resp.map(|b| UpstreamBody {
+                        inner: BodyInner::H1(b),
+                    }))
                 }),
-                _ = timer.as_mut() => {
-                    let now = tokio::time::Instant::now();
-                    if let Some(d) = response_deadline {
-                        if now >= d {
-                            break Err(Failure::new(Cause::Timeout, Phase::ReadHead)
-                                .with_detail(format!("no response head within {:?} of the request", deadlines.response)));
+                Sender::H2(s) => Either::Right(async move {
+                    let req = Request::from_parts(head.clone(), body);
+                    let resp = s.send_request(req).await.map_err(SendError::H2)?;
+                    Ok(resp.map(|b| UpstreamBody {
+                        inner: BodyInner::H2(b),
+                    }))
+                }),
+            };
+            let mut fut = std::pin::pin!(fut);
+            loop {
+                let response_deadline = progress
+                    .finished_at()
+                    .map(|at| tokio::time::Instant::from_std(at) + deadlines.response);
+                let wake = match response_deadline {
+                    Some(d) => d,
+                    None => send_deadline,
+                };
+                if timer.deadline() != wake {
+                    timer.as_mut().reset(wake);
+                }
+                tokio::select! {
+                    // The body was sent whole: from now on the response deadline applies.
+                    _ = progress.done.notified(), if response_deadline.is_none() => continue,
+                    r = &mut fut => break r.map_err(|e| {
+                        let phase = if progress.is_finished() { Phase::ReadHead } else { Phase::SendRequest };
+                        if progress.client_failed() {
+                            // The client's body broke off; the upstream is not to blame.
+                            return progress.client_failure();
                         }
-                        continue;
+                        let mut f = match &e {
+                            SendError::H1(e) => classify::h1_error(e, phase, reused),
+                            SendError::H2(e) => classify_hyper_error(e, phase, reused),
+                        };
+                        if f.cause == Cause::ResponseTooLarge {
+                            f.detail = Some(format!(
+                                "the upstream's response head exceeds the limit of {} bytes or {} header lines (max_response_header_bytes, max_response_headers)",
+                                self.head_limit,
+                                self.header_lines
+                            ));
+                        }
+                        f
+                    }),
+                    _ = timer.as_mut() => {
+                        let now = tokio::time::Instant::now();
+                        if let Some(d) = response_deadline {
+                            if now >= d {
+                                break Err(Failure::new(Cause::Timeout, Phase::ReadHead)
+                                    .with_detail(format!("no response head within {:?} of the request", deadlines.response)));
+                            }
+                            continue;
+                        }
+                        let written = exchange.stats.written();
+                        if written != last_written {
+                            last_written = written;
+                            send_deadline = now + deadlines.send;
+                            continue;
+                        }
+                        // Nothing moved: either the client stopped sending its body (its fault, 408)
+                        // or the upstream stopped reading it (timeout in send_request).
+                        if progress.client_failed() {
+                            break Err(progress.client_failure());
+                        }
+                        if progress.waiting_on_client() {
+                            break Err(Failure::client(
+                                cause::ClientFault::Slow,
+                                format!("the client sent no request body bytes for {:?}", deadlines.send),
+                            ));
+                        }
+                        break Err(Failure::new(Cause::Timeout, Phase::SendRequest)
+                            .with_detail(format!("the upstream accepted no request bytes for {:?}", deadlines.send)));
                     }
-                    let written = exchange.stats.written();
-                    if written != last_written {
-                        last_written = written;
-                        send_deadline = now + deadlines.send;
-                        continue;
-                    }
-                    // Nothing moved: either the client stopped sending its body (its fault, 408)
-                    // or the upstream stopped reading it (timeout in send_request).
-                    if progress.client_failed() {
-                        break Err(progress.client_failure());
-                    }
-                    if progress.waiting_on_client() {
-                        break Err(Failure::client(
-                            cause::ClientFault::Slow,
-                            format!("the client sent no request body bytes for {:?}", deadlines.send),
-                        ));
-                    }
-                    break Err(Failure::new(Cause::Timeout, Phase::SendRequest)
-                        .with_detail(format!("the upstream accepted no request bytes for {:?}", deadlines.send)));
                 }
             }
         };
-        drop(fut);
         self.timer = Some(timer);
         match result {
             Ok(resp) => Ok((resp, self, exchange)),

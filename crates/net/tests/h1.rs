@@ -54,6 +54,14 @@ async fn read_request(s: &mut TcpStream, body: usize) -> Vec<u8> {
     }
 }
 
+async fn send(
+    conn: Conn,
+    req: http::Request<RequestBody>,
+) -> Result<(http::Response<UpstreamBody>, Conn, net::Exchange), (cause::Failure, net::Exchange)> {
+    let (head, body) = req.into_parts();
+    conn.send(&head, body, &DEADLINES).await
+}
+
 fn get(path: &str) -> http::Request<RequestBody> {
     http::Request::get(path)
         .header("host", "test")
@@ -106,7 +114,7 @@ async fn a_connection_is_reused_after_a_whole_body_and_its_idle_close_is_seen_wh
         drop(s);
     });
     let conn = net::connect(addr, &OPTS).await.unwrap();
-    let (resp, mut conn, _) = conn.send(get("/x"), &DEADLINES).await.unwrap();
+    let (resp, mut conn, _) = send(conn, get("/x")).await.unwrap();
     assert!(
         !conn.is_open(),
         "the body has the connection while it is read"
@@ -115,7 +123,7 @@ async fn a_connection_is_reused_after_a_whole_body_and_its_idle_close_is_seen_wh
     assert_eq!(data.unwrap(), "one");
     conn.rejoin(&mut body);
     assert!(conn.is_ready());
-    let (resp, mut conn, exchange) = conn.send(get("/x"), &DEADLINES).await.unwrap();
+    let (resp, mut conn, exchange) = send(conn, get("/x")).await.unwrap();
     assert!(exchange.reused);
     let (mut body, data) = body_of(resp).await;
     assert_eq!(data.unwrap(), "two");
@@ -153,7 +161,7 @@ async fn a_body_of_unknown_length_goes_in_chunks() {
         }
     });
     let conn = net::connect(addr, &OPTS).await.unwrap();
-    let (resp, _, _) = conn.send(req, &DEADLINES).await.unwrap();
+    let (resp, _, _) = send(conn, req).await.unwrap();
     assert_eq!(resp.status(), 204);
     feeder.await.unwrap();
     let seen = server.await.unwrap();
@@ -204,7 +212,7 @@ async fn an_answer_before_the_request_body_is_sent_ends_the_connection_after_it(
         .body(RequestBody::new(Chan(rx)))
         .unwrap();
     let conn = net::connect(addr, &OPTS).await.unwrap();
-    let (resp, mut conn, _) = conn.send(req, &DEADLINES).await.unwrap();
+    let (resp, mut conn, _) = send(conn, req).await.unwrap();
     assert_eq!(resp.status(), 413);
     let (mut body, data) = body_of(resp).await;
     assert_eq!(data.unwrap(), "big!");
@@ -230,7 +238,7 @@ async fn bytes_after_the_end_of_a_response_make_the_connection_unusable() {
         let _ = s.read_to_end(&mut rest).await;
     });
     let conn = net::connect(addr, &OPTS).await.unwrap();
-    let (resp, mut conn, _) = conn.send(get("/"), &DEADLINES).await.unwrap();
+    let (resp, mut conn, _) = send(conn, get("/")).await.unwrap();
     let (mut body, data) = body_of(resp).await;
     assert_eq!(data.unwrap(), "ok");
     conn.rejoin(&mut body);
@@ -269,7 +277,7 @@ async fn failures_are_classified_with_their_phase() {
             s.write_all(answer).await.unwrap();
         });
         let conn = net::connect(addr, &OPTS).await.unwrap();
-        let f = match conn.send(get("/"), &DEADLINES).await {
+        let f = match send(conn, get("/")).await {
             Err((f, _)) => f,
             Ok((resp, _, exchange)) => {
                 let (_, data) = body_of(resp).await;
@@ -302,7 +310,7 @@ async fn a_head_over_the_limit_is_too_large_and_one_at_the_limit_is_read() {
             let _ = s.write_all(&head).await;
         });
         let conn = net::connect(addr, &OPTS).await.unwrap();
-        match (conn.send(get("/"), &DEADLINES).await, cause) {
+        match (send(conn, get("/")).await, cause) {
             (Ok((resp, _, _)), None) => assert_eq!(resp.status(), 204),
             (Err((f, _)), Some(c)) => assert_eq!(f.cause, c),
             (Ok(_), Some(_)) => panic!("a head one byte over the limit was accepted"),

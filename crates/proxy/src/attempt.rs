@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cause::{Cause, ClientFault, Failure, Phase};
-use http::Request;
 use http_body::Frame;
 use upstream::{Endpoint, Outcome, Slot, Upstream};
 
@@ -81,15 +80,6 @@ impl Retries {
             restart_until: routed.started + routed.upstream.config.restart_wait,
             backoff: Duration::from_millis(25),
         }
-    }
-
-    /// Another attempt could follow the next one: the body can be replayed, and a retry is
-    /// left or a restart wait could apply. When not, the next attempt takes the request head
-    /// instead of a copy of it.
-    fn may_follow(&self, routed: &Routed<'_>, outgoing: &Outgoing) -> bool {
-        outgoing.body.replayable()
-            && (self.retries_left > 0
-                || (routed.idempotent && !routed.upstream.config.restart_wait.is_zero()))
     }
 
     /// The retry rules: facts first, then the request's properties, then limits. Gives the
@@ -217,7 +207,6 @@ impl Gateway {
                     f
                 })?;
             log.attempts += 1;
-            let last = !retries.may_follow(routed, outgoing);
             let tried = self
                 .attempt(
                     routed,
@@ -225,7 +214,6 @@ impl Gateway {
                     &endpoint,
                     slot,
                     attempt_started,
-                    last,
                     &mut attempt,
                     log,
                 )
@@ -277,8 +265,7 @@ impl Gateway {
         }
     }
 
-    /// One attempt on `endpoint`: connection, send, response head, framing. `last` says no
-    /// attempt can follow, so the request head is taken rather than copied. An error ends the
+    /// One attempt on `endpoint`: connection, send, response head, framing. An error ends the
     /// request at once, without the retry rules.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
@@ -288,7 +275,6 @@ impl Gateway {
         endpoint: &Arc<Endpoint>,
         slot: Slot,
         attempt_started: Instant,
-        last: bool,
         attempt: &mut AttemptRecord,
         log: &mut RequestLog,
     ) -> Result<Tried, Failure> {
@@ -306,19 +292,16 @@ impl Gateway {
         attempt.conn_uses = checkout.conn.uses;
         attempt.conn_age = Some(checkout.conn.created.elapsed());
         let idle_for = checkout.idle_for;
-        let head = if last {
-            outgoing.parts.take()
-        } else {
-            outgoing.parts.clone()
-        };
-        let (Some(head), Some(req_body)) = (head, outgoing.body.take_for_attempt()) else {
+        // The head is lent to the attempt, never copied for HTTP/1.1: a retry sends it again.
+        let (Some(head), Some(req_body)) =
+            (outgoing.parts.as_ref(), outgoing.body.take_for_attempt())
+        else {
             // The retry rules never allow this; say so loudly if they ever do.
             return Err(Failure::new(Cause::Internal, Phase::SendRequest)
                 .with_detail("a streamed request body cannot be sent twice"));
         };
-        let req = Request::from_parts(head, req_body);
         if log.bytes_in.is_none() {
-            log.bytes_in = Some(req.body().progress().clone());
+            log.bytes_in = Some(req_body.progress().clone());
         }
         let mut deadlines = self.deadlines[routed.upstream_index];
         if let Some(per_try) = routed.retry.per_try_timeout {
@@ -328,7 +311,7 @@ impl Gateway {
         deadlines.response = deadlines
             .response
             .min(routed.deadline.saturating_duration_since(Instant::now()));
-        let (resp, conn, exchange) = match checkout.conn.send(req, &deadlines).await {
+        let (resp, conn, exchange) = match checkout.conn.send(head, req_body, &deadlines).await {
             Ok(sent) => sent,
             Err((f, _)) => return Ok(Tried::Failed(f, idle_for)),
         };

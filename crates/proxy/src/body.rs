@@ -85,7 +85,11 @@ enum Kind {
 
 struct Streamed {
     incoming: net::UpstreamBody,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Made at the first wait on the upstream: most bodies arrive with their head and never
+    /// need it.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the current wait on the upstream began.
+    idle_from: tokio::time::Instant,
     idle_timeout: Duration,
     /// The idle deadline runs only while the gateway waits on the upstream: a slow client that
     /// takes a while to ask for the next frame must not count against the upstream.
@@ -134,7 +138,8 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Stream(Box::new(Streamed {
                 incoming,
-                idle: Box::pin(tokio::time::sleep(idle_timeout)),
+                idle: None,
+                idle_from: tokio::time::Instant::now(),
                 waiting: true,
                 idle_timeout,
                 lease: Some(lease),
@@ -269,12 +274,21 @@ impl Body for ProxyBody {
                 Poll::Pending
             }
             Poll::Pending => {
-                if !s.waiting {
+                let deadline = if s.waiting {
+                    s.idle_from + s.idle_timeout
+                } else {
                     s.waiting = true;
-                    let deadline = tokio::time::Instant::now() + s.idle_timeout;
-                    s.idle.as_mut().reset(deadline);
-                }
-                ready!(s.idle.as_mut().poll(cx));
+                    s.idle_from = tokio::time::Instant::now();
+                    let deadline = s.idle_from + s.idle_timeout;
+                    if let Some(timer) = &mut s.idle {
+                        timer.as_mut().reset(deadline);
+                    }
+                    deadline
+                };
+                let timer = s
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(timer.as_mut().poll(cx));
                 let mut f = Failure::new(Cause::Timeout, Phase::ReadBody)
                     .with_detail(format!("no response body bytes for {:?}", s.idle_timeout));
                 s.exchange.fill(&mut f);

@@ -99,7 +99,7 @@ pub(crate) struct Routed<'g> {
 
 /// The upstream request before its first attempt.
 pub(crate) struct Outgoing {
-    /// The head as the upstream gets it; taken by the last attempt that can be made.
+    /// The head as the upstream gets it, lent to each attempt.
     pub parts: Option<http::request::Parts>,
     pub body: PreparedBody,
     /// Set when a streamed body went over the size limit.
@@ -606,11 +606,6 @@ impl PreparedBody {
             }
             PreparedBody::Streaming(s) => s.take().map(net::RequestBody::new),
         }
-    }
-
-    /// The body can be sent again after an attempt took it: it is held whole.
-    pub(crate) fn replayable(&self) -> bool {
-        matches!(self, PreparedBody::Buffered(_))
     }
 
     /// The body can still be sent: it is buffered, or it was never handed to an attempt.

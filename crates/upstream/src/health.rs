@@ -293,8 +293,9 @@ async fn probe(
         response: timeout,
         body_idle: timeout,
     };
+    let (head, body) = req.into_parts();
     let (resp, _, _) = conn
-        .send(req, &deadlines)
+        .send(&head, body, &deadlines)
         .await
         .map_err(|(f, _)| describe(&f))?;
     let status = resp.status().as_u16();
