@@ -15,6 +15,19 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match Config::load(&args.config) {
         Ok(c) => {
+            // The certificate files are read and checked like the configuration itself:
+            // readable, the key belongs to the certificate, and the dates.
+            let certs = proxy::read_certificates(&c);
+            for w in &certs.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !certs.problems.is_empty() {
+                for p in &certs.problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("{} problem(s) found", certs.problems.len());
+                return Ok(ExitCode::from(1));
+            }
             println!("{}: ok: {}", args.config.display(), c.summary());
             Ok(ExitCode::SUCCESS)
         }

@@ -110,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let lab = Lab::start(&faults, [127, 0, 0, 1].into(), LabOptions::default()).await.context("cannot start the lab")?;
         let text = demo_config(args.listen, &lab, &args.log_format);
         let config = Config::parse(&text, "<demo>", Path::new(".")).map_err(|p| anyhow::anyhow!("{p}"))?;
-        let listeners = proxy::bind(&config.listen).await.context("try another address with --listen 127.0.0.1:PORT")?;
+        let listeners = proxy::bind(&config.listen_addrs()).await.context("try another address with --listen 127.0.0.1:PORT")?;
         let bound = listeners[0].local_addr()?;
         let logger = proxy::logger_for(&config)?;
         let gateway = Gateway::new(config, logger).map_err(anyhow::Error::msg)?;

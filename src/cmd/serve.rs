@@ -25,6 +25,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // Certificate files are checked before anything is bound, too.
+    let certs = proxy::read_certificates(&config);
+    if !certs.problems.is_empty() {
+        for p in &certs.problems {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "{} problem(s) found; nothing was started",
+            certs.problems.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
     cmd_runtime_serve(config)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -32,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
     let workers = config.workers;
     // Every listener is bound before any thread starts: a port in use stops start-up cleanly.
-    let sets = proxy::bind_workers(&config.listen, workers)?;
+    let sets = proxy::bind_workers(&config.listen_addrs(), workers)?;
     let logger = proxy::logger_for(&config)?;
     // The addresses as bound: a port of 0 in the configuration shows as the one chosen.
     let addrs: Vec<String> = sets[0]
@@ -77,6 +89,17 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
                     tokio::spawn(async move {
                         while usr1.recv().await.is_some() {
                             gw.flush_dns();
+                        }
+                    });
+                }
+                // SIGHUP reads the certificate files again; open connections keep theirs.
+                let gw = gateway.clone();
+                if let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                {
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            gw.reload_certificates();
                         }
                     });
                 }

@@ -4,6 +4,9 @@
 //! after a close-delimited answer), and accepted connections are counted, so a test can tell
 //! whether the gateway reused one.
 
+// Shared by several test binaries; each uses a part.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! Test certificates (a private CA, and good, expired, misnamed and self-signed server
 //! certificates) and a small TLS server that answers every request with `200 ok`.
 
+// Shared by several test binaries; each uses a part.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,6 +23,9 @@ pub struct Ca {
 pub struct ServerCert {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The same certificate and key as PEM files hold them.
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 pub fn ca() -> Ca {
@@ -60,6 +66,8 @@ pub fn signed(ca: &Ca, names: &[&str], expired: bool) -> ServerCert {
     ServerCert {
         chain: vec![cert.der().clone()],
         key: key_der(&key),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     }
 }
 
@@ -69,6 +77,8 @@ pub fn self_signed(names: &[&str]) -> ServerCert {
     ServerCert {
         chain: vec![cert.der().clone()],
         key: key_der(&key),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     }
 }
 

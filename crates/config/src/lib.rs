@@ -19,7 +19,10 @@ pub use values::{parse_duration, parse_size};
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    /// Plain listeners first (`listen`), then TLS ones (`listen_tls`), in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Certificates served on TLS listeners; the first is for clients that send no SNI.
+    pub certificates: Vec<CertificateConfig>,
     /// The name shown on error pages, in `Via` and in `Proxy-Status`.
     pub server_name: String,
     pub log: LogConfig,
@@ -36,6 +39,68 @@ pub struct Config {
     pub trusted_clients: Vec<ipnet::IpNet>,
     /// Worker threads, each with its own event loop, listeners and upstream connection pools.
     pub workers: usize,
+}
+
+/// One listening address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// TLS is terminated here (`listen_tls`).
+    pub tls: bool,
+    /// Plain listener only: every request is answered with a redirect to `https://`.
+    pub redirect_https: bool,
+    /// TLS listener only: the `Strict-Transport-Security` value added to every response.
+    pub hsts: Option<String>,
+}
+
+/// Where something was written in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Place {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Place {
+    /// A problem found here.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            message: message.into(),
+        }
+    }
+}
+
+/// One `[[certificate]]`: a PEM chain and its private key, read when the gateway starts and
+/// again on reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where `cert` and `key` were written, for problems found in the files.
+    pub cert_at: Place,
+    pub key_at: Place,
+}
+
+/// The HSTS value `hsts = true` stands for: one year.
+pub const DEFAULT_HSTS: &str = "max-age=31536000";
+
+impl Config {
+    /// The plain listening addresses.
+    pub fn plain_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|l| !l.tls)
+            .map(|l| l.addr)
+            .collect()
+    }
+
+    /// Every listening address, in the order of [`Config::listeners`].
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
 }
 
 /// One worker per core, as nginx's `worker_processes auto`.
@@ -431,11 +496,15 @@ impl Config {
     pub fn summary(&self) -> String {
         let endpoints: usize = self.upstreams.iter().map(|u| u.endpoints.len()).sum();
         format!(
-            "{} listener(s), {} upstream(s) with {} endpoint(s), {} route(s)",
-            self.listen.len(),
+            "{} listener(s), {} upstream(s) with {} endpoint(s), {} route(s){}",
+            self.listeners.len(),
             self.upstreams.len(),
             endpoints,
-            self.routes.len()
+            self.routes.len(),
+            match self.certificates.len() {
+                0 => String::new(),
+                n => format!(", {n} certificate(s)"),
+            }
         )
     }
 }

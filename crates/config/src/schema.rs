@@ -15,6 +15,8 @@ use crate::*;
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "listen_tls",
+    "certificate",
     "server_name",
     "shutdown_timeout",
     "log",
@@ -26,6 +28,9 @@ const TOP_KEYS: &[&str] = &[
     "trusted_clients",
     "workers",
 ];
+const LISTEN_KEYS: &[&str] = &["address", "redirect_https"];
+const LISTEN_TLS_KEYS: &[&str] = &["address", "hsts"];
+const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
     "max_request_header_bytes",
@@ -86,6 +91,15 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
+    fn place(&self, span: Range<usize>) -> Place {
+        let (line, column) = line_column(self.src, span.start);
+        Place {
+            file: self.file.to_string(),
+            line,
+            column,
+        }
+    }
+
     fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_column(self.src, span.start);
         self.problems.push(Problem {
@@ -228,6 +242,83 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// Reads one entry of `listen` or `listen_tls`: an address, or a table with an `address` and
+/// the listener's options.
+fn listener(w: &mut Walker, item: &Value, key: &str, tls: bool) -> Option<ListenerConfig> {
+    let (addr_value, options) = match item.get_ref() {
+        DeValue::Table(t) => {
+            w.known_keys(
+                t,
+                if tls { LISTEN_TLS_KEYS } else { LISTEN_KEYS },
+                &format!("a `{key}` entry"),
+            );
+            match t.get("address") {
+                Some(v) => (v, Some(t)),
+                None => {
+                    w.problem(
+                        item.span(),
+                        format!("a `{key}` entry needs an `address` such as \"127.0.0.1:8080\""),
+                    );
+                    return None;
+                }
+            }
+        }
+        _ => (item, None),
+    };
+    let s = w.string(addr_value, &format!("a `{key}` address"))?;
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            w.problem(
+                addr_value.span(),
+                format!("cannot read `{s}` as a listen address; write IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            );
+            return None;
+        }
+    };
+    let mut l = ListenerConfig {
+        addr,
+        tls,
+        redirect_https: false,
+        hsts: None,
+    };
+    if let Some(t) = options {
+        if let Some(b) = t
+            .get("redirect_https")
+            .and_then(|v| w.boolean(v, "`redirect_https`"))
+        {
+            l.redirect_https = b;
+        }
+        if let Some(v) = t.get("hsts") {
+            match v.get_ref() {
+                DeValue::Boolean(true) => l.hsts = Some(DEFAULT_HSTS.to_string()),
+                DeValue::Boolean(false) => {}
+                DeValue::String(h) => {
+                    let digits = h
+                        .strip_prefix("max-age=")
+                        .map(|r| r.split(';').next().unwrap_or("").trim());
+                    if digits
+                        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                        && h.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                    {
+                        l.hsts = Some(h.to_string());
+                    } else {
+                        w.problem(v.span(), format!("`hsts` must be true or a header value such as \"max-age=31536000; includeSubDomains\", found `{h}`"));
+                    }
+                }
+                other => w.problem(
+                    v.span(),
+                    format!(
+                        "`hsts` must be true or a header value, found {}",
+                        other.type_str()
+                    ),
+                ),
+            }
+        }
+    }
+    Some(l)
 }
 
 /// Reads one `[upstream.NAME]` table.
@@ -660,7 +751,8 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
     w.known_keys(root, TOP_KEYS, "the top level");
 
     let mut cfg = Config {
-        listen: Vec::new(),
+        listeners: Vec::new(),
+        certificates: Vec::new(),
         server_name: "cleargate".into(),
         log: LogConfig {
             format: LogFormat::Json,
@@ -676,34 +768,96 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         workers: default_workers(),
     };
 
-    match root.get("listen") {
-        Some(v) => {
-            if let Some(items) = w.array(v, "`listen`") {
-                if items.is_empty() {
+    for (key, tls) in [("listen", false), ("listen_tls", true)] {
+        let Some(v) = root.get(key) else { continue };
+        let Some(items) = w.array(v, &format!("`{key}`")) else {
+            continue;
+        };
+        if items.is_empty() {
+            w.problem(
+                v.span(),
+                format!("`{key}` is empty; give at least one address such as \"127.0.0.1:8080\""),
+            );
+        }
+        for item in items {
+            if let Some(l) = listener(&mut w, item, key, tls) {
+                // Port 0 (the kernel picks one, as in tests) may appear more than once.
+                if l.addr.port() != 0 && cfg.listeners.iter().any(|o| o.addr == l.addr) {
                     w.problem(
-                        v.span(),
-                        "`listen` is empty; give at least one address such as \"127.0.0.1:8080\"",
+                        item.span(),
+                        format!("duplicate listen address `{}`", l.addr),
                     );
-                }
-                for item in items {
-                    let Some(s) = w.string(item, "a `listen` address") else {
-                        continue;
-                    };
-                    match s.parse::<SocketAddr>() {
-                        Ok(a) if cfg.listen.contains(&a) => w.problem(item.span(), format!("duplicate listen address `{s}`")),
-                        Ok(a) => cfg.listen.push(a),
-                        Err(_) => w.problem(
-                            item.span(),
-                            format!("cannot read `{s}` as a listen address; write IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\""),
-                        ),
-                    }
+                } else {
+                    cfg.listeners.push(l);
                 }
             }
         }
-        None => w.problem(
+    }
+    if root.get("listen").is_none() && root.get("listen_tls").is_none() {
+        w.problem(
             0..0,
             "missing `listen`; add for example listen = [\"127.0.0.1:8080\"]",
-        ),
+        );
+    }
+
+    match root.get("certificate") {
+        Some(v) => match v.get_ref() {
+            DeValue::Array(items) => {
+                for item in items {
+                    let Some(t) = w.table(item, "a [[certificate]]") else {
+                        continue;
+                    };
+                    w.known_keys(t, CERTIFICATE_KEYS, "[[certificate]]");
+                    let mut file = |name: &str| match t.get(name) {
+                        Some(v) => {
+                            let p = w.string(v, &format!("`{name}`"))?;
+                            if p.is_empty() {
+                                w.problem(v.span(), format!("`{name}` is empty; give a PEM file"));
+                                return None;
+                            }
+                            Some((base.join(p), w.place(v.span())))
+                        }
+                        None => {
+                            w.problem(
+                                item.span(),
+                                format!("[[certificate]] has no `{name}`; give the PEM file"),
+                            );
+                            None
+                        }
+                    };
+                    let cert = file("cert");
+                    let key = file("key");
+                    if let (Some((cert, cert_at)), Some((key, key_at))) = (cert, key) {
+                        cfg.certificates.push(CertificateConfig {
+                            cert,
+                            key,
+                            cert_at,
+                            key_at,
+                        });
+                    }
+                }
+            }
+            _ => w.problem(
+                v.span(),
+                "`certificate` must be an array of tables: write [[certificate]]",
+            ),
+        },
+        None => {
+            if let Some(v) = root.get("listen_tls") {
+                w.problem(
+                    v.span(),
+                    "`listen_tls` needs a certificate; add [[certificate]] with `cert` and `key`",
+                );
+            }
+        }
+    }
+    if cfg.listeners.iter().any(|l| l.redirect_https) && !cfg.listeners.iter().any(|l| l.tls) {
+        if let Some(v) = root.get("listen") {
+            w.problem(
+                v.span(),
+                "`redirect_https` sends clients to a TLS listener, and there is none; add `listen_tls`",
+            );
+        }
     }
 
     if let Some(v) = root.get("server_name") {
@@ -1046,7 +1200,7 @@ upstream = "app"
     #[test]
     fn the_minimal_file_works_as_written() {
         let c = Config::parse(MINIMAL, "t.toml", Path::new(".")).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.listen_addrs(), vec!["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(c.upstreams[0].endpoints.len(), 2);
         assert_eq!(c.upstreams[0].timeouts.connect, Duration::from_secs(1));
         assert_eq!(c.upstreams[0].timeouts.response, Duration::from_secs(30));
@@ -1269,5 +1423,57 @@ upstream = "app"
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_listeners_and_certificates() {
+        let src = r#"listen = [{ address = "127.0.0.1:8080", redirect_https = true }]
+listen_tls = ["127.0.0.1:8443", { address = "[::1]:8443", hsts = true }]
+[[certificate]]
+cert = "site.pem"
+key = "site.key"
+[upstream.a]
+endpoints = ["127.0.0.1:9000"]
+[[route]]
+upstream = "a"
+"#;
+        let c = Config::parse(src, "t.toml", Path::new("/etc/cg")).unwrap();
+        assert_eq!(c.listeners.len(), 3);
+        assert!(!c.listeners[0].tls && c.listeners[0].redirect_https);
+        assert!(c.listeners[1].tls && c.listeners[1].hsts.is_none());
+        assert_eq!(c.listeners[2].hsts.as_deref(), Some(DEFAULT_HSTS));
+        assert_eq!(c.plain_addrs(), vec!["127.0.0.1:8080".parse().unwrap()]);
+        let cert = &c.certificates[0];
+        assert_eq!(cert.cert, Path::new("/etc/cg/site.pem"));
+        assert_eq!((cert.cert_at.line, cert.cert_at.column), (4, 8));
+        assert_eq!((cert.key_at.line, cert.key_at.column), (5, 7));
+        assert!(c.summary().ends_with(", 1 certificate(s)"));
+
+        let got = problems(
+            "listen_tls = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", hsts = \"1y\" }]\n[upstream.a]\nendpoints=[\"x:1\"]\n[[route]]\nupstream=\"a\"\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("t.toml:1:14: `listen_tls` needs a certificate")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.contains("`hsts` must be true or a header value")),
+            "{got:?}"
+        );
+        let got = problems(
+            "listen = [{ address = \"127.0.0.1:1\", redirect_https = true }]\n[[certificate]]\ncert = \"c\"\n[upstream.a]\nendpoints=[\"x:1\"]\n[[route]]\nupstream=\"a\"\n",
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.contains("there is none; add `listen_tls`")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("t.toml:2:1: [[certificate]] has no `key`")),
+            "{got:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! Pooling lives in `crates/upstream`; this crate hands out single connections.
 
+pub mod certs;
 mod classify;
 pub mod dns;
 mod h1;

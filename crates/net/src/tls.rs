@@ -267,6 +267,21 @@ pub fn cert_facts(der: &[u8]) -> Option<CertFacts> {
     })
 }
 
+/// `YYYY-MM-DD` of a time in seconds since the epoch, in UTC.
+pub fn utc_date(secs: i64) -> String {
+    // Days to a civil date, proleptic Gregorian (the algorithm of Howard Hinnant's date notes).
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 #[derive(Debug, Default)]
 struct Seen {
     chain: Vec<Vec<u8>>,

@@ -4,8 +4,19 @@
 //! connection), the request log (which ends a request) and the lifecycle can all use it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// What a connection's listener adds to each of its requests.
+#[derive(Debug, Default)]
+pub struct Edge {
+    /// The connection came in over TLS.
+    pub tls: bool,
+    /// A plain listener that sends every request to `https://` on this port.
+    pub redirect_https: Option<u16>,
+    /// `Strict-Transport-Security` for every response of a TLS listener.
+    pub hsts: Option<http::HeaderValue>,
+}
 
 /// What the watchdog of one client connection knows about it.
 #[derive(Debug)]
@@ -24,11 +35,13 @@ pub struct ConnState {
     pub(crate) oversized: AtomicU64,
     pub(crate) oversized_bytes: AtomicUsize,
     pub(crate) wake: tokio::sync::Notify,
+    pub(crate) edge: Arc<Edge>,
 }
 
 impl ConnState {
-    pub(crate) fn new() -> ConnState {
+    pub(crate) fn new(edge: Arc<Edge>) -> ConnState {
         ConnState {
+            edge,
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             head_started: Mutex::new(None),

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cause::{Cause, ClientFault, Failure, Phase};
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{
+    HeaderValue, CONTENT_LENGTH, HOST, STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
+};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -116,17 +118,34 @@ impl Gateway {
         client: SocketAddr,
         conn: Option<(Arc<ConnState>, u64)>,
     ) -> Response<ProxyBody> {
+        let (tls, redirect, hsts) = match &conn {
+            Some((state, _)) => (
+                state.edge.tls,
+                state.edge.redirect_https,
+                state.edge.hsts.clone(),
+            ),
+            None => (false, None, None),
+        };
         let (admitted, mut log) = self.admit_phase(&req, client, conn);
+        if let (Ok(_), Some(port)) = (&admitted, redirect) {
+            return redirect_https(&req, port, log);
+        }
         let format = page::negotiate(req.headers());
         let method = req.method().clone();
         let result = match admitted {
-            Ok(admitted) => self.proxy(req, client, admitted, &mut log).await,
+            Ok(admitted) => self.proxy(req, client, admitted, tls, &mut log).await,
             Err(failure) => Err(failure),
         };
-        match result {
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(failure) => self.fail(failure, &method, format, log),
+        };
+        if let Some(v) = hsts {
+            resp.headers_mut()
+                .entry(STRICT_TRANSPORT_SECURITY)
+                .or_insert(v);
         }
+        resp
     }
 
     /// The phases after admission, up to the response head.
@@ -135,11 +154,12 @@ impl Gateway {
         req: Request<Incoming>,
         client: SocketAddr,
         admitted: Admitted,
+        tls: bool,
         log: &mut RequestLog,
     ) -> Result<Response<ProxyBody>, Failure> {
         let routed = self.route(&req, client, log)?;
         let mut outgoing = self
-            .upstream_request(req, client, admitted, &routed, log)
+            .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;
         let answered = self.attempts(&routed, &mut outgoing, log).await?;
         Ok(self.respond(answered, &routed, &outgoing.request_id, log))
@@ -361,6 +381,7 @@ impl Gateway {
         req: Request<Incoming>,
         client: SocketAddr,
         admitted: Admitted,
+        tls: bool,
         routed: &Routed<'_>,
         log: &mut RequestLog,
     ) -> Result<Outgoing, Failure> {
@@ -374,7 +395,7 @@ impl Gateway {
             &mut parts.headers,
             &Forwarding {
                 client_ip: client.ip(),
-                proto: "http",
+                proto: if tls { "https" } else { "http" },
                 host: host_header.as_ref(),
                 via: self.via_for(version),
                 request_id: &request_id,
@@ -626,6 +647,37 @@ fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<u64> {
         .split(',')
         .filter_map(|p| p.trim().strip_prefix("timeout="))
         .find_map(|v| v.trim().parse().ok())
+}
+
+/// The answer of a plain listener with `redirect_https`: `308 Permanent Redirect` to the same
+/// host and path over HTTPS (308 keeps the method and body, unlike 301), on the port of the
+/// first TLS listener.
+fn redirect_https(req: &Request<Incoming>, port: u16, mut log: RequestLog) -> Response<ProxyBody> {
+    let host = log.record.host.as_str();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let (open, close) = if host.contains(':') {
+        ("[", "]")
+    } else {
+        ("", "")
+    };
+    let location = if port == 443 {
+        format!("https://{open}{host}{close}{path}")
+    } else {
+        format!("https://{open}{host}{close}:{port}{path}")
+    };
+    let body = format!("Moved to {location}\n");
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(http::header::LOCATION, v);
+    }
+    log.record.status = 308;
+    resp.map(|b| b.with_log(log))
 }
 
 impl RequestLog {

@@ -30,6 +30,7 @@ pub mod page;
 mod prescan;
 mod route;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +40,8 @@ use net::{ConnectOptions, Deadlines};
 use upstream::Upstream;
 
 pub use body::ProxyBody;
-pub use conn::ConnState;
+pub use conn::{ConnState, Edge};
+pub use tls::{read_certificates, CertReport, ReloadReport};
 pub use tokio_util::sync::CancellationToken;
 
 /// A configured gateway, ready to serve listeners.
@@ -57,11 +59,27 @@ pub struct Gateway {
     via_request: [http::HeaderValue; 3],
     /// Client connections served at once, across every worker.
     permits: Arc<tokio::sync::Semaphore>,
+    /// Certificates and handshakes, when there are TLS listeners.
+    tls: Option<tls::TlsEdge>,
 }
 
 impl Gateway {
-    /// Builds the gateway. Fails only when the resolver cannot be set up.
+    /// Builds the gateway. Fails when the resolver cannot be set up or a certificate cannot be
+    /// used; certificate warnings (expired, expiring soon) are logged.
     pub fn new(config: Config, logger: Arc<log::Logger>) -> Result<Arc<Gateway>, String> {
+        let certs = read_certificates(&config);
+        if !certs.problems.is_empty() {
+            let lines: Vec<String> = certs.problems.iter().map(|p| p.to_string()).collect();
+            return Err(lines.join("\n"));
+        }
+        for w in &certs.warnings {
+            logger.notice(
+                cause::Level::Warn,
+                "certificate problem",
+                &[("problem", serde_json::json!(w.to_string()))],
+            );
+        }
+        let tls = tls::TlsEdge::new(certs.loaded.into_iter().flatten().collect())?;
         let resolver =
             net::resolver::Resolver::new(&config.resolver.nameservers, config.resolver.timeout)?;
         let events_logger = logger.clone();
@@ -115,6 +133,7 @@ impl Gateway {
             config.limits.max_client_connections,
         ));
         Ok(Arc::new(Gateway {
+            tls,
             permits,
             config,
             router,

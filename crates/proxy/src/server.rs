@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::ConnState;
+use crate::conn::{ConnState, Edge};
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
 use crate::prescan::{Finding, HeadScanner};
@@ -82,10 +82,71 @@ fn sniff(first: &[u8]) -> Option<Sniffed> {
     Some(Sniffed::Http1)
 }
 
+/// A client connection as accepted, or with TLS terminated.
+enum ClientStream {
+    Plain(TcpStream),
+    // Boxed: rustls's connection state would otherwise make every plain connection larger.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The client connection's I/O: replays the bytes read to tell the protocol, reports arriving
 /// bytes to the watchdog, and shows HTTP/1 bytes to the head scanner.
 struct ClientIo {
-    stream: TcpStream,
+    stream: ClientStream,
     state: Arc<ConnState>,
     replay: Bytes,
     scan: Option<HeadScanner>,
@@ -194,13 +255,16 @@ impl Gateway {
         upstream::set_worker(index);
         let tracker = TaskTracker::new();
         let permits = self.permits.clone();
-        for listener in listeners {
+        let edges = self.edges(&listeners);
+        for (listener, edge) in listeners.into_iter().zip(edges) {
             let gw = self.clone();
             let tracker2 = tracker.clone();
             let shutdown = shutdown.clone();
             let permits = permits.clone();
-            tracker
-                .spawn(async move { gw.accept_loop(listener, tracker2, shutdown, permits).await });
+            tracker.spawn(async move {
+                gw.accept_loop(listener, edge, tracker2, shutdown, permits)
+                    .await
+            });
         }
         shutdown.cancelled().await;
         tracker.close();
@@ -217,9 +281,36 @@ impl Gateway {
         }
     }
 
+    /// What each listener adds to its connections, by its place in the configuration: the
+    /// listeners are given in the order of `Config::listeners`. The port of an HTTPS redirect
+    /// is the first TLS listener's, as bound.
+    fn edges(&self, listeners: &[TcpListener]) -> Vec<Arc<Edge>> {
+        let configured = &self.config.listeners;
+        let https_port = listeners
+            .iter()
+            .zip(configured)
+            .find(|(_, c)| c.tls)
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port());
+        (0..listeners.len())
+            .map(|i| match configured.get(i) {
+                Some(c) => Arc::new(Edge {
+                    tls: c.tls,
+                    redirect_https: https_port.filter(|_| c.redirect_https),
+                    hsts: c
+                        .hsts
+                        .as_deref()
+                        .and_then(|h| http::HeaderValue::from_str(h).ok()),
+                }),
+                None => Arc::new(Edge::default()),
+            })
+            .collect()
+    }
+
     async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
+        edge: Arc<Edge>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
         permits: Arc<tokio::sync::Semaphore>,
@@ -248,8 +339,9 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let shutdown = shutdown.clone();
+            let edge = edge.clone();
             tracker.spawn(async move {
-                gw.serve_connection(stream, client, shutdown).await;
+                gw.serve_connection(stream, edge, client, shutdown).await;
                 drop(permit);
             });
         }
@@ -257,12 +349,28 @@ impl Gateway {
 
     async fn serve_connection(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
+        edge: Arc<Edge>,
         client: SocketAddr,
         shutdown: CancellationToken,
     ) {
-        let state = Arc::new(ConnState::new());
+        #[cfg(unix)]
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let tls = edge.tls;
+        let state = Arc::new(ConnState::new(edge));
         let limits = &self.config.limits;
+        let mut stream = if tls {
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = Box::pin(self.tls_handshake(stream, client)) => s,
+            };
+            match handshake {
+                Some(s) => ClientStream::Tls(Box::new(s)),
+                None => return,
+            }
+        } else {
+            ClientStream::Plain(stream)
+        };
         // The first bytes tell the protocol. A connection that sends nothing within the head
         // deadline is closed silently, as an idle one would be.
         let first = tokio::select! {
@@ -285,8 +393,6 @@ impl Gateway {
         }
         let h2 = protocol == Sniffed::Http2;
         state.h2.store(h2, Ordering::Relaxed);
-        #[cfg(unix)]
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         // The gateway measures heads exactly itself, to answer an oversized one with its own
         // 431; hyper's parser stops heads that never end at twice the limit.
         let head_limit = limits.max_request_header_bytes;
@@ -330,8 +436,10 @@ impl Gateway {
                 // is written anew upstream, so no one behind the gateway sees the spaces.
                 .allow_multiple_spaces_in_request_line_delimiters(true)
                 .serve_connection(io, service);
+            // A 408 is written on the raw socket after hyper lets go of it: not possible through
+            // TLS, where a late head only closes the connection (and is logged).
             #[cfg(unix)]
-            let answer_fd = Some(fd);
+            let answer_fd = (!tls).then_some(fd);
             #[cfg(not(unix))]
             let answer_fd = None;
             self.watch(
@@ -456,8 +564,21 @@ impl Gateway {
             ClientFault::Slow,
             format!("the request head did not arrive within {timeout:?}"),
         );
+        let answer = self.raw_answer(&failure, None);
+        if let Some(s) = socket {
+            // The send buffer of a connection that only received is empty: this small write fits.
+            let _ = s.send(&answer.bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        self.log_raw_answer(answer, &failure, client, timeout);
+    }
+
+    /// A gateway-made answer written by the gateway itself rather than by hyper, as raw
+    /// HTTP/1.1 bytes: the error page of `failure`, or its head with `text` (a line, the
+    /// request id follows it) as the body. The gateway error is logged here.
+    pub(crate) fn raw_answer(&self, failure: &Failure, text: Option<&str>) -> RawAnswer {
         let request_id = crate::headers::new_request_id();
-        self.logger.gateway_error(&request_id, &failure, 0, None);
+        self.logger.gateway_error(&request_id, failure, 0, None);
         let cx = PageContext {
             server_name: &self.config.server_name,
             request_id: &request_id,
@@ -466,31 +587,53 @@ impl Gateway {
             format: page::Format::Text,
             template: None,
         };
-        let resp = page::error_response(&failure, &cx);
+        let resp = page::error_response(failure, &cx);
         let mut raw = format!("HTTP/1.1 {}\r\n", resp.status());
         for (k, v) in resp.headers() {
             raw.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("")));
         }
-        let body = resp.body().full_bytes().unwrap_or_default();
+        let body = match text {
+            Some(t) => Bytes::from(format!(
+                "{} {}\n\n{t}\n\nRequest id: {request_id}\nServer: {}\n",
+                resp.status().as_u16(),
+                resp.status().canonical_reason().unwrap_or(""),
+                self.config.server_name
+            )),
+            None => resp.body().full_bytes().unwrap_or_default(),
+        };
+        if !resp.headers().contains_key(http::header::CONNECTION) {
+            raw.push_str("connection: close\r\n");
+        }
         raw.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
         let mut bytes = raw.into_bytes();
         bytes.extend_from_slice(&body);
-        if let Some(s) = socket {
-            // The send buffer of a connection that only received is empty: this small write fits.
-            let _ = s.send(&bytes);
-            let _ = s.shutdown(std::net::Shutdown::Write);
+        RawAnswer {
+            status: resp.status().as_u16(),
+            body_len: body.len(),
+            bytes,
+            request_id,
         }
+    }
+
+    /// The access line of a [`RawAnswer`].
+    pub(crate) fn log_raw_answer(
+        &self,
+        answer: RawAnswer,
+        failure: &Failure,
+        client: SocketAddr,
+        duration: Duration,
+    ) {
         self.logger.access(&AccessRecord {
             client: Some(client),
             method: crate::log::no_request_method(),
-            status: 408,
-            bytes_out: body.len() as u64,
-            request_id,
+            status: answer.status,
+            bytes_out: answer.body_len as u64,
+            request_id: answer.request_id,
             cause: Some(failure.cause),
             phase: Some(failure.phase),
             gateway_error: true,
             proto: "HTTP/1.1",
-            duration: timeout,
+            duration,
             ..AccessRecord::default()
         });
     }
@@ -518,6 +661,14 @@ impl Gateway {
     }
 }
 
+/// An answer the gateway writes on the socket itself.
+pub(crate) struct RawAnswer {
+    pub status: u16,
+    pub body_len: usize,
+    pub bytes: Vec<u8>,
+    pub request_id: String,
+}
+
 enum Verdict {
     Fine,
     Idle,
@@ -526,7 +677,7 @@ enum Verdict {
 
 /// Reads a connection's first bytes, as many as it takes to tell the protocol. `None` when the
 /// client closed first.
-async fn read_first(stream: &mut TcpStream, state: &ConnState) -> Option<BytesMut> {
+async fn read_first(stream: &mut ClientStream, state: &ConnState) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(2048);
     loop {
         match stream.read_buf(&mut buf).await {

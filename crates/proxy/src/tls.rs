@@ -1,0 +1,260 @@
+//! TLS at the edge: the certificates of `[[certificate]]` read and checked, the handshake of
+//! each connection on a `listen_tls` listener, and certificate reload.
+//!
+//! One rustls configuration serves every TLS listener of every worker, so session tickets made
+//! on one worker resume on another. Reload reads each certificate again; one that fails keeps
+//! the certificate served before it, with a WARN naming the file, and the others are replaced.
+//! Open connections keep the certificate they were made with.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cause::{ClientFault, Failure, Level};
+use config::{CertificateConfig, Config, Problem};
+use net::certs::{CertResolver, FileRole, Loaded};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::Gateway;
+
+/// What reading the certificate files found: a certificate per `[[certificate]]` (absent where
+/// it failed), the problems that stop the gateway from starting, and warnings that do not.
+pub struct CertReport {
+    pub loaded: Vec<Option<Loaded>>,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+fn read_one(c: &CertificateConfig) -> Result<Loaded, Problem> {
+    net::certs::load(&c.cert, &c.key).map_err(|e| match e.role {
+        FileRole::Cert => c.cert_at.problem(e.message),
+        FileRole::Key => c.key_at.problem(e.message),
+    })
+}
+
+/// Reads and checks every `[[certificate]]` of `config`, as `check` and start-up do.
+pub fn read_certificates(config: &Config) -> CertReport {
+    let mut report = CertReport {
+        loaded: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for c in &config.certificates {
+        match read_one(c) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    report
+                        .warnings
+                        .push(c.cert_at.problem(format!("`{}`: {w}", c.cert.display())));
+                }
+                report.loaded.push(Some(l));
+            }
+            Err(p) => {
+                report.problems.push(p);
+                report.loaded.push(None);
+            }
+        }
+    }
+    report
+}
+
+/// The TLS side of a gateway with TLS listeners.
+pub(crate) struct TlsEdge {
+    acceptor: TlsAcceptor,
+    resolver: Arc<CertResolver>,
+    /// What is served now, one per `[[certificate]]`.
+    served: Mutex<Vec<Loaded>>,
+}
+
+impl TlsEdge {
+    /// Sets up TLS from certificates already read; `None` when the configuration has none.
+    pub(crate) fn new(loaded: Vec<Loaded>) -> Result<Option<TlsEdge>, String> {
+        if loaded.is_empty() {
+            return Ok(None);
+        }
+        let resolver = Arc::new(CertResolver::new(&loaded));
+        let config = net::certs::server_config(resolver.clone())?;
+        Ok(Some(TlsEdge {
+            acceptor: TlsAcceptor::from(config),
+            resolver,
+            served: Mutex::new(loaded),
+        }))
+    }
+}
+
+/// What a certificate reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Certificates read again and served from now on.
+    pub replaced: usize,
+    /// Certificates that failed and are still served as before, with why.
+    pub kept: Vec<String>,
+}
+
+impl Gateway {
+    /// Reads every certificate file again (SIGHUP). A certificate that fails to read, to parse
+    /// or whose key does not match keeps the one served before, and a WARN names the file; the
+    /// others are served from the next handshake on. Open connections are not touched.
+    pub fn reload_certificates(&self) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let Some(tls) = &self.tls else {
+            return report;
+        };
+        let mut served = tls.served.lock().unwrap_or_else(|e| e.into_inner());
+        for (c, current) in self.config.certificates.iter().zip(served.iter_mut()) {
+            match read_one(c) {
+                Ok(l) => {
+                    for w in &l.warnings {
+                        self.logger.notice(
+                            Level::Warn,
+                            "certificate reloaded with a problem",
+                            &[
+                                ("file", json!(c.cert.display().to_string())),
+                                ("problem", json!(w)),
+                            ],
+                        );
+                    }
+                    *current = l;
+                    report.replaced += 1;
+                }
+                Err(p) => {
+                    self.logger.notice(
+                        Level::Warn,
+                        "certificate not reloaded; the one loaded before is still served",
+                        &[
+                            ("file", json!(c.cert.display().to_string())),
+                            ("problem", json!(p.to_string())),
+                        ],
+                    );
+                    report.kept.push(p.to_string());
+                }
+            }
+        }
+        tls.resolver.replace(&served);
+        let names: Vec<&str> = served
+            .iter()
+            .flat_map(|l| l.facts.names.iter().map(String::as_str))
+            .collect();
+        self.logger.notice(
+            Level::Info,
+            "certificates reloaded",
+            &[
+                ("replaced", json!(report.replaced)),
+                ("kept", json!(report.kept.len())),
+                ("names", json!(names)),
+            ],
+        );
+        report
+    }
+
+    /// The TLS handshake of a connection on a TLS listener, within the request-head deadline.
+    /// A plain HTTP request sent to the TLS port is answered in plain HTTP with a 400 that says
+    /// so; a failed handshake is logged with its reason. `None` when the connection is over.
+    pub(crate) async fn tls_handshake(
+        &self,
+        stream: TcpStream,
+        client: SocketAddr,
+    ) -> Option<TlsStream<TcpStream>> {
+        let tls = self.tls.as_ref()?;
+        let deadline = self.config.limits.request_header_timeout;
+        let started = Instant::now();
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(1..)) => {}
+            // Closed, or silent past the deadline: nothing was asked, nothing to say.
+            Ok(_) | Err(_) => return None,
+        }
+        // Every TLS connection opens with a handshake record (content type 22).
+        if first[0] != 0x16 {
+            if first[0].is_ascii_alphabetic() {
+                self.answer_plain_on_tls(stream, client, started).await;
+            } else {
+                self.log_handshake_failure(client, "the client did not start a TLS handshake");
+            }
+            return None;
+        }
+        match tokio::time::timeout(
+            deadline.saturating_sub(started.elapsed()),
+            tls.acceptor.accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                self.log_handshake_failure(client, &handshake_error(&e));
+                None
+            }
+            Err(_) => {
+                self.log_handshake_failure(
+                    client,
+                    &format!("the handshake did not finish within {deadline:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Client handshake failures are the client's business (scanners, old clients, a client
+    /// that does not trust the certificate): logged at INFO, not as gateway errors.
+    fn log_handshake_failure(&self, client: SocketAddr, why: &str) {
+        self.logger.notice(
+            Level::Info,
+            "TLS handshake with a client failed; connection closed",
+            &[("client", json!(client.to_string())), ("error", json!(why))],
+        );
+    }
+
+    /// A plain HTTP request on a TLS listener: read what came, answer 400 in plain HTTP, close.
+    async fn answer_plain_on_tls(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        started: Instant,
+    ) {
+        let failure = Failure::client(
+            ClientFault::Malformed,
+            "a plain HTTP request came to a TLS listener; use https://",
+        );
+        // Read the request first: closing with unread bytes would reset the connection and
+        // the client would never see the answer.
+        let mut buf = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+        let answer = self.raw_answer(
+            &failure,
+            Some("This port speaks HTTPS, and the request came in plain HTTP: use an https:// address."),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(&answer.bytes).await;
+            let _ = stream.shutdown().await;
+            // Let the client read the answer before the socket goes away.
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.log_raw_answer(answer, &failure, client, started.elapsed());
+    }
+}
+
+/// The reason of a failed client handshake in plain words.
+fn handshake_error(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => {
+            format!("the client refused the handshake with alert {alert:?} (it may not trust the certificate)")
+        }
+        Some(rustls::Error::PeerIncompatible(why)) => {
+            format!("the client offers nothing this gateway accepts: {why:?}")
+        }
+        Some(other) => other.to_string(),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the client closed the connection during the handshake".to_string()
+        }
+        None => e.to_string(),
+    }
+}
