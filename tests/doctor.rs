@@ -46,6 +46,11 @@ fn verdict(
     )
 }
 
+/// The lab's CA, for the TLS faults.
+fn lab_roots(lab: &Lab) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    net::tls::load_pem_certs(lab.ca_pem().unwrap().as_bytes()).unwrap()
+}
+
 async fn lab() -> Lab {
     Lab::start_all(LabOptions {
         slow_delay: Duration::from_millis(50),
@@ -59,8 +64,14 @@ async fn lab() -> Lab {
 #[tokio::test]
 async fn straight_at_every_lab_fault_the_cause_and_phase_are_named() {
     let lab = lab().await;
+    let roots = lab_roots(&lab);
     for (fault, addr) in lab.addrs() {
-        let r = run(&format!("http://{addr}/x"), |_| {}).await;
+        // The TLS faults are asked over https://, trusting the lab's CA.
+        let scheme = if fault.tls() { "https" } else { "http" };
+        let r = run(&format!("{scheme}://{addr}/x"), |o| {
+            o.extra_roots = roots.clone()
+        })
+        .await;
         match fault.provokes() {
             Some((cause, phase)) => {
                 assert_eq!(r.verdict.cause, Some(cause), "{fault}: {:#?}", r.diagnosis);
@@ -90,12 +101,16 @@ async fn straight_at_every_lab_fault_the_cause_and_phase_are_named() {
 #[tokio::test]
 async fn through_cleargate_proxy_status_names_the_cause_and_upstream_confirms_it() {
     let h = common::start("").await;
+    let roots = lab_roots(&h.lab);
     for fault in Fault::ALL {
         let Some((cause, phase)) = fault.provokes() else {
             continue;
         };
         let url = format!("http://{}/f/{}", h.addr, fault.name());
-        let upstream = h.lab.addr(*fault).unwrap().to_string();
+        let upstream = match fault.tls() {
+            true => format!("https://{}", h.lab.addr(*fault).unwrap()),
+            false => h.lab.addr(*fault).unwrap().to_string(),
+        };
         let r = run(&url, |o| o.timeout = Duration::from_secs(1)).await;
         let who = r.who.as_ref().expect("the gateway answered");
         assert!(who.has("cleargate"), "{fault}: {:?}", who.products);
@@ -117,6 +132,7 @@ async fn through_cleargate_proxy_status_names_the_cause_and_upstream_confirms_it
         let r = run(&url, |o| {
             o.timeout = Duration::from_secs(1);
             o.upstream = Some(upstream.clone());
+            o.extra_roots = roots.clone();
         })
         .await;
         let up = r.upstream.as_ref().expect("the upstream was probed");

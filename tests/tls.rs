@@ -599,3 +599,144 @@ fn sighup_reloads_the_certificates_of_a_running_gateway() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A gateway in front of one TLS upstream at `upstream`, with `tls` as its `[tls]` table.
+async fn tls_upstream_gateway(dir: &Path, upstream: SocketAddr, tls: &str) -> common::Gw {
+    let d = dir.display();
+    let tls = tls.replace("DIR", &d.to_string());
+    common::gateway(&format!(
+        r#"listen = ["127.0.0.1:0"]
+[upstream.api]
+endpoints = ["{upstream}"]
+connect_timeout = "2s"
+[upstream.api.tls]
+{tls}
+[[route]]
+upstream = "api"
+"#
+    ))
+    .await
+}
+
+async fn get_plain(addr: SocketAddr) -> common::Seen {
+    common::send(
+        addr,
+        common::get(addr, "/")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_upstream_over_tls_answers_and_each_certificate_problem_is_named() {
+    let dir = temp_dir("upstream");
+    let ca = tls_server::ca();
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let settings = "ca = \"DIR/ca.pem\"\nsni = \"api.internal\"";
+
+    // A CA file and an SNI name: the upstream answers, over one kept-alive connection.
+    let (good, _t1) = tls_server::serve(tls_server::signed(&ca, &["api.internal"], false)).await;
+    let gw = tls_upstream_gateway(&dir, good, settings).await;
+    for _ in 0..3 {
+        let seen = get_plain(gw.addr).await;
+        assert_eq!(seen.status, 200, "{}", seen.text());
+        assert_eq!(seen.text(), "ok");
+    }
+    gw.stop().await;
+
+    // Each problem: 502, `tls` in Proxy-Status, and the detail says which.
+    let (misnamed, _t2) =
+        tls_server::serve(tls_server::signed(&ca, &["other.internal"], false)).await;
+    let (expired, _t3) = tls_server::serve(tls_server::signed(&ca, &["api.internal"], true)).await;
+    let (selfsigned, _t4) = tls_server::serve(tls_server::self_signed(&["api.internal"])).await;
+    // A plain HTTP server, which answers the TLS hello with a 400 as nginx does.
+    let plain_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = plain_listener.local_addr().unwrap();
+    let _t5 = tokio::spawn(async move {
+        while let Ok((mut s, _)) = plain_listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    for (addr, words) in [
+        (
+            misnamed,
+            "wrong name: the certificate is for other.internal but not for api.internal",
+        ),
+        (expired, "expired: the certificate expired on 2021-01-01 ("),
+        (selfsigned, "self-signed: the certificate signed itself"),
+        (
+            plain,
+            "the server did not answer with TLS: is this a plain HTTP port?",
+        ),
+    ] {
+        let gw = tls_upstream_gateway(&dir, addr, settings).await;
+        let seen = get_plain(gw.addr).await;
+        assert_eq!(seen.status, 502, "{words}: {}", seen.text());
+        let ps = seen.header("proxy-status");
+        assert!(ps.contains("error=tls_protocol_error"), "{ps}");
+        assert!(ps.contains("cause=tls phase=tls_handshake"), "{ps}");
+        assert!(
+            ps.contains(&format!(" / certificate rejected: {words}"))
+                || ps.contains(&format!(" / {words}")),
+            "{words}: {ps}"
+        );
+        assert!(
+            seen.text()
+                .contains(&format!("Detail: certificate rejected: {words}"))
+                || seen.text().contains(words),
+            "{}",
+            seen.text()
+        );
+        let line = gw
+            .wait_line("the gateway error", |l| l["kind"] == "gateway_error")
+            .await;
+        assert_eq!(line["cause"], "tls");
+        assert!(line["detail"].as_str().unwrap().contains(words), "{line}");
+        gw.stop().await;
+    }
+
+    // `verify = false` accepts the self-signed one, with a WARN at start.
+    let gw = tls_upstream_gateway(&dir, selfsigned, "verify = false").await;
+    assert_eq!(get_plain(gw.addr).await.status, 200);
+    let warn = gw
+        .wait_line("the verify warning", |l| {
+            l["message"] == "TLS configuration warning"
+        })
+        .await;
+    assert_eq!(warn["level"], "WARN");
+    assert!(
+        warn["problem"].as_str().unwrap().contains("not verified"),
+        "{warn}"
+    );
+    gw.stop().await;
+
+    // Mutual TLS: an upstream that wants a client certificate refuses the gateway without one
+    // and answers with it.
+    let client = tls_server::signed(&ca, &["gateway.internal"], false);
+    write_cert(&dir, "client", &client);
+    let (mtls, _t6) =
+        tls_server::serve_with(tls_server::signed(&ca, &["api.internal"], false), Some(&ca)).await;
+    let gw = tls_upstream_gateway(&dir, mtls, settings).await;
+    let seen = get_plain(gw.addr).await;
+    assert_eq!(seen.status, 502, "{}", seen.text());
+    assert!(
+        seen.header("proxy-status").contains("cause=tls"),
+        "{}",
+        seen.header("proxy-status")
+    );
+    gw.stop().await;
+    let with_cert =
+        format!("{settings}\nclient_cert = \"DIR/client.pem\"\nclient_key = \"DIR/client.key\"");
+    let gw = tls_upstream_gateway(&dir, mtls, &with_cert).await;
+    let seen = get_plain(gw.addr).await;
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -79,6 +79,16 @@ pub const DEMO_ROUTES: &[(&str, Fault, &str)] = &[
         Fault::Stall,
         "200, then aborted after 3 s: the body stalls",
     ),
+    (
+        "/tls-expired",
+        Fault::Expired,
+        "502 tls: the upstream's certificate expired (and when)",
+    ),
+    (
+        "/tls-wrongname",
+        Fault::Wrongname,
+        "502 tls: the upstream's certificate is for another name",
+    ),
     ("/flaky", Fault::Flaky, "200 or 502 reset, half of the time"),
     (
         "/status",
@@ -92,13 +102,28 @@ pub fn demo_config(listen: SocketAddr, lab: &Lab, log_format: &str) -> String {
     let mut toml = format!(
         "listen = [\"{listen}\"]\nserver_name = \"cleargate\"\n\n[log]\nformat = \"{log_format}\"\n\n[limits]\nrequest_header_timeout = \"10s\"\n\n"
     );
+    // The TLS faults are reached over TLS, trusting the lab's own CA.
+    let ca = lab.ca_pem().and_then(|pem| {
+        let path =
+            std::env::temp_dir().join(format!("cleargate-demo-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, pem).ok().map(|_| path)
+    });
     for (path, fault, _) in DEMO_ROUTES {
         let addr = lab
             .addr(*fault)
             .expect("the demo starts every fault it routes to");
         let name = fault.name();
         toml.push_str(&format!(
-            "[upstream.{name}]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"3s\"\nbody_timeout = \"3s\"\nrestart_wait = \"1s\"\n\n[[route]]\npath = \"{path}\"\nupstream = \"{name}\"\n\n"
+            "[upstream.{name}]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"3s\"\nbody_timeout = \"3s\"\nrestart_wait = \"1s\"\n"
+        ));
+        if let (true, Some(ca)) = (fault.tls(), &ca) {
+            toml.push_str(&format!(
+                "[upstream.{name}.tls]\nca = \"{}\"\n",
+                ca.display()
+            ));
+        }
+        toml.push_str(&format!(
+            "\n[[route]]\npath = \"{path}\"\nupstream = \"{name}\"\n\n"
         ));
     }
     toml

@@ -88,6 +88,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot start the lab")?;
         println!("{}", lab.table());
+        if let Some(pem) = lab.ca_pem() {
+            // The TLS faults' certificates come from a CA made at start: trust it to tell
+            // `expired` and `wrongname` from an unknown issuer.
+            let path =
+                std::env::temp_dir().join(format!("cleargate-lab-ca-{}.pem", std::process::id()));
+            std::fs::write(&path, pem).context("cannot write the lab's CA certificate")?;
+            println!("The TLS faults' CA certificate: {}", path.display());
+        }
         println!("Lab running; Ctrl-C stops it.");
         super::shutdown_signal().await;
         lab.shutdown().await;

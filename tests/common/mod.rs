@@ -33,10 +33,31 @@ pub const UPSTREAM_TIMEOUTS: &str =
 /// level (limits, pages).
 pub fn config_text(lab: &Lab, top: &str) -> String {
     let mut s = format!("listen = [\"127.0.0.1:0\"]\n{top}\n");
+    // The TLS faults are reached over TLS, trusting the lab's CA.
+    let ca = lab.ca_pem().map(|pem| {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "cleargate-lab-ca-{}-{}.pem",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, pem).unwrap();
+        path
+    });
     for (fault, addr) in lab.addrs() {
         let name = fault.name();
         s.push_str(&format!(
-            "[upstream.{name}]\nendpoints = [\"{addr}\"]\n{UPSTREAM_TIMEOUTS}\n[[route]]\npath = \"/f/{name}\"\nupstream = \"{name}\"\n\n"
+            "[upstream.{name}]\nendpoints = [\"{addr}\"]\n{UPSTREAM_TIMEOUTS}\n"
+        ));
+        if let (true, Some(ca)) = (fault.tls(), &ca) {
+            s.push_str(&format!(
+                "[upstream.{name}.tls]\nca = \"{}\"\n",
+                ca.display()
+            ));
+        }
+        s.push_str(&format!(
+            "[[route]]\npath = \"/f/{name}\"\nupstream = \"{name}\"\n\n"
         ));
     }
     s

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 pub struct Ca {
     pub der: CertificateDer<'static>,
+    pub pem: String,
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
@@ -38,6 +39,7 @@ pub fn ca() -> Ca {
     let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
     Ca {
         der: issuer.der().clone(),
+        pem: issuer.pem(),
         issuer,
     }
 }
@@ -84,14 +86,33 @@ pub fn self_signed(names: &[&str]) -> ServerCert {
 
 /// Serves `cert` on 127.0.0.1; every request gets `200 ok` on a kept-alive connection.
 pub async fn serve(cert: ServerCert) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(cert.chain, cert.key)
-    .unwrap();
+    serve_with(cert, None).await
+}
+
+/// Like [`serve`], and with `clients` every client must present a certificate it signed.
+pub async fn serve_with(
+    cert: ServerCert,
+    clients: Option<&Ca>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(cert.chain, cert.key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

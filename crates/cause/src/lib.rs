@@ -577,6 +577,16 @@ impl Failure {
             details.push_str(" earlier=");
             details.push_str(&self.earlier.join(","));
         }
+        if let Some(d) = &self.detail {
+            // In words, after the facts; a redacted failure has none. No `;`: naive readers
+            // split Proxy-Status parameters on it even inside quotes.
+            details.push_str(" / ");
+            details.extend(d.chars().map(|c| match c {
+                '"' => '\'',
+                ';' => ',',
+                c => c,
+            }));
+        }
         value.push_str("; details=");
         push_sf_string(&mut value, &details);
         value

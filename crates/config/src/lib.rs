@@ -238,6 +238,24 @@ pub struct UpstreamConfig {
     pub dns_max_ttl: Duration,
     pub health: Option<HealthConfig>,
     pub outlier: OutlierConfig,
+    /// `[upstream.NAME.tls]`: TLS to every endpoint.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS to an upstream's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// CA certificates (PEM) to trust instead of the system's roots.
+    pub ca: Option<(PathBuf, Place)>,
+    /// The name sent in SNI and checked in the certificate; default: each endpoint's host.
+    pub sni: Option<String>,
+    /// `false` accepts any certificate (a WARN at start).
+    pub verify: bool,
+    /// A client certificate and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, Place)>,
+    pub client_key: Option<(PathBuf, Place)>,
+    /// Where the table was written.
+    pub at: Place,
 }
 
 impl UpstreamConfig {
@@ -264,6 +282,7 @@ impl UpstreamConfig {
             dns_max_ttl: Duration::from_secs(300),
             health: None,
             outlier: OutlierConfig::default(),
+            tls: None,
         }
     }
 }

@@ -66,7 +66,9 @@ const UPSTREAM_KEYS: &[&str] = &[
     "dns_max_ttl",
     "health",
     "outlier",
+    "tls",
 ];
+const UPSTREAM_TLS_KEYS: &[&str] = &["ca", "sni", "verify", "client_cert", "client_key"];
 const ENDPOINT_KEYS: &[&str] = &["address", "weight"];
 const HEALTH_KEYS: &[&str] = &[
     "path", "tcp", "interval", "timeout", "expect", "rise", "fall",
@@ -87,6 +89,8 @@ type Value<'i> = Spanned<DeValue<'i>>;
 struct Walker<'a> {
     src: &'a str,
     file: &'a str,
+    /// The configuration file's folder: relative paths start there.
+    base: &'a Path,
     problems: Vec<Problem>,
 }
 
@@ -319,6 +323,60 @@ fn listener(w: &mut Walker, item: &Value, key: &str, tls: bool) -> Option<Listen
         }
     }
     Some(l)
+}
+
+/// Reads `[upstream.NAME.tls]`.
+fn upstream_tls(w: &mut Walker, t: &DeTable, span: Range<usize>, what: &str) -> UpstreamTlsConfig {
+    w.known_keys(t, UPSTREAM_TLS_KEYS, &format!("{what}.tls"));
+    let mut file = |name: &str| {
+        let v = t.get(name)?;
+        let p = w.string(v, &format!("`{name}`"))?;
+        if p.is_empty() {
+            w.problem(v.span(), format!("`{name}` is empty; give a PEM file"));
+            return None;
+        }
+        Some((w.base.join(p), w.place(v.span())))
+    };
+    let ca = file("ca");
+    let client_cert = file("client_cert");
+    let client_key = file("client_key");
+    let sni = t.get("sni").and_then(|v| {
+        let s = w.string(v, "`sni`")?;
+        let ok = !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if ok {
+            Some(s.to_ascii_lowercase())
+        } else {
+            w.problem(
+                v.span(),
+                format!("`sni` must be a DNS name such as \"api.internal\", found `{s}`"),
+            );
+            None
+        }
+    });
+    let verify = t
+        .get("verify")
+        .and_then(|v| w.boolean(v, "`verify`"))
+        .unwrap_or(true);
+    if client_cert.is_some() != client_key.is_some() {
+        w.problem(
+            span.clone(),
+            "mutual TLS needs both `client_cert` and `client_key`",
+        );
+    }
+    UpstreamTlsConfig {
+        ca,
+        sni,
+        verify,
+        client_cert,
+        client_key,
+        at: w.place(span),
+    }
 }
 
 /// Reads one `[upstream.NAME]` table.
@@ -577,6 +635,17 @@ fn upstream(
         }
         up.health = Some(h);
     }
+    if let Some(v) = u.get("tls") {
+        if let Some(t) = w.table(v, "`tls`") {
+            up.tls = Some(upstream_tls(w, t, v.span(), what));
+            if up.protocol == Protocol::H2c {
+                w.problem(
+                    v.span(),
+                    "h2c is HTTP/2 without TLS; remove `protocol = \"h2c\"` or the [tls] table",
+                );
+            }
+        }
+    }
     if let Some(t) = u.get("outlier").and_then(|v| w.table(v, "`outlier`")) {
         w.known_keys(t, OUTLIER_KEYS, &format!("{what}.outlier"));
         let o = &mut up.outlier;
@@ -736,6 +805,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
     let mut w = Walker {
         src,
         file,
+        base,
         problems: Vec::new(),
     };
     let (root, errors) = DeTable::parse_recoverable(src);

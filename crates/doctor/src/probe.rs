@@ -35,6 +35,7 @@ pub(crate) fn connect_options(timeout: Duration) -> ConnectOptions {
         max_response_header_bytes: MAX_HEAD_BYTES,
         max_response_headers: MAX_HEAD_LINES,
         h2: false,
+        tls: None,
     }
 }
 

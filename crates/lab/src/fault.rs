@@ -44,6 +44,16 @@ pub enum Fault {
     Kashort,
     /// Answers every request with a configured status itself.
     Status,
+    /// TLS with a certificate that expired (signed by the lab's CA).
+    Expired,
+    /// TLS with a certificate for another name (signed by the lab's CA).
+    Wrongname,
+    /// TLS with a self-signed certificate.
+    Selfsigned,
+    /// Plain HTTP where TLS is expected: answers the TLS hello with an HTTP 400.
+    Plaintext,
+    /// Reads the TLS hello and never answers it.
+    Tlsstall,
 }
 
 impl Fault {
@@ -65,6 +75,11 @@ impl Fault {
         Fault::Flaky,
         Fault::Kashort,
         Fault::Status,
+        Fault::Expired,
+        Fault::Wrongname,
+        Fault::Selfsigned,
+        Fault::Plaintext,
+        Fault::Tlsstall,
     ];
 
     /// The stable lowercase name, as used on the command line and in tables.
@@ -86,6 +101,11 @@ impl Fault {
             Fault::Flaky => "flaky",
             Fault::Kashort => "kashort",
             Fault::Status => "status",
+            Fault::Expired => "expired",
+            Fault::Wrongname => "wrongname",
+            Fault::Selfsigned => "selfsigned",
+            Fault::Plaintext => "plaintext",
+            Fault::Tlsstall => "tlsstall",
         }
     }
 
@@ -108,6 +128,11 @@ impl Fault {
             Fault::Flaky => "resets some requests (half by default, or every Nth), answers the rest like ok",
             Fault::Kashort => "like ok, but closes keep-alive connections idle over 1 s, advertising nothing",
             Fault::Status => "answers every request itself with a configured status (503 by default)",
+            Fault::Expired => "TLS endpoint whose certificate (from the lab's CA) expired in 2021",
+            Fault::Wrongname => "TLS endpoint whose certificate (from the lab's CA) is for wrong.lab.invalid only",
+            Fault::Selfsigned => "TLS endpoint whose certificate signed itself",
+            Fault::Plaintext => "plain HTTP where TLS is expected: the TLS hello gets an HTTP 400, as nginx answers",
+            Fault::Tlsstall => "reads the TLS hello and never answers it, keeping the connection open",
         }
     }
 
@@ -127,7 +152,23 @@ impl Fault {
             Fault::Truncated => Some((Cause::Closed, Phase::ReadBody)),
             Fault::Badchunk => Some((Cause::InvalidResponse, Phase::ReadBody)),
             Fault::Stall => Some((Cause::Timeout, Phase::ReadBody)),
+            Fault::Expired | Fault::Wrongname | Fault::Selfsigned | Fault::Plaintext => {
+                Some((Cause::Tls, Phase::TlsHandshake))
+            }
+            Fault::Tlsstall => Some((Cause::Timeout, Phase::TlsHandshake)),
         }
+    }
+
+    /// True for the faults a gateway must reach over TLS (trusting [`crate::Lab::ca_pem`]).
+    pub fn tls(&self) -> bool {
+        matches!(
+            self,
+            Fault::Expired
+                | Fault::Wrongname
+                | Fault::Selfsigned
+                | Fault::Plaintext
+                | Fault::Tlsstall
+        )
     }
 }
 
@@ -183,7 +224,7 @@ mod tests {
             assert_eq!(f.to_string(), f.name());
             assert!(!f.describe().is_empty());
         }
-        assert_eq!(Fault::ALL.len(), 16);
+        assert_eq!(Fault::ALL.len(), 21);
     }
 
     #[test]

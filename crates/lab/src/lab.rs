@@ -44,6 +44,8 @@ pub struct Lab {
     parked_listeners: Vec<Socket>,
     /// The lab's own connections filling those accept queues.
     parked_fillers: Vec<std::net::TcpStream>,
+    /// The CA of the TLS faults' certificates, when any TLS fault runs.
+    ca_pem: Option<String>,
 }
 
 impl Lab {
@@ -60,7 +62,14 @@ impl Lab {
             tasks: JoinSet::new(),
             parked_listeners: Vec::new(),
             parked_fillers: Vec::new(),
+            ca_pem: None,
         };
+        let certs = if faults.iter().any(|(f, _)| f.tls()) {
+            Some(crate::tls::LabCerts::new(host)?)
+        } else {
+            None
+        };
+        lab.ca_pem = certs.as_ref().map(|c| c.ca_pem.clone());
         let mut addrs: Vec<Option<SocketAddr>> = vec![None; faults.len()];
         let mut ctxs = Vec::with_capacity(faults.len());
         for &(fault, _) in faults {
@@ -68,6 +77,7 @@ impl Lab {
                 fault,
                 opts: opts.clone(),
                 counters: Counters::default(),
+                tls: certs.as_ref().and_then(|c| c.config_for(fault)),
             }));
         }
 
@@ -102,6 +112,13 @@ impl Lab {
     pub async fn start_all(opts: LabOptions) -> io::Result<Lab> {
         let faults: Vec<(Fault, u16)> = Fault::ALL.iter().map(|f| (*f, 0)).collect();
         Lab::start(&faults, IpAddr::V4(Ipv4Addr::LOCALHOST), opts).await
+    }
+
+    /// The lab's CA certificate (PEM), which signed the certificates of `expired` and
+    /// `wrongname`; a gateway must trust it to tell those faults apart. `None` when no TLS
+    /// fault runs.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Where `fault` is served (the first one, if it was started twice).

@@ -10,6 +10,7 @@
 //! - `lab.rs`: starting listeners, accepting, counting, the summary table, shutdown.
 //! - `serve.rs`: what each fault does with a connection.
 //! - `wire.rs`: request-head reading, body discarding, response heads.
+//! - `tls.rs`: the TLS faults, and the lab's own CA and certificates made at start.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -26,6 +27,7 @@ mod fault;
 pub mod h2;
 mod lab;
 mod serve;
+mod tls;
 mod wire;
 
 use std::time::Duration;

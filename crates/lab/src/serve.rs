@@ -42,7 +42,7 @@ impl Counters {
     }
 
     /// Counts a request head read and returns its 1-based number for this fault.
-    fn request(&self) -> u64 {
+    pub fn request(&self) -> u64 {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -60,10 +60,15 @@ pub(crate) struct Ctx {
     pub fault: Fault,
     pub opts: LabOptions,
     pub counters: Counters,
+    /// The certificate of a TLS certificate fault.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Serves one accepted connection until the fault is done with it or the peer goes away.
 pub(crate) async fn connection(stream: TcpStream, ctx: &Ctx) {
+    if ctx.fault.tls() {
+        return crate::tls::connection(stream, ctx).await;
+    }
     // Small writes (heads, partial heads) must leave at once: the faults are about timing.
     let _ = stream.set_nodelay(true);
     let conn = Conn::new(stream);
@@ -361,7 +366,7 @@ fn reset(stream: TcpStream) {
 
 /// Sends FIN, then reads and drops whatever the peer still sends until it closes too (bounded
 /// by [`LINGER`]), so the close is seen as a clean EOF and never as a reset.
-async fn close_gracefully(mut stream: TcpStream) {
+pub(crate) async fn close_gracefully(mut stream: TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }

@@ -113,6 +113,24 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded, CertError> {
     })
 }
 
+/// Reads a certificate chain and its key for use as a client identity (mutual TLS to an
+/// upstream), checked like [`load`].
+pub fn load_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<crate::upstream_tls::ClientIdentity, CertError> {
+    load(cert, key)?;
+    let read_err = |role, e: String| CertError { role, message: e };
+    let cert_pem = std::fs::read(cert).map_err(|e| read_err(FileRole::Cert, e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(FileRole::Cert, e.to_string()))?;
+    let key_pem = std::fs::read(key).map_err(|e| read_err(FileRole::Key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| read_err(FileRole::Key, e.to_string()))?;
+    Ok((chain, key))
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -18,6 +18,11 @@ pub fn classify_connect_error(e: &io::Error) -> Failure {
 /// The cause an I/O error stands for, if it is one the vocabulary names.
 fn io_cause(e: &io::Error) -> Option<Cause> {
     use io::ErrorKind as K;
+    // An alert or a TLS record error after the handshake (an upstream refusing the client
+    // certificate in TLS 1.3 says so only then).
+    if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+        return Some(Cause::Tls);
+    }
     // EMFILE, ENFILE, ENOBUFS, ENOMEM: this host ran out, not the upstream.
     if matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) {
         return Some(Cause::LocalExhausted);
@@ -103,7 +108,11 @@ pub(crate) fn h1_error(e: &crate::h1::H1Error, phase: Phase, reused: bool) -> Fa
         E::TooLarge => Cause::ResponseTooLarge,
         E::RequestBody => Cause::Internal,
     };
-    let mut f = Failure::new(cause, phase).with_detail(e.to_string());
+    let detail = match e {
+        E::Io(ioe) if cause == Cause::Tls => crate::tls::tls_words(ioe),
+        _ => e.to_string(),
+    };
+    let mut f = Failure::new(cause, phase).with_detail(detail);
     f.reused = reused;
     f
 }
@@ -116,7 +125,11 @@ pub(crate) fn h1_body_error(e: &crate::h1::BodyError) -> Failure {
         E::Closed => Cause::Closed,
         E::Invalid(_) => Cause::InvalidResponse,
     };
-    Failure::new(cause, Phase::ReadBody).with_detail(e.to_string())
+    let detail = match e {
+        E::Io(ioe) if cause == Cause::Tls => crate::tls::tls_words(ioe),
+        _ => e.to_string(),
+    };
+    Failure::new(cause, Phase::ReadBody).with_detail(detail)
 }
 
 /// Classifies the error that ended a client connection. Returns the failure and, when hyper

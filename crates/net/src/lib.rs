@@ -16,6 +16,7 @@ mod io;
 pub mod probe;
 pub mod resolver;
 pub mod tls;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,7 +50,7 @@ pub struct Deadlines {
 }
 
 /// Options for opening a connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Largest response header section accepted from the upstream.
@@ -58,6 +59,8 @@ pub struct ConnectOptions {
     pub max_response_headers: usize,
     /// HTTP/2 with prior knowledge instead of HTTP/1.1.
     pub h2: bool,
+    /// TLS to the endpoint, when the upstream has a `[tls]` table.
+    pub tls: Option<Arc<upstream_tls::UpstreamTls>>,
 }
 
 /// Resolves `endpoint` (`ip:port` or `name:port`) to addresses.
@@ -160,8 +163,30 @@ impl std::fmt::Debug for Conn {
 
 /// Opens a TCP connection to `addr` and performs the HTTP handshake.
 pub async fn connect(addr: SocketAddr, opts: &ConnectOptions) -> Result<Conn, Failure> {
+    connect_host(addr, "", opts).await
+}
+
+/// Opens a connection to `addr`, an address of the endpoint whose host is `host`: TCP, then
+/// TLS when the upstream has it (`host`, or the configured SNI, is the name checked), then the
+/// HTTP handshake. The connect deadline covers TCP and TLS together.
+pub async fn connect_host(
+    addr: SocketAddr,
+    host: &str,
+    opts: &ConnectOptions,
+) -> Result<Conn, Failure> {
+    let started = Instant::now();
     let stream = probe::tcp_connect(addr, opts.connect_timeout).await?;
-    handshake(stream, addr, opts).await
+    match &opts.tls {
+        Some(tls) => {
+            let left = opts.connect_timeout.saturating_sub(started.elapsed());
+            let stream = tls
+                .connect(stream, host, left)
+                .await
+                .map_err(|f| f.with_endpoint(addr.to_string()))?;
+            handshake(stream, addr, opts).await
+        }
+        None => handshake(stream, addr, opts).await,
+    }
 }
 
 /// The HTTP handshake (HTTP/1.1, or h2c with prior knowledge) over an open stream to `addr`,

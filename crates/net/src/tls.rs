@@ -151,6 +151,27 @@ where
     Ok((stream, facts))
 }
 
+/// A TLS error met after the handshake, in words.
+pub(crate) fn tls_words(e: &io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)) => {
+            "the upstream wants a client certificate (mutual TLS): set `client_cert` and `client_key`"
+                .to_string()
+        }
+        Some(rustls::Error::AlertReceived(
+            alert @ (rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::AccessDenied),
+        )) => format!("the upstream refused the gateway's client certificate (TLS alert {alert:?})"),
+        Some(rustls::Error::AlertReceived(alert)) => {
+            format!("the upstream ended TLS with the alert {alert:?}")
+        }
+        Some(other) => format!("TLS error: {other}"),
+        None => e.to_string(),
+    }
+}
+
 /// Classifies an error of a TLS handshake.
 pub fn classify_tls_error(e: &io::Error) -> Failure {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
@@ -163,6 +184,11 @@ pub fn classify_tls_error(e: &io::Error) -> Failure {
             }
             rustls::Error::PeerIncompatible(p) => {
                 format!("no TLS version or cipher in common with the server ({p:?})")
+            }
+            rustls::Error::InvalidCertificate(CertificateError::Other(o))
+                if o.0.downcast_ref::<crate::upstream_tls::Refused>().is_some() =>
+            {
+                format!("certificate rejected: {}", o.0)
             }
             rustls::Error::InvalidCertificate(c) => format!("certificate rejected: {c:?}"),
             other => other.to_string(),

@@ -18,6 +18,7 @@ const OPTS: ConnectOptions = ConnectOptions {
     max_response_header_bytes: 8192,
     max_response_headers: 100,
     h2: false,
+    tls: None,
 };
 
 const DEADLINES: Deadlines = Deadlines {

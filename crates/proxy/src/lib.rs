@@ -75,11 +75,12 @@ impl Gateway {
         for w in &certs.warnings {
             logger.notice(
                 cause::Level::Warn,
-                "certificate problem",
+                "TLS configuration warning",
                 &[("problem", serde_json::json!(w.to_string()))],
             );
         }
         let tls = tls::TlsEdge::new(certs.loaded.into_iter().flatten().collect())?;
+        let mut upstream_tls = certs.upstream_tls.into_iter();
         let resolver =
             net::resolver::Resolver::new(&config.resolver.nameservers, config.resolver.timeout)?;
         let events_logger = logger.clone();
@@ -99,6 +100,7 @@ impl Gateway {
                     max_response_header_bytes: config.limits.max_response_header_bytes,
                     max_response_headers: config.limits.max_response_headers,
                     h2: u.protocol == config::Protocol::H2c,
+                    tls: upstream_tls.next().flatten(),
                 };
                 Upstream::new(u, connect, resolver.clone(), events.clone(), config.workers)
             })

@@ -154,6 +154,9 @@ fn text_page(f: &Failure, cx: &PageContext<'_>, status: u16, time: &str) -> Stri
     for check in f.cause.operator_checks() {
         s.push_str(&format!("  - check {check}\n"));
     }
+    if let Some(d) = &f.detail {
+        s.push_str(&format!("\nDetail: {d}\n"));
+    }
     s.push_str(&format!(
         "\nRequest id: {}\nTime: {time}\nServer: {}\n",
         cx.request_id, cx.server_name
@@ -176,6 +179,7 @@ fn json_page(f: &Failure, cx: &PageContext<'_>, status: u16, time: &str) -> Stri
         "hops": hops,
         "upstream": f.upstream,
         "endpoint": f.endpoint,
+        "detail": f.detail,
         "attempts": cx.attempts,
         "visitor_advice": f.cause.visitor_advice(),
         "operator_checks": f.cause.operator_checks(),
@@ -298,7 +302,7 @@ dl{{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;font-size:14
 <div class="hops">{hops}</div>
 <h2>What you can do</h2><p>{advice}</p>{retry}
 <h2>For the site operator</h2><p class="muted">It failed {phase_words} (cause <code>{cause}</code>, phase <code>{phase}</code>). Check:</p><ul>{checks}</ul>
-<dl><dt>Request id</dt><dd>{request_id}</dd><dt>Time</dt><dd>{time}</dd><dt>Served by</dt><dd>{server}</dd></dl>
+<dl>{detail}<dt>Request id</dt><dd>{request_id}</dd><dt>Time</dt><dd>{time}</dd><dt>Served by</dt><dd>{server}</dd></dl>
 </div></main></body></html>
 "#,
         reason = reason(status),
@@ -310,6 +314,10 @@ dl{{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;font-size:14
         phase_words = e(f.phase.words()),
         request_id = e(cx.request_id),
         server = e(cx.server_name),
+        detail = f.detail.as_deref().map_or(String::new(), |d| format!(
+            "<dt>Detail</dt><dd>{}</dd>",
+            e(d)
+        )),
     )
 }
 

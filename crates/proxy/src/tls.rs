@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cause::{ClientFault, Failure, Level};
-use config::{CertificateConfig, Config, Problem};
+use std::path::PathBuf;
+
+use config::{CertificateConfig, Config, Place, Problem, UpstreamTlsConfig};
 use net::certs::{CertResolver, FileRole, Loaded};
+use net::upstream_tls::UpstreamTls;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,6 +28,8 @@ use crate::Gateway;
 /// it failed), the problems that stop the gateway from starting, and warnings that do not.
 pub struct CertReport {
     pub loaded: Vec<Option<Loaded>>,
+    /// TLS to each upstream, in configuration order (`None`: plain, or it failed).
+    pub upstream_tls: Vec<Option<Arc<UpstreamTls>>>,
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
 }
@@ -36,13 +41,63 @@ fn read_one(c: &CertificateConfig) -> Result<Loaded, Problem> {
     })
 }
 
+/// Reads the files of an upstream's `[tls]` and makes its client configuration.
+fn upstream_tls(t: &UpstreamTlsConfig) -> Result<UpstreamTls, Problem> {
+    let read = |(path, at): &(PathBuf, Place), what: &str| {
+        std::fs::read(path)
+            .map_err(|e| at.problem(format!("cannot read {what} file `{}`: {e}", path.display())))
+    };
+    let roots = match &t.ca {
+        Some(ca) => {
+            let pem = read(ca, "CA")?;
+            Some(
+                net::tls::load_pem_certs(&pem)
+                    .map_err(|e| ca.1.problem(format!("`{}`: {e}", ca.0.display())))?,
+            )
+        }
+        None => None,
+    };
+    let identity = match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(key)) => Some(net::certs::load_identity(&cert.0, &key.0).map_err(
+            |e| match e.role {
+                FileRole::Cert => cert.1.problem(e.message),
+                FileRole::Key => key.1.problem(e.message),
+            },
+        )?),
+        _ => None,
+    };
+    UpstreamTls::new(roots, t.sni.clone(), t.verify, identity).map_err(|e| t.at.problem(e))
+}
+
 /// Reads and checks every `[[certificate]]` of `config`, as `check` and start-up do.
 pub fn read_certificates(config: &Config) -> CertReport {
     let mut report = CertReport {
         loaded: Vec::new(),
+        upstream_tls: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
     };
+    for u in &config.upstreams {
+        let tls = match &u.tls {
+            Some(t) => match upstream_tls(t) {
+                Ok(tls) => {
+                    if !t.verify {
+                        report.warnings.push(t.at.problem(format!(
+                            "the certificates of upstream `{}` are not verified (`verify = false`): anyone on the path can pose as it",
+                            u.name
+                        )));
+                    }
+                    Some(Arc::new(tls))
+                }
+                Err(p) => {
+                    report.problems.push(p);
+                    None
+                }
+            },
+            None => None,
+        };
+        report.upstream_tls.push(tls);
+    }
     for c in &config.certificates {
         match read_one(c) {
             Ok(l) => {

@@ -275,9 +275,11 @@ async fn probe(
     let opts = ConnectOptions {
         connect_timeout: timeout,
         h2: false,
-        ..upstream.connect
+        ..upstream.connect.clone()
     };
-    let conn = net::connect(addr, &opts).await.map_err(|f| describe(&f))?;
+    let conn = net::connect_host(addr, crate::endpoint_host(&e.name), &opts)
+        .await
+        .map_err(|f| describe(&f))?;
     let HealthCheck::Http { path } = check else {
         return Ok(());
     };

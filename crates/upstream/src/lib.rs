@@ -76,6 +76,16 @@ pub struct Endpoint {
     pub(crate) names: Names,
 }
 
+/// The host of an endpoint written `host:port` (`[v6]:port`): the name TLS checks.
+pub fn endpoint_host(name: &str) -> &str {
+    match name.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => name,
+    }
+}
+
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
@@ -405,11 +415,14 @@ impl Upstream {
             f.upstream = Some(self.name.to_string());
             f
         })?;
-        let conn = net::connect(addr, &self.connect).await.map_err(|mut f| {
-            f.upstream = Some(self.name.to_string());
-            f.endpoint = Some(endpoint.name.to_string());
-            f
-        })?;
+        let host = endpoint_host(&endpoint.name);
+        let conn = net::connect_host(addr, host, &self.connect)
+            .await
+            .map_err(|mut f| {
+                f.upstream = Some(self.name.to_string());
+                f.endpoint = Some(endpoint.name.to_string());
+                f
+            })?;
         if self.connect.h2 {
             *endpoint.shared().lock().unwrap() = conn.share();
         }

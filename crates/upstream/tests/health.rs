@@ -29,6 +29,7 @@ fn pool(n: usize, tune: impl FnOnce(&mut UpstreamConfig)) -> (Arc<Upstream>, Eve
         max_response_header_bytes: 65536,
         max_response_headers: 100,
         h2: false,
+        tls: None,
     };
     let resolver = net::resolver::Resolver::new(
         &["127.0.0.1:53".parse().unwrap()],
