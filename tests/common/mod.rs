@@ -186,6 +186,14 @@ pub async fn get_fault(h: &Harness, fault: Fault, accept: Option<&str>) -> Seen 
     if let Some(a) = accept {
         b = b.header("accept", a);
     }
+    if fault.upgrade() {
+        // The upgrade faults show only to a request that asks to switch to WebSocket.
+        b = b
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    }
     send(h.addr, b.body(Full::new(Bytes::new())).unwrap()).await
 }
 

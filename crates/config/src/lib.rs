@@ -184,6 +184,8 @@ pub struct Limits {
     pub max_replay_body_bytes: usize,
     /// Client connections served at once; more wait in the kernel's accept queue.
     pub max_client_connections: usize,
+    /// How long an upgraded connection (WebSocket) may pass no byte either way.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -197,6 +199,7 @@ impl Default for Limits {
             max_response_headers: 100,
             max_replay_body_bytes: 64 * 1024,
             max_client_connections: 10_000,
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -37,6 +37,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_request_body_bytes",
     "request_header_timeout",
     "client_idle_timeout",
+    "tunnel_idle_timeout",
     "max_response_header_bytes",
     "max_response_headers",
     "max_client_connections",
@@ -1001,6 +1002,12 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
             .and_then(|v| w.duration(v, "`client_idle_timeout`"))
         {
             l.client_idle_timeout = d;
+        }
+        if let Some(d) = t
+            .get("tunnel_idle_timeout")
+            .and_then(|v| w.duration(v, "`tunnel_idle_timeout`"))
+        {
+            l.tunnel_idle_timeout = d;
         }
         if let Some(v) = t.get("max_response_header_bytes") {
             if let Some(n) = w.size(v, "`max_response_header_bytes`") {

@@ -54,6 +54,10 @@ pub enum Fault {
     Plaintext,
     /// Reads the TLS hello and never answers it.
     Tlsstall,
+    /// A WebSocket echo server.
+    Websocket,
+    /// Answers a request to switch to WebSocket with a plain 200.
+    Noupgrade,
 }
 
 impl Fault {
@@ -80,6 +84,8 @@ impl Fault {
         Fault::Selfsigned,
         Fault::Plaintext,
         Fault::Tlsstall,
+        Fault::Websocket,
+        Fault::Noupgrade,
     ];
 
     /// The stable lowercase name, as used on the command line and in tables.
@@ -106,6 +112,8 @@ impl Fault {
             Fault::Selfsigned => "selfsigned",
             Fault::Plaintext => "plaintext",
             Fault::Tlsstall => "tlsstall",
+            Fault::Websocket => "websocket",
+            Fault::Noupgrade => "noupgrade",
         }
     }
 
@@ -133,6 +141,8 @@ impl Fault {
             Fault::Selfsigned => "TLS endpoint whose certificate signed itself",
             Fault::Plaintext => "plain HTTP where TLS is expected: the TLS hello gets an HTTP 400, as nginx answers",
             Fault::Tlsstall => "reads the TLS hello and never answers it, keeping the connection open",
+            Fault::Websocket => "WebSocket echo (RFC 6455): 101, then every frame sent back; plain requests get 200",
+            Fault::Noupgrade => "answers a request to switch to WebSocket with a plain 200, as an application without it does",
         }
     }
 
@@ -141,7 +151,13 @@ impl Fault {
     /// those are not gateway failures.
     pub fn provokes(&self) -> Option<(Cause, Phase)> {
         match self {
-            Fault::Ok | Fault::Slow | Fault::Flaky | Fault::Kashort | Fault::Status => None,
+            Fault::Ok
+            | Fault::Slow
+            | Fault::Flaky
+            | Fault::Kashort
+            | Fault::Status
+            | Fault::Websocket => None,
+            Fault::Noupgrade => Some((Cause::UpgradeFailed, Phase::Upgrade)),
             Fault::Refused => Some((Cause::Refused, Phase::Connect)),
             Fault::Unaccepted => Some((Cause::Timeout, Phase::Connect)),
             Fault::Reset => Some((Cause::Reset, Phase::ReadHead)),
@@ -157,6 +173,11 @@ impl Fault {
             }
             Fault::Tlsstall => Some((Cause::Timeout, Phase::TlsHandshake)),
         }
+    }
+
+    /// True for the faults that show only to a request asking to switch to WebSocket.
+    pub fn upgrade(&self) -> bool {
+        matches!(self, Fault::Websocket | Fault::Noupgrade)
     }
 
     /// True for the faults a gateway must reach over TLS (trusting [`crate::Lab::ca_pem`]).
@@ -224,7 +245,7 @@ mod tests {
             assert_eq!(f.to_string(), f.name());
             assert!(!f.describe().is_empty());
         }
-        assert_eq!(Fault::ALL.len(), 21);
+        assert_eq!(Fault::ALL.len(), 23);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - `serve.rs`: what each fault does with a connection.
 //! - `wire.rs`: request-head reading, body discarding, response heads.
 //! - `tls.rs`: the TLS faults, and the lab's own CA and certificates made at start.
+//! - `ws.rs`: the upgrade faults: a WebSocket echo, and an application that does not switch.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -29,6 +30,7 @@ mod lab;
 mod serve;
 mod tls;
 mod wire;
+pub mod ws;
 
 use std::time::Duration;
 

@@ -72,6 +72,9 @@ pub(crate) async fn connection(stream: TcpStream, ctx: &Ctx) {
     // Small writes (heads, partial heads) must leave at once: the faults are about timing.
     let _ = stream.set_nodelay(true);
     let conn = Conn::new(stream);
+    if ctx.fault.upgrade() {
+        return crate::ws::connection(conn, ctx).await;
+    }
     match ctx.fault {
         Fault::Ok | Fault::Slow | Fault::Flaky | Fault::Kashort | Fault::Status => {
             keep_alive(conn, ctx).await

@@ -92,6 +92,11 @@ impl Conn {
         }
     }
 
+    /// The bytes read past the last request head, taken out (for a switch of protocols).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Reads more bytes after the ones already buffered; `Ok(0)` is end of stream.
     async fn fill(&mut self) -> io::Result<usize> {
         self.buf.reserve(READ_CHUNK);

@@ -9,7 +9,9 @@
 //! The parsing rules are RFC 9112's, with hyper's client decisions where the RFC leaves a
 //! choice (so the gateway behaves as it did on hyper's client):
 //!
-//! - 1xx heads other than 101 are skipped; a 101 nobody asked for is an invalid response.
+//! - 1xx heads other than 101 are skipped; a 101 nobody asked for is an invalid response. A 101
+//!   to a request that asked for an upgrade ends the exchange: the socket and what was read
+//!   past the head become an [`Upgraded`] stream, never pooled.
 //! - HEAD responses, 204 and 304 have no body; `Transfer-Encoding` ending in `chunked` frames by
 //!   chunks, any other coding reads to the close; `Content-Length` lines must agree; a
 //!   `Transfer-Encoding` in an HTTP/1.0 response is invalid; neither means read to the close.
@@ -26,7 +28,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -214,6 +218,12 @@ impl H1 {
             .any(|v| has_token(v.as_bytes(), b"close"));
         let head_method = parts.method == Method::HEAD;
         let connect = parts.method == Method::CONNECT;
+        let upgrade = parts.headers.contains_key(UPGRADE)
+            && parts
+                .headers
+                .get_all(CONNECTION)
+                .iter()
+                .any(|v| has_token(v.as_bytes(), b"upgrade"));
         let limit = self.head_limit;
         let lines = self.header_lines;
         let head = poll_fn(|cx| loop {
@@ -222,7 +232,7 @@ impl H1 {
             } else {
                 writer.poll(cx, &mut wire, &mut body)?
             };
-            if let Poll::Ready(head) = poll_head(cx, &mut wire, limit, lines)? {
+            if let Poll::Ready(head) = poll_head(cx, &mut wire, limit, lines, upgrade)? {
                 return Poll::Ready(Ok(head));
             }
             if !wrote {
@@ -237,13 +247,16 @@ impl H1 {
             reason,
             keep_alive,
         } = head;
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS;
         let state = match decoder(status, version, &headers, head_method, connect)? {
+            _ if switched => Decode::Done,
             Decode::Length(0) => Decode::Done,
             d => d,
         };
         // A response that came before the request was written whole leaves the connection in
-        // an unknown state: it is closed after this response.
-        let reusable = keep_alive && !close_asked && writer.done() && state != Decode::Eof;
+        // an unknown state: it is closed after this response. A switched one is never reused.
+        let reusable =
+            keep_alive && !close_asked && writer.done() && state != Decode::Eof && !switched;
         let body = H1Body {
             wire: Some(wire),
             state,
@@ -470,10 +483,11 @@ fn poll_head(
     wire: &mut Wire,
     limit: usize,
     lines: usize,
+    upgrade: bool,
 ) -> Poll<Result<Head, H1Error>> {
     loop {
         if !wire.buf.is_empty() {
-            if let Some(head) = parse_head(&mut wire.buf, limit, lines)? {
+            if let Some(head) = parse_head(&mut wire.buf, limit, lines, upgrade)? {
                 return Poll::Ready(Ok(head));
             }
             if wire.buf.len() > limit {
@@ -497,8 +511,13 @@ fn poll_head(
 }
 
 /// Parses a head at the start of `buf`; `None` when more bytes are needed. A 1xx head is
-/// consumed and skipped.
-fn parse_head(buf: &mut BytesMut, limit: usize, lines: usize) -> Result<Option<Head>, H1Error> {
+/// consumed and skipped, except a 101 when `upgrade` was asked for, which is the final head.
+fn parse_head(
+    buf: &mut BytesMut,
+    limit: usize,
+    lines: usize,
+    upgrade: bool,
+) -> Result<Option<Head>, H1Error> {
     loop {
         // Uninitialised slots: nothing is written for header lines the head does not have.
         let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
@@ -525,7 +544,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize, lines: usize) -> Result<Option<H
         let code = res.code.unwrap_or(0);
         let status =
             StatusCode::from_u16(code).map_err(|_| H1Error::Invalid(format!("status {code}")))?;
-        if status.is_informational() {
+        if status.is_informational() && !(code == 101 && upgrade) {
             if code == 101 {
                 return Err(H1Error::Invalid(
                     "the upstream switched protocols (101) although no upgrade was asked for"
@@ -707,6 +726,46 @@ impl std::fmt::Display for BodyError {
     }
 }
 
+/// An upstream connection after `101 Switching Protocols`: bytes either way, in the protocol
+/// switched to.
+pub struct Upgraded {
+    io: Box<dyn Io>,
+    /// Bytes that came after the 101's head, read before the switch.
+    buf: BytesMut,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.remaining());
+            out.put_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The body of an HTTP/1.1 response, read from the connection's wire.
 pub(crate) struct H1Body {
     wire: Option<Box<Wire>>,
@@ -717,6 +776,14 @@ pub(crate) struct H1Body {
 }
 
 impl H1Body {
+    /// The connection of a `101 Switching Protocols`, as a byte stream in the new protocol:
+    /// what the upstream sent after the head comes first.
+    pub(crate) fn into_upgraded(mut self) -> Option<Upgraded> {
+        let wire = self.wire.take()?;
+        let Wire { io, buf, .. } = *wire;
+        Some(Upgraded { io, buf })
+    }
+
     pub(crate) fn exact_len(&self) -> Option<u64> {
         match self.state {
             Decode::Length(n) => Some(n),
@@ -973,7 +1040,7 @@ mod tests {
     }
 
     fn head(raw: &str) -> Result<Option<Head>, H1Error> {
-        parse_head(&mut BytesMut::from(raw.as_bytes()), 1000, 100)
+        parse_head(&mut BytesMut::from(raw.as_bytes()), 1000, 100, false)
     }
 
     #[test]
@@ -1005,12 +1072,17 @@ mod tests {
         }
         big.extend_from_slice(b"\r\n");
         let n = big.len();
-        assert!(parse_head(&mut big.clone(), n, 100).unwrap().is_some());
+        assert!(parse_head(&mut big.clone(), n, 100, false)
+            .unwrap()
+            .is_some());
         assert!(matches!(
-            parse_head(&mut big.clone(), n - 1, 100),
+            parse_head(&mut big.clone(), n - 1, 100, false),
             Err(H1Error::TooLarge)
         ));
-        assert!(matches!(parse_head(&mut big, n, 2), Err(H1Error::TooLarge)));
+        assert!(matches!(
+            parse_head(&mut big, n, 2, false),
+            Err(H1Error::TooLarge)
+        ));
     }
 
     fn decode(

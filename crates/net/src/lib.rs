@@ -93,6 +93,18 @@ pub struct UpstreamBody {
     inner: BodyInner,
 }
 
+pub use h1::Upgraded;
+
+impl UpstreamBody {
+    /// After an HTTP/1.1 `101 Switching Protocols`: the connection in the new protocol.
+    pub fn into_upgraded(self) -> Option<Upgraded> {
+        match self.inner {
+            BodyInner::H1(b) => b.into_upgraded(),
+            BodyInner::H2(_) => None,
+        }
+    }
+}
+
 enum BodyInner {
     H1(h1::H1Body),
     H2(Incoming),

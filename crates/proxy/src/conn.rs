@@ -16,6 +16,8 @@ pub struct Edge {
     pub redirect_https: Option<u16>,
     /// `Strict-Transport-Security` for every response of a TLS listener.
     pub hsts: Option<http::HeaderValue>,
+    /// The worker's tasks that graceful shutdown waits for: upgraded connections join them.
+    pub tracker: Option<tokio_util::task::TaskTracker>,
 }
 
 /// What the watchdog of one client connection knows about it.

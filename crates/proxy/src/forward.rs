@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use cause::{Cause, ClientFault, Failure, Phase};
 use http::header::{
-    HeaderValue, CONTENT_LENGTH, HOST, STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
+    HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -39,7 +40,7 @@ use crate::body::{LimitedBody, PoolLease, ProxyBody, RequestLog};
 use crate::conn::ConnState;
 use crate::headers::{
     append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
-    Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE, X_REQUEST_ID,
+    upgrade_token, Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE, X_REQUEST_ID,
 };
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
@@ -107,6 +108,14 @@ pub(crate) struct Outgoing {
     /// Set when a streamed body went over the size limit.
     pub too_large: Option<Arc<AtomicBool>>,
     pub request_id: HeaderValue,
+    /// The protocol the client asked to switch to, and its side of the switch.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// A client's request to switch protocols (WebSocket), forwarded upstream.
+pub(crate) struct Upgrade {
+    pub token: HeaderValue,
+    pub client: hyper::upgrade::OnUpgrade,
 }
 
 impl Gateway {
@@ -162,6 +171,9 @@ impl Gateway {
             .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;
         let answered = self.attempts(&routed, &mut outgoing, log).await?;
+        if let Some(upgrade) = outgoing.upgrade.take() {
+            return self.switch(answered, upgrade, &routed, &outgoing.request_id, log);
+        }
         Ok(self.respond(answered, &routed, &outgoing.request_id, log))
     }
 
@@ -387,6 +399,22 @@ impl Gateway {
     ) -> Result<Outgoing, Failure> {
         use http_body::Body as _;
         let version = req.version();
+        let mut req = req;
+        let upgrade = match upgrade_token(req.headers(), version) {
+            Some(token) if routed.upstream.config.protocol == config::Protocol::H2c => {
+                return Err(Failure::new(Cause::UpgradeFailed, Phase::Upgrade)
+                    .with_detail(format!(
+                        "the client asked to switch to {}, and upstream `{}` is spoken to in HTTP/2 (h2c), which cannot switch protocols",
+                        String::from_utf8_lossy(token.as_bytes()),
+                        routed.upstream.name
+                    )));
+            }
+            Some(token) => Some(Upgrade {
+                token,
+                client: hyper::upgrade::on(&mut req),
+            }),
+            None => None,
+        };
         let (mut parts, body) = req.into_parts();
         let host_header = admitted.host_value;
         let request_id =
@@ -401,6 +429,13 @@ impl Gateway {
                 request_id: &request_id,
             },
         );
+        if let Some(u) = &upgrade {
+            // Dropped with the hop-by-hop headers above; this hop asks for the switch anew.
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, u.token.clone());
+        }
         let path_and_query = log.record.path.as_str();
         let h2 = routed.upstream.config.protocol == config::Protocol::H2c;
         parts.uri = if h2 {
@@ -450,7 +485,127 @@ impl Gateway {
             body,
             too_large,
             request_id,
+            upgrade,
         })
+    }
+
+    /// The switch: the answer to a request that asked to change protocols. A `101` naming the
+    /// protocol asked for is relayed and the two connections become a tunnel (`tunnel.rs`); a
+    /// `101` to another protocol, or a 2xx (the upstream ignored the request to switch), is
+    /// `upgrade_failed`; any other answer is the application's own refusal, relayed, after which
+    /// the client connection is closed (its next bytes may already be in the new protocol).
+    fn switch(
+        &self,
+        answered: Answered,
+        upgrade: Upgrade,
+        routed: &Routed<'_>,
+        request_id: &HeaderValue,
+        log: &mut RequestLog,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let token = String::from_utf8_lossy(upgrade.token.as_bytes()).into_owned();
+        let status = answered.parts.status;
+        let failed = |answered: &Answered, detail: String| {
+            let mut f = Failure::new(Cause::UpgradeFailed, Phase::Upgrade)
+                .with_endpoint(answered.endpoint.name.to_string())
+                .with_detail(detail);
+            f.upstream = Some(routed.upstream.name.to_string());
+            answered.exchange.fill(&mut f);
+            f
+        };
+        if status != http::StatusCode::SWITCHING_PROTOCOLS {
+            if status.is_success() {
+                return Err(failed(
+                    &answered,
+                    format!("the upstream answered {status} to a request to switch to {token}: it does not speak {token} on this path"),
+                ));
+            }
+            let mut resp = self.respond(answered, routed, request_id, log);
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
+        let switched_to = answered.parts.headers.get(UPGRADE).cloned();
+        if !switched_to
+            .as_ref()
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(upgrade.token.as_bytes()))
+        {
+            let detail = match &switched_to {
+                Some(v) => format!(
+                    "the upstream switched to `{}`, not to the {token} asked for",
+                    String::from_utf8_lossy(v.as_bytes())
+                ),
+                None => format!("the upstream answered 101 without saying what it switched to (no Upgrade header); {token} was asked for"),
+            };
+            return Err(failed(&answered, detail));
+        }
+        let Answered {
+            mut parts,
+            incoming,
+            endpoint,
+            slot,
+            ..
+        } = answered;
+        let Some(upstream_io) = incoming.into_upgraded() else {
+            return Err(Failure::new(Cause::Internal, Phase::Upgrade)
+                .with_detail("the upstream connection could not be taken over"));
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, upgrade.token.clone());
+        append_via(&mut parts.headers, &self.via);
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        log.record.status = 101;
+        let idle = self.config.limits.tunnel_idle_timeout;
+        let logger = self.logger.clone();
+        let id = log.record.request_id.clone();
+        let tracker = log.inflight.as_ref().and_then(|c| c.edge.tracker.clone());
+        let tunnel = async move {
+            // The in-flight slot is held for the tunnel's life; the connection is never pooled.
+            let _slot = slot;
+            let started = Instant::now();
+            let client = match upgrade.client.await {
+                Ok(c) => hyper_util::rt::TokioIo::new(c),
+                Err(e) => {
+                    logger.notice(
+                        cause::Level::Info,
+                        "the client left before the switch of protocols",
+                        &[
+                            ("request_id", serde_json::json!(id)),
+                            ("error", serde_json::json!(e.to_string())),
+                        ],
+                    );
+                    return;
+                }
+            };
+            let t = crate::tunnel::run(client, upstream_io, idle).await;
+            logger.notice(
+                cause::Level::Info,
+                "tunnel ended",
+                &[
+                    ("request_id", serde_json::json!(id)),
+                    ("endpoint", serde_json::json!(&*endpoint.name)),
+                    ("protocol", serde_json::json!(token)),
+                    ("from_client", serde_json::json!(t.from_client)),
+                    ("from_upstream", serde_json::json!(t.from_upstream)),
+                    ("ended", serde_json::json!(t.ended.as_str())),
+                    (
+                        "duration_ms",
+                        serde_json::json!(started.elapsed().as_millis() as u64),
+                    ),
+                ],
+            );
+        };
+        match tracker {
+            Some(t) => drop(t.spawn(tunnel)),
+            None => drop(tokio::spawn(tunnel)),
+        }
+        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::empty().with_log(log),
+        ))
     }
 
     /// The upstream's head becomes the client's: hop-by-hop headers dropped, this hop added to

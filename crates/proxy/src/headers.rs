@@ -71,6 +71,30 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == *name)
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to, when it may be forwarded: `Connection`
+/// lists `upgrade` and `Upgrade` is `websocket`. Anything else (`h2c` above all, which would
+/// let a client talk past the gateway) is dropped with the other hop-by-hop headers.
+pub fn upgrade_token(headers: &HeaderMap, version: http::Version) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asked = headers.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let mut values = headers.get_all(http::header::UPGRADE).iter();
+    let value = values.next()?;
+    if !asked || values.next().is_some() {
+        return None;
+    }
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
+        .then(|| value.clone())
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them, or only `Connection`: one pass over the names finds
@@ -387,6 +411,39 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["x--kept-too", "x-kept"]);
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_forwarded() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let v11 = http::Version::HTTP_11;
+        let ws = h(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert_eq!(upgrade_token(&ws, v11).unwrap(), "WebSocket");
+        assert!(upgrade_token(&ws, http::Version::HTTP_10).is_none());
+        assert!(upgrade_token(&h(&[("upgrade", "websocket")]), v11).is_none());
+        let h2c = h(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(upgrade_token(&h2c, v11).is_none());
+        let two = h(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(upgrade_token(&two, v11).is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod prescan;
 mod route;
 mod server;
 mod tls;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

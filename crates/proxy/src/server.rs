@@ -255,7 +255,7 @@ impl Gateway {
         upstream::set_worker(index);
         let tracker = TaskTracker::new();
         let permits = self.permits.clone();
-        let edges = self.edges(&listeners);
+        let edges = self.edges(&listeners, &tracker);
         for (listener, edge) in listeners.into_iter().zip(edges) {
             let gw = self.clone();
             let tracker2 = tracker.clone();
@@ -284,7 +284,7 @@ impl Gateway {
     /// What each listener adds to its connections, by its place in the configuration: the
     /// listeners are given in the order of `Config::listeners`. The port of an HTTPS redirect
     /// is the first TLS listener's, as bound.
-    fn edges(&self, listeners: &[TcpListener]) -> Vec<Arc<Edge>> {
+    fn edges(&self, listeners: &[TcpListener], tracker: &TaskTracker) -> Vec<Arc<Edge>> {
         let configured = &self.config.listeners;
         let https_port = listeners
             .iter()
@@ -301,8 +301,12 @@ impl Gateway {
                         .hsts
                         .as_deref()
                         .and_then(|h| http::HeaderValue::from_str(h).ok()),
+                    tracker: Some(tracker.clone()),
                 }),
-                None => Arc::new(Edge::default()),
+                None => Arc::new(Edge {
+                    tracker: Some(tracker.clone()),
+                    ..Edge::default()
+                }),
             })
             .collect()
     }
@@ -435,7 +439,9 @@ impl Gateway {
                 // RFC 9112 §3 lets a server split the request line on any whitespace; the line
                 // is written anew upstream, so no one behind the gateway sees the spaces.
                 .allow_multiple_spaces_in_request_line_delimiters(true)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                // A request that switches protocols (WebSocket) takes the connection over.
+                .with_upgrades();
             // A 408 is written on the raw socket after hyper lets go of it: not possible through
             // TLS, where a late head only closes the connection (and is logged).
             #[cfg(unix)]
