@@ -21,7 +21,7 @@ Examples:
 pub struct Args {
     /// Comma-separated faults to start (default: all). Known: ok, refused, unaccepted, reset,
     /// close, midheader, hang, slow, garbage, bigheader, truncated, badchunk, stall, flaky,
-    /// kashort, status
+    /// kashort, status, expired, wrongname, selfsigned, plaintext, tlsstall, websocket, noupgrade
     #[arg(long, value_delimiter = ',')]
     faults: Vec<Fault>,
     /// First port; faults get consecutive ports from here (default: free ports)

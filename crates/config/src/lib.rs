@@ -34,6 +34,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub resolver: ResolverConfig,
+    /// Certificates obtained and renewed from an ACME server (`[acme]`).
+    pub acme: Option<AcmeConfig>,
     /// Clients that see upstream addresses and error details on error pages and in
     /// `Proxy-Status`; everyone else sees the upstream's name only.
     pub trusted_clients: Vec<ipnet::IpNet>,
@@ -83,6 +85,27 @@ pub struct CertificateConfig {
     pub cert_at: Place,
     pub key_at: Place,
 }
+
+/// `[acme]`: one certificate for `domains`, obtained from an ACME server (RFC 8555) and renewed
+/// before it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeConfig {
+    pub email: Option<String>,
+    /// The directory URL; Let's Encrypt's by default.
+    pub directory: String,
+    pub domains: Vec<String>,
+    /// Where the account key and the certificate are kept.
+    pub storage: PathBuf,
+    /// CA certificates (PEM) that the directory's TLS is checked against, instead of the public
+    /// roots (a test CA such as Pebble's).
+    pub ca: Option<PathBuf>,
+    /// A certificate is renewed once it has less than this left.
+    pub renew_before: Duration,
+    pub at: Place,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// The HSTS value `hsts = true` stands for: one year.
 pub const DEFAULT_HSTS: &str = "max-age=31536000";

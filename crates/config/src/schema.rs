@@ -17,6 +17,7 @@ const TOP_KEYS: &[&str] = &[
     "listen",
     "listen_tls",
     "certificate",
+    "acme",
     "server_name",
     "shutdown_timeout",
     "log",
@@ -31,6 +32,14 @@ const TOP_KEYS: &[&str] = &[
 const LISTEN_KEYS: &[&str] = &["address", "redirect_https"];
 const LISTEN_TLS_KEYS: &[&str] = &["address", "hsts"];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
+const ACME_KEYS: &[&str] = &[
+    "email",
+    "directory",
+    "domains",
+    "storage",
+    "ca",
+    "renew_before",
+];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
     "max_request_header_bytes",
@@ -324,6 +333,96 @@ fn listener(w: &mut Walker, item: &Value, key: &str, tls: bool) -> Option<Listen
         }
     }
     Some(l)
+}
+
+/// Reads `[acme]`.
+fn acme(w: &mut Walker, t: &DeTable, span: Range<usize>) -> Option<AcmeConfig> {
+    w.known_keys(t, ACME_KEYS, "[acme]");
+    let email = t.get("email").and_then(|v| {
+        let s = w.string(v, "`email`")?;
+        if s.contains('@') && !s.contains(char::is_whitespace) {
+            Some(s.to_string())
+        } else {
+            w.problem(
+                v.span(),
+                format!("`email` must be an address such as \"ops@example.com\", found `{s}`"),
+            );
+            None
+        }
+    });
+    let directory = match t.get("directory") {
+        Some(v) => {
+            let s = w.string(v, "`directory`")?;
+            if !s.starts_with("https://") {
+                w.problem(
+                    v.span(),
+                    format!("`directory` must be an https:// URL, found `{s}`"),
+                );
+                return None;
+            }
+            s.to_string()
+        }
+        None => LETS_ENCRYPT.to_string(),
+    };
+    let mut domains = Vec::new();
+    match t.get("domains") {
+        Some(v) => {
+            for item in w.array(v, "`domains`").unwrap_or(&[]) {
+                let Some(d) = w.string(item, "a domain") else {
+                    continue;
+                };
+                let d = d.trim().to_ascii_lowercase();
+                let ok = !d.is_empty()
+                    && d.len() <= 253
+                    && d.split('.').count() >= 2
+                    && d.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if ok {
+                    domains.push(d);
+                } else {
+                    w.problem(item.span(), format!("`{d}` is not a domain name an ACME server can issue for (no wildcards: they need DNS-01)"));
+                }
+            }
+            if domains.is_empty() {
+                w.problem(
+                    v.span(),
+                    "`domains` is empty; name the domains of the certificate",
+                );
+                return None;
+            }
+        }
+        None => {
+            w.problem(
+                span,
+                "[acme] has no `domains`; name the domains of the certificate",
+            );
+            return None;
+        }
+    }
+    let storage = match t.get("storage") {
+        Some(v) => w.base.join(w.string(v, "`storage`")?),
+        None => w.base.join("acme"),
+    };
+    let ca = match t.get("ca") {
+        Some(v) => Some(w.base.join(w.string(v, "`ca`")?)),
+        None => None,
+    };
+    let renew_before = match t.get("renew_before") {
+        Some(v) => w.duration(v, "`renew_before`")?,
+        None => Duration::from_secs(30 * 86_400),
+    };
+    Some(AcmeConfig {
+        email,
+        directory,
+        domains,
+        storage,
+        ca,
+        renew_before,
+        at: w.place(span),
+    })
 }
 
 /// Reads `[upstream.NAME.tls]`.
@@ -835,6 +934,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         upstreams: Vec::new(),
         routes: Vec::new(),
         resolver: ResolverConfig::default(),
+        acme: None,
         trusted_clients: default_trusted_clients(),
         workers: default_workers(),
     };
@@ -871,8 +971,8 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         );
     }
 
-    match root.get("certificate") {
-        Some(v) => match v.get_ref() {
+    if let Some(v) = root.get("certificate") {
+        match v.get_ref() {
             DeValue::Array(items) => {
                 for item in items {
                     let Some(t) = w.table(item, "a [[certificate]]") else {
@@ -912,14 +1012,19 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                 v.span(),
                 "`certificate` must be an array of tables: write [[certificate]]",
             ),
-        },
-        None => {
-            if let Some(v) = root.get("listen_tls") {
-                w.problem(
-                    v.span(),
-                    "`listen_tls` needs a certificate; add [[certificate]] with `cert` and `key`",
-                );
-            }
+        }
+    }
+    if let Some(v) = root.get("acme") {
+        if let Some(t) = w.table(v, "`acme`") {
+            cfg.acme = acme(&mut w, t, v.span());
+        }
+    }
+    if cfg.certificates.is_empty() && cfg.acme.is_none() {
+        if let Some(v) = root.get("listen_tls") {
+            w.problem(
+                v.span(),
+                "`listen_tls` needs a certificate; add [[certificate]] with `cert` and `key`, or [acme]",
+            );
         }
     }
     if cfg.listeners.iter().any(|l| l.redirect_https) && !cfg.listeners.iter().any(|l| l.tls) {

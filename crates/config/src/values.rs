@@ -33,10 +33,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("duration `{s}` needs a unit: ms, s, m or h")),
+            "d" => 86_400.0,
+            "" => return Err(format!("duration `{s}` needs a unit: ms, s, m, h or d")),
             other => {
                 return Err(format!(
-                    "unknown unit `{other}` in duration `{s}`; use ms, s, m or h"
+                    "unknown unit `{other}` in duration `{s}`; use ms, s, m, h or d"
                 ))
             }
         };

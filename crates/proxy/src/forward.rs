@@ -136,6 +136,13 @@ impl Gateway {
             None => (false, None, None),
         };
         let (admitted, mut log) = self.admit_phase(&req, client, conn);
+        if self.config.acme.is_some() && admitted.is_ok() {
+            // An ACME server checking a challenge: answered here, on any listener, before the
+            // redirect to HTTPS and before routing.
+            if let Some(answer) = self.challenges.answer(req.uri().path()) {
+                return challenge_answer(answer, log);
+            }
+        }
         if let (Ok(_), Some(port)) = (&admitted, redirect) {
             return redirect_https(&req, port, log);
         }
@@ -802,6 +809,17 @@ fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<u64> {
         .split(',')
         .filter_map(|p| p.trim().strip_prefix("timeout="))
         .find_map(|v| v.trim().parse().ok())
+}
+
+/// The answer to an ACME server's HTTP-01 check: the key authorization, as plain text.
+fn challenge_answer(answer: String, mut log: RequestLog) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(answer)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    log.record.status = 200;
+    resp.map(|b| b.with_log(log))
 }
 
 /// The answer of a plain listener with `redirect_https`: `308 Permanent Redirect` to the same

@@ -18,6 +18,7 @@
 //! endpoint choice are `crates/upstream`'s. This crate decides nothing about statuses: it asks
 //! `cause::Failure::answer`.
 
+mod acme;
 mod admit;
 mod attempt;
 mod body;
@@ -62,6 +63,8 @@ pub struct Gateway {
     permits: Arc<tokio::sync::Semaphore>,
     /// Certificates and handshakes, when there are TLS listeners.
     tls: Option<tls::TlsEdge>,
+    /// The ACME challenges being validated now.
+    challenges: acme::Challenges,
 }
 
 impl Gateway {
@@ -80,7 +83,7 @@ impl Gateway {
                 &[("problem", serde_json::json!(w.to_string()))],
             );
         }
-        let tls = tls::TlsEdge::new(certs.loaded.into_iter().flatten().collect())?;
+        let tls = tls::TlsEdge::new(&config, certs.loaded.into_iter().flatten().collect())?;
         let mut upstream_tls = certs.upstream_tls.into_iter();
         let resolver =
             net::resolver::Resolver::new(&config.resolver.nameservers, config.resolver.timeout)?;
@@ -136,6 +139,7 @@ impl Gateway {
             config.limits.max_client_connections,
         ));
         Ok(Arc::new(Gateway {
+            challenges: acme::Challenges::default(),
             tls,
             permits,
             config,

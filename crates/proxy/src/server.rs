@@ -240,6 +240,9 @@ impl Gateway {
         for upstream in &self.upstreams {
             upstream.start(shutdown.clone());
         }
+        if self.config.acme.is_some() {
+            tokio::spawn(self.clone().keep_acme_certificate(shutdown.clone()));
+        }
         self.serve_worker(0, listeners, shutdown).await;
     }
 

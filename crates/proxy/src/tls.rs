@@ -123,21 +123,50 @@ pub(crate) struct TlsEdge {
     resolver: Arc<CertResolver>,
     /// What is served now, one per `[[certificate]]`.
     served: Mutex<Vec<Loaded>>,
+    /// The certificate obtained by ACME, served after the configured ones.
+    pub(crate) acme: Mutex<Option<Loaded>>,
 }
 
 impl TlsEdge {
-    /// Sets up TLS from certificates already read; `None` when the configuration has none.
-    pub(crate) fn new(loaded: Vec<Loaded>) -> Result<Option<TlsEdge>, String> {
-        if loaded.is_empty() {
+    /// Sets up TLS from certificates already read; `None` when the configuration has no TLS
+    /// listener, no certificate and no `[acme]`.
+    pub(crate) fn new(config: &Config, loaded: Vec<Loaded>) -> Result<Option<TlsEdge>, String> {
+        let wanted = config.listeners.iter().any(|l| l.tls) || config.acme.is_some();
+        if loaded.is_empty() && !wanted {
             return Ok(None);
         }
         let resolver = Arc::new(CertResolver::new(&loaded));
-        let config = net::certs::server_config(resolver.clone())?;
-        Ok(Some(TlsEdge {
-            acceptor: TlsAcceptor::from(config),
+        let server = net::certs::server_config(resolver.clone())?;
+        let edge = TlsEdge {
+            acceptor: TlsAcceptor::from(server),
             resolver,
             served: Mutex::new(loaded),
-        }))
+            acme: Mutex::new(None),
+        };
+        // A certificate obtained before is served from the start.
+        if let Some(acme) = &config.acme {
+            let (cert, key) = (acme.storage.join("cert.pem"), acme.storage.join("key.pem"));
+            if cert.exists() {
+                if let Ok(l) = net::certs::load(&cert, &key) {
+                    *edge.acme.lock().unwrap() = Some(l);
+                    edge.publish();
+                }
+            }
+        }
+        Ok(Some(edge))
+    }
+
+    /// Serves the configured certificates and the ACME one from the next handshake on.
+    pub(crate) fn publish(&self) {
+        let mut all = self
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(a) = self.acme.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            all.push(a);
+        }
+        self.resolver.replace(&all);
     }
 }
 
@@ -189,7 +218,9 @@ impl Gateway {
                 }
             }
         }
-        tls.resolver.replace(&served);
+        drop(served);
+        tls.publish();
+        let served = tls.served.lock().unwrap_or_else(|e| e.into_inner());
         let names: Vec<&str> = served
             .iter()
             .flat_map(|l| l.facts.names.iter().map(String::as_str))
@@ -204,6 +235,87 @@ impl Gateway {
             ],
         );
         report
+    }
+
+    /// Keeps the `[acme]` certificate: obtains it when there is none, renews it once less than
+    /// `renew_before` is left; a failure keeps what is served and is tried again after a pause
+    /// (one minute, doubling up to an hour). Runs on worker 0 until shutdown.
+    pub(crate) async fn keep_acme_certificate(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let (Some(cfg), Some(tls)) = (self.config.acme.clone(), self.tls.as_ref()) else {
+            return;
+        };
+        let mut pause = Duration::from_secs(60);
+        loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let renew_at = tls
+                .acme
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|l| l.facts.not_after - cfg.renew_before.as_secs() as i64);
+            let wait = match renew_at {
+                Some(at) if at > now => Duration::from_secs((at - now) as u64),
+                _ => Duration::ZERO,
+            };
+            if !wait.is_zero() {
+                // Looked at again at least twice a day.
+                let wait = wait.min(Duration::from_secs(12 * 3600));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = crate::acme::obtain(&cfg, &self.challenges) => r,
+            };
+            let stored = result.and_then(|issued| {
+                let (cert, key) = (cfg.storage.join("cert.pem"), cfg.storage.join("key.pem"));
+                write_atomically(&key, issued.key_pem.as_bytes())?;
+                write_atomically(&cert, issued.chain_pem.as_bytes())?;
+                net::certs::load(&cert, &key).map_err(|e| e.message)
+            });
+            match stored {
+                Ok(l) => {
+                    self.logger.notice(
+                        Level::Info,
+                        "certificate obtained from the ACME server",
+                        &[
+                            ("names", json!(l.facts.names)),
+                            ("not_after", json!(net::tls::utc_date(l.facts.not_after))),
+                            ("directory", json!(cfg.directory)),
+                            ("duration_ms", json!(started.elapsed().as_millis() as u64)),
+                        ],
+                    );
+                    *tls.acme.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+                    tls.publish();
+                    pause = Duration::from_secs(60);
+                }
+                Err(why) => {
+                    self.logger.notice(
+                        Level::Warn,
+                        "certificate not obtained from the ACME server; what was served before stays",
+                        &[
+                            ("domains", json!(cfg.domains)),
+                            ("directory", json!(cfg.directory)),
+                            ("error", json!(why)),
+                            ("next_try_s", json!(pause.as_secs())),
+                        ],
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(3600));
+                }
+            }
+        }
     }
 
     /// The TLS handshake of a connection on a TLS listener, within the request-head deadline.
@@ -295,6 +407,14 @@ impl Gateway {
         .await;
         self.log_raw_answer(answer, &failure, client, started.elapsed());
     }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a reader never sees half.
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The reason of a failed client handshake in plain words.
