@@ -135,28 +135,8 @@ async fn a_certificate_issued_by_pebble_is_served() {
     std::fs::write(dir.join("pebble.pem"), &pebble_cert.cert_pem).unwrap();
     std::fs::write(dir.join("pebble.key"), &pebble_cert.key_pem).unwrap();
 
-    // The gateway's listeners first: Pebble checks the challenges on their ports.
-    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (plain_addr, tls_addr) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
-    let (acme_port, mgmt_port, dns_port, chall_mgmt) = (
-        free_tcp_port(),
-        free_tcp_port(),
-        free_udp_port(),
-        free_tcp_port(),
-    );
-    std::fs::write(
-        dir.join("pebble.json"),
-        format!(
-            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
-"certificate": "{d}/pebble.pem", "privateKey": "{d}/pebble.key", "httpPort": {http}, "tlsPort": {https},
-"ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
-            d = dir.display(),
-            http = plain_addr.port(),
-            https = tls_addr.port()
-        ),
-    )
-    .unwrap();
+    let dns_port = free_udp_port();
+    let chall_mgmt = free_tcp_port();
     let mut children = Children(Vec::new());
     children.0.push(
         Command::new("pebble-challtestsrv")
@@ -181,10 +161,49 @@ async fn a_certificate_issued_by_pebble_is_served() {
             .spawn()
             .unwrap(),
     );
+    wait_listening(
+        format!("127.0.0.1:{chall_mgmt}").parse().unwrap(),
+        "pebble-challtestsrv",
+    )
+    .await;
+    // HTTP-01 on the plain listener, then TLS-ALPN-01 on the TLS one.
+    issue_and_serve(&dir, &ca, dns_port, "http-01", &mut children).await;
+    issue_and_serve(&dir, &ca, dns_port, "tls-alpn-01", &mut children).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts a Pebble whose validator checks the ports of a new gateway, lets the gateway obtain a
+/// certificate with `challenge`, checks it is served, then starts the gateway again from what it
+/// stored.
+async fn issue_and_serve(
+    dir: &std::path::Path,
+    ca: &tls_server::Ca,
+    dns_port: u16,
+    challenge: &str,
+    children: &mut Children,
+) {
+    // The gateway's listeners first: Pebble checks the challenges on their ports.
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (plain_addr, tls_addr) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
+    let (acme_port, mgmt_port) = (free_tcp_port(), free_tcp_port());
+    let pebble_json = dir.join(format!("pebble-{challenge}.json"));
+    std::fs::write(
+        &pebble_json,
+        format!(
+            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
+"certificate": "{d}/pebble.pem", "privateKey": "{d}/pebble.key", "httpPort": {http}, "tlsPort": {https},
+"ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+            d = dir.display(),
+            http = plain_addr.port(),
+            https = tls_addr.port()
+        ),
+    )
+    .unwrap();
     children.0.push(
         Command::new("pebble")
             .arg("-config")
-            .arg(dir.join("pebble.json"))
+            .arg(&pebble_json)
             .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .stdout(Stdio::null())
@@ -192,11 +211,6 @@ async fn a_certificate_issued_by_pebble_is_served() {
             .spawn()
             .unwrap(),
     );
-    wait_listening(
-        format!("127.0.0.1:{chall_mgmt}").parse().unwrap(),
-        "pebble-challtestsrv",
-    )
-    .await;
     wait_listening(format!("127.0.0.1:{acme_port}").parse().unwrap(), "pebble").await;
 
     let upstream = canned::start().await;
@@ -207,8 +221,9 @@ listen_tls = ["127.0.0.1:0"]
 email = "ops@shop.test"
 directory = "https://127.0.0.1:{acme_port}/dir"
 domains = ["shop.test", "www.shop.test"]
-storage = "acme"
+storage = "acme-{challenge}"
 ca = "pebble-ca.pem"
+challenge = "{challenge}"
 [upstream.app]
 endpoints = ["{up}"]
 [[route]]
@@ -216,7 +231,7 @@ upstream = "app"
 "#,
         up = upstream.addr
     );
-    let config = config::Config::parse(&text, "acme.toml", &dir).unwrap_or_else(|p| panic!("{p}"));
+    let config = config::Config::parse(&text, "acme.toml", dir).unwrap_or_else(|p| panic!("{p}"));
     let logs = Arc::new(Mutex::new(Vec::<String>::new()));
     let logger = Arc::new(Logger::new(Format::Json, Sink::Memory(logs.clone())).unwrap());
     let gateway = Gateway::new(config, logger).unwrap();
@@ -249,8 +264,9 @@ upstream = "app"
         obtained["names"],
         serde_json::json!(["shop.test", "www.shop.test"])
     );
-    assert!(dir.join("acme/cert.pem").exists() && dir.join("acme/key.pem").exists());
-    assert!(dir.join("acme/account.key").exists());
+    let storage = dir.join(format!("acme-{challenge}"));
+    assert!(storage.join("cert.pem").exists() && storage.join("key.pem").exists());
+    assert!(storage.join("account.key").exists());
 
     // Pebble's root, from its management interface, is what a client trusts.
     let mgmt_trust = tls_client(vec![ca.der.clone()]);
@@ -271,10 +287,14 @@ upstream = "app"
     }
     shutdown.cancel();
     task.await.unwrap();
-    drop(children);
+    // This Pebble is done; the next one checks the next gateway's ports.
+    if let Some(mut pebble) = children.0.pop() {
+        let _ = pebble.kill();
+        let _ = pebble.wait();
+    }
 
     // Started again with the certificate stored, the gateway serves it at once (Pebble gone).
-    let config = config::Config::parse(&text, "acme.toml", &dir).unwrap();
+    let config = config::Config::parse(&text, "acme.toml", dir).unwrap();
     let logger = Arc::new(Logger::new(Format::Json, Sink::Memory(Default::default())).unwrap());
     let gateway = Gateway::new(config, logger).unwrap();
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -286,5 +306,4 @@ upstream = "app"
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     shutdown.cancel();
     task.await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -101,7 +101,18 @@ pub struct AcmeConfig {
     pub ca: Option<PathBuf>,
     /// A certificate is renewed once it has less than this left.
     pub renew_before: Duration,
+    /// How the ACME server checks the domains.
+    pub challenge: AcmeChallenge,
     pub at: Place,
+}
+
+/// The ACME challenge the gateway answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// HTTP-01: a file under `/.well-known/acme-challenge/` on port 80 (a plain listener).
+    Http01,
+    /// TLS-ALPN-01: a special certificate on port 443 (a TLS listener), RFC 8737.
+    TlsAlpn01,
 }
 
 /// Let's Encrypt's production directory.

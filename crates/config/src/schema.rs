@@ -39,6 +39,7 @@ const ACME_KEYS: &[&str] = &[
     "storage",
     "ca",
     "renew_before",
+    "challenge",
 ];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
@@ -336,7 +337,7 @@ fn listener(w: &mut Walker, item: &Value, key: &str, tls: bool) -> Option<Listen
 }
 
 /// Reads `[acme]`.
-fn acme(w: &mut Walker, t: &DeTable, span: Range<usize>) -> Option<AcmeConfig> {
+fn acme(w: &mut Walker, t: &DeTable, span: Range<usize>, plain: bool) -> Option<AcmeConfig> {
     w.known_keys(t, ACME_KEYS, "[acme]");
     let email = t.get("email").and_then(|v| {
         let s = w.string(v, "`email`")?;
@@ -414,6 +415,22 @@ fn acme(w: &mut Walker, t: &DeTable, span: Range<usize>) -> Option<AcmeConfig> {
         Some(v) => w.duration(v, "`renew_before`")?,
         None => Duration::from_secs(30 * 86_400),
     };
+    // HTTP-01 needs a plain listener; without one, TLS-ALPN-01 on the TLS listener.
+    let challenge = match t.get("challenge") {
+        Some(v) => match w.string(v, "`challenge`")? {
+            "http-01" => AcmeChallenge::Http01,
+            "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+            other => {
+                w.problem(
+                    v.span(),
+                    format!("unknown challenge `{other}`; use \"http-01\" or \"tls-alpn-01\""),
+                );
+                return None;
+            }
+        },
+        None if plain => AcmeChallenge::Http01,
+        None => AcmeChallenge::TlsAlpn01,
+    };
     Some(AcmeConfig {
         email,
         directory,
@@ -421,6 +438,7 @@ fn acme(w: &mut Walker, t: &DeTable, span: Range<usize>) -> Option<AcmeConfig> {
         storage,
         ca,
         renew_before,
+        challenge,
         at: w.place(span),
     })
 }
@@ -1016,7 +1034,8 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
     }
     if let Some(v) = root.get("acme") {
         if let Some(t) = w.table(v, "`acme`") {
-            cfg.acme = acme(&mut w, t, v.span());
+            let plain = cfg.listeners.iter().any(|l| !l.tls);
+            cfg.acme = acme(&mut w, t, v.span(), plain);
         }
     }
     if cfg.certificates.is_empty() && cfg.acme.is_none() {

@@ -113,6 +113,35 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded, CertError> {
     })
 }
 
+/// A TLS-ALPN-01 challenge certificate for `domain` (RFC 8737 §3): self-signed, naming the
+/// domain, with the critical acmeIdentifier extension holding SHA-256 of `key_authorization`.
+pub fn acme_challenge_key(
+    domain: &str,
+    key_authorization: &str,
+) -> Result<Arc<CertifiedKey>, String> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])
+        .map_err(|e| format!("challenge certificate: {e}"))?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("challenge key: {e}"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("challenge certificate: {e}"))?;
+    let private = PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        key.serialize_der(),
+    ));
+    // Not `from_der`: its key check parses the certificate with webpki, which refuses the
+    // critical acmeIdentifier extension it does not know. The key was made for this certificate.
+    let signing = provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("challenge key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
 /// Reads a certificate chain and its key for use as a client identity (mutual TLS to an
 /// upstream), checked like [`load`].
 pub fn load_identity(
@@ -215,17 +244,38 @@ impl CertSet {
     }
 }
 
+/// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// Chooses the certificate of each handshake; the set inside is replaced on reload.
 #[derive(Debug, Default)]
 pub struct CertResolver {
     set: RwLock<Arc<CertSet>>,
+    /// TLS-ALPN-01 challenge certificates by domain, while an ACME server validates them.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertResolver {
     pub fn new(certs: &[Loaded]) -> CertResolver {
         CertResolver {
             set: RwLock::new(Arc::new(CertSet::new(certs))),
+            challenges: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Answers TLS-ALPN-01 for `domain` with `key` until [`CertResolver::clear_challenge`].
+    pub fn set_challenge(&self, domain: &str, key: Arc<CertifiedKey>) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domain.to_ascii_lowercase(), key);
+    }
+
+    pub fn clear_challenge(&self, domain: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domain.to_ascii_lowercase());
     }
 
     /// Serves `certs` from the next handshake on; connections already open keep theirs.
@@ -243,6 +293,15 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // An ACME validator: only a challenge certificate answers it (RFC 8737 §3).
+            let name = hello.server_name()?.to_ascii_lowercase();
+            let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+            return challenges.get(&name).cloned();
+        }
         self.pick(hello.server_name())
     }
 }
@@ -256,7 +315,8 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerCo
         .map_err(|e| format!("no TLS version available: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only an ACME validator offers it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|e| format!("cannot make the session ticket key: {e}"))?;
     config.session_storage = ServerSessionMemoryCache::new(4096);

@@ -1,13 +1,13 @@
-//! Certificates that renew themselves: an ACME client (RFC 8555) with the HTTP-01 challenge,
-//! served on the gateway's own listeners.
+//! Certificates that renew themselves: an ACME client (RFC 8555) answering the HTTP-01
+//! challenge on a plain listener or the TLS-ALPN-01 challenge (RFC 8737) on a TLS one.
 //!
 //! One certificate covers `[acme] domains`. It is kept in `storage` (`cert.pem`, `key.pem`, and
 //! the account key `account.key`), loaded at start when it is there, obtained when it is missing
 //! and renewed once less than `renew_before` is left. A failure keeps the certificate served
 //! before and is logged at WARN with the ACME server's own words; the next try comes after a
-//! pause that doubles from one minute up to an hour. The challenge answers
-//! (`/.well-known/acme-challenge/TOKEN`) are answered by the gateway before routing, on every
-//! listener.
+//! pause that doubles from one minute up to an hour. HTTP-01 answers
+//! (`/.well-known/acme-challenge/TOKEN`) are served before routing, on every listener; a
+//! TLS-ALPN-01 validator (ALPN `acme-tls/1`) gets the challenge certificate and nothing else.
 //!
 //! Requests are JWS-signed with an ECDSA P-256 account key (ES256); a `badNonce` answer is
 //! retried with the fresh nonce it carries, as RFC 8555 §6.5 says.
@@ -271,8 +271,14 @@ fn account_key(storage: &Path, rng: &SystemRandom) -> Result<EcdsaKeyPair, Strin
         .map_err(|_| format!("{} is not an ECDSA P-256 account key", path.display()))
 }
 
-/// Obtains a certificate for `cfg.domains`, answering HTTP-01 challenges through `challenges`.
-pub(crate) async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<Issued, String> {
+/// How the challenges are answered: files for HTTP-01, certificates for TLS-ALPN-01.
+pub(crate) struct Solver<'a> {
+    pub http: &'a Challenges,
+    pub tls: Option<&'a net::certs::CertResolver>,
+}
+
+/// Obtains a certificate for `cfg.domains`, answering the configured challenge through `solver`.
+pub(crate) async fn obtain(cfg: &AcmeConfig, solver: Solver<'_>) -> Result<Issued, String> {
     std::fs::create_dir_all(&cfg.storage)
         .map_err(|e| err(&format!("cannot create {}", cfg.storage.display()), e))?;
     let roots = match &cfg.ca {
@@ -367,14 +373,25 @@ pub(crate) async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<
         if authz["status"] == "valid" {
             continue;
         }
+        let kind = match (cfg.challenge, solver.tls) {
+            (config::AcmeChallenge::TlsAlpn01, Some(_)) => "tls-alpn-01",
+            _ => "http-01",
+        };
         let challenge = authz["challenges"]
             .as_array()
-            .and_then(|cs| cs.iter().find(|ch| ch["type"] == "http-01"))
+            .and_then(|cs| cs.iter().find(|ch| ch["type"] == kind))
             .cloned()
-            .ok_or_else(|| format!("{domain}: the ACME server offers no http-01 challenge"))?;
+            .ok_or_else(|| format!("{domain}: the ACME server offers no {kind} challenge"))?;
         let token = challenge["token"].as_str().unwrap_or_default().to_string();
         let challenge_url = challenge["url"].as_str().unwrap_or_default().to_string();
-        challenges.put(&token, format!("{token}.{thumbprint}"));
+        let key_authorization = format!("{token}.{thumbprint}");
+        match (kind, solver.tls) {
+            ("tls-alpn-01", Some(resolver)) => resolver.set_challenge(
+                &domain,
+                net::certs::acme_challenge_key(&domain, &key_authorization)?,
+            ),
+            _ => solver.http.put(&token, key_authorization),
+        }
         let result = async {
             let a = c.post(&challenge_url, Some(&json!({}))).await?;
             if a.status >= 400 {
@@ -390,13 +407,16 @@ pub(crate) async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<
                     .unwrap_or("no reason given")
                     .to_string();
                 return Err(format!(
-                    "{domain}: the ACME server could not validate the http-01 challenge: {why}"
+                    "{domain}: the ACME server could not validate the {kind} challenge: {why}"
                 ));
             }
             Ok(())
         }
         .await;
-        challenges.remove(&token);
+        solver.http.remove(&token);
+        if let Some(resolver) = solver.tls {
+            resolver.clear_challenge(&domain);
+        }
         result?;
     }
 

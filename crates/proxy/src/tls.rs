@@ -273,7 +273,7 @@ impl Gateway {
             let started = Instant::now();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = crate::acme::obtain(&cfg, &self.challenges) => r,
+                r = crate::acme::obtain(&cfg, crate::acme::Solver { http: &self.challenges, tls: Some(&tls.resolver) }) => r,
             };
             let stored = result.and_then(|issued| {
                 let (cert, key) = (cfg.storage.join("cert.pem"), cfg.storage.join("key.pem"));
@@ -350,6 +350,12 @@ impl Gateway {
         )
         .await
         {
+            Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(net::certs::ACME_TLS_ALPN) => {
+                // An ACME validator has seen the challenge certificate: nothing more to say.
+                let mut s = s;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+                None
+            }
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 self.log_handshake_failure(client, &handshake_error(&e));
