@@ -7,6 +7,9 @@
 # - a plain HTTP request sent to the TLS port;
 # - Python's websockets: an echo of 300 messages through ws:// and wss://.
 #
+# - h2spec over TLS (ALPN h2), when an h2spec binary is found in $CONFORMANCE_SUITES/h2spec/ or on
+#   PATH (see interop/conformance/README.md); without one, that row says so.
+#
 # Writes the table to docs/tls-interop.md. Needs nginx, curl, openssl and Python's websockets;
 # .ci/run installs them.
 set -euo pipefail
@@ -207,6 +210,26 @@ check "websockets: 300 messages over ws://" \
   "$(ws_echo "ws://a.test:$CG_PLAIN/chat" $CG_PLAIN "")" "$(ws_echo "ws://a.test:$NG_PLAIN/chat" $NG_PLAIN "")" '^300 echoed$'
 check "websockets: 300 messages over wss://" \
   "$(ws_echo "wss://a.test:$CG_TLS/chat" $CG_TLS a.test)" "$(ws_echo "wss://a.test:$NG_TLS/chat" $NG_TLS a.test)" '^300 echoed$'
+
+H2SPEC=""
+if [ -n "${CONFORMANCE_SUITES:-}" ] && [ -x "$CONFORMANCE_SUITES/h2spec/h2spec" ]; then
+  H2SPEC=$CONFORMANCE_SUITES/h2spec/h2spec
+elif command -v h2spec >/dev/null; then
+  H2SPEC=$(command -v h2spec)
+fi
+h2spec_tls() { # port: "passed/total"
+  { timeout 600 "$H2SPEC" -t -k -h 127.0.0.1 -p "$1" -o 2 2>&1 || true; } |
+    awk '/tests, .* passed/ {print $3 "/" $1}' | tail -1
+}
+if [ -n "$H2SPEC" ]; then
+  cg=$(h2spec_tls $CG_TLS) ng=$(h2spec_tls $NG_TLS)
+  ROWS+=("| h2spec over TLS, passed | $cg | $ng |")
+  echo "h2spec over TLS: cleargate $cg, nginx $ng"
+  [ "${cg%%/*}" = "${cg##*/}" ] || FAILED=1
+else
+  echo "tls.sh: no h2spec binary (CONFORMANCE_SUITES/h2spec/h2spec or PATH): the h2spec row is not run"
+  ROWS+=("| h2spec over TLS | not run: no h2spec binary | not run |")
+fi
 
 {
   echo "# TLS and WebSocket with real clients"
