@@ -46,6 +46,13 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
     // Every listener is bound before any thread starts: a port in use stops start-up cleanly.
     let sets = proxy::bind_workers(&config.listen_addrs(), workers)?;
     let logger = proxy::logger_for(&config)?;
+    let admin = match &config.admin {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a.listen)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", a.listen))?,
+        ),
+        None => None,
+    };
     // The addresses as bound: a port of 0 in the configuration shows as the one chosen.
     let addrs: Vec<String> = sets[0]
         .iter()
@@ -59,6 +66,13 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
         &[
             ("listen", json!(addrs)),
             ("workers", json!(workers)),
+            (
+                "admin",
+                json!(admin
+                    .as_ref()
+                    .and_then(|a| a.local_addr().ok())
+                    .map(|a| a.to_string())),
+            ),
             ("summary", json!(config.summary())),
         ],
     );
@@ -79,6 +93,12 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
+            // The admin listener runs here, on the signal thread, away from the workers.
+            if let Some(listener) = admin {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tokio::spawn(gateway.clone().serve_admin(listener, shutdown.clone()));
+            }
             #[cfg(unix)]
             {
                 // SIGUSR1 flushes the DNS answers: upstream names are resolved again at once.
@@ -105,7 +125,8 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
                 }
             }
             super::shutdown_signal().await;
-        });
+            Ok::<_, std::io::Error>(())
+        })?;
     logger.notice(
         Level::Info,
         "shutting down: no new connections, finishing in-flight requests",

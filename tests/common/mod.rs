@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub struct Harness {
     pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
     pub lab: Lab,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub shutdown: CancellationToken,
@@ -77,6 +78,7 @@ pub async fn start_with(lab: Lab, top: &str) -> Harness {
     let gw = gateway(&config_text(&lab, top)).await;
     Harness {
         addr: gw.addr,
+        gateway: gw.gateway,
         lab,
         logs: gw.logs,
         shutdown: gw.shutdown,

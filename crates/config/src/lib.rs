@@ -36,6 +36,8 @@ pub struct Config {
     pub resolver: ResolverConfig,
     /// Certificates obtained and renewed from an ACME server (`[acme]`).
     pub acme: Option<AcmeConfig>,
+    /// `[admin]`: the operator's listener (metrics), never proxied traffic.
+    pub admin: Option<AdminConfig>,
     /// Clients that see upstream addresses and error details on error pages and in
     /// `Proxy-Status`; everyone else sees the upstream's name only.
     pub trusted_clients: Vec<ipnet::IpNet>,
@@ -113,6 +115,12 @@ pub enum AcmeChallenge {
     Http01,
     /// TLS-ALPN-01: a special certificate on port 443 (a TLS listener), RFC 8737.
     TlsAlpn01,
+}
+
+/// The operator's listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
 }
 
 /// Let's Encrypt's production directory.

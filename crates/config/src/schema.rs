@@ -18,6 +18,7 @@ const TOP_KEYS: &[&str] = &[
     "listen_tls",
     "certificate",
     "acme",
+    "admin",
     "server_name",
     "shutdown_timeout",
     "log",
@@ -41,6 +42,7 @@ const ACME_KEYS: &[&str] = &[
     "renew_before",
     "challenge",
 ];
+const ADMIN_KEYS: &[&str] = &["listen", "allow_remote"];
 const LOG_KEYS: &[&str] = &["format", "destination"];
 const LIMIT_KEYS: &[&str] = &[
     "max_request_header_bytes",
@@ -953,6 +955,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         routes: Vec::new(),
         resolver: ResolverConfig::default(),
         acme: None,
+        admin: None,
         trusted_clients: default_trusted_clients(),
         workers: default_workers(),
     };
@@ -1029,6 +1032,34 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
             _ => w.problem(
                 v.span(),
                 "`certificate` must be an array of tables: write [[certificate]]",
+            ),
+        }
+    }
+    if let Some(t) = root.get("admin").and_then(|v| w.table(v, "`admin`")) {
+        w.known_keys(t, ADMIN_KEYS, "[admin]");
+        let remote = t
+            .get("allow_remote")
+            .and_then(|v| w.boolean(v, "`allow_remote`"))
+            .unwrap_or(false);
+        match t.get("listen") {
+            Some(v) => {
+                if let Some(s) = w.string(v, "`admin.listen`") {
+                    match s.parse::<SocketAddr>() {
+                        Ok(a) if !a.ip().is_loopback() && !remote => w.problem(
+                            v.span(),
+                            format!("the admin listener `{s}` is not on loopback; it shows the gateway's state to anyone who reaches it: listen on 127.0.0.1 or ::1, or set allow_remote = true"),
+                        ),
+                        Ok(a) if cfg.listeners.iter().any(|l| l.addr == a && a.port() != 0) => {
+                            w.problem(v.span(), format!("`{s}` is also a proxy listener; the admin listener needs its own address"))
+                        }
+                        Ok(a) => cfg.admin = Some(AdminConfig { listen: a }),
+                        Err(_) => w.problem(v.span(), format!("cannot read `{s}` as a listen address; write IP:PORT such as \"127.0.0.1:9901\"")),
+                    }
+                }
+            }
+            None => w.problem(
+                0..0,
+                "[admin] has no `listen`; add for example listen = \"127.0.0.1:9901\"",
             ),
         }
     }

@@ -144,6 +144,8 @@ impl Retries {
             let pause = self.backoff;
             self.backoff = (self.backoff * 2).min(Duration::from_millis(250));
             self.tried.clear();
+            // Another attempt follows, after the pause: counted as a retry too.
+            gateway.logger.metrics().retry(&f);
             return Ok(Next::Pause(pause));
         }
         // Every endpoint already failed this request: only a lost keep-alive race or a request

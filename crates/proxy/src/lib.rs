@@ -19,6 +19,7 @@
 //! `cause::Failure::answer`.
 
 mod acme;
+mod admin;
 mod admit;
 mod attempt;
 mod body;
@@ -27,6 +28,7 @@ mod forward;
 mod framing;
 mod headers;
 pub mod log;
+mod metrics;
 pub mod page;
 mod prescan;
 mod route;
@@ -138,6 +140,10 @@ impl Gateway {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_client_connections,
         ));
+        logger.metrics().register(
+            upstreams.iter().map(|u| u.name.clone()).collect(),
+            config.workers,
+        );
         Ok(Arc::new(Gateway {
             challenges: acme::Challenges::default(),
             tls,
@@ -164,6 +170,46 @@ impl Gateway {
     /// The upstream named `name`, for inspection.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    /// Everything `/metrics` shows, in Prometheus's text format: the counters kept with the log,
+    /// then the upstreams' state as gauges.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(4096);
+        self.logger.metrics().render(&mut out);
+        metrics::head(
+            &mut out,
+            "cleargate_upstream_endpoint_healthy",
+            "gauge",
+            "1 when the endpoint takes requests (active checks pass, not ejected), 0 when it is out.",
+        );
+        for u in &self.upstreams {
+            for e in &u.endpoints {
+                let _ = writeln!(
+                    out,
+                    "cleargate_upstream_endpoint_healthy{{upstream=\"{}\",endpoint=\"{}\"}} {}",
+                    metrics::escape(&u.name),
+                    metrics::escape(&e.name),
+                    u8::from(e.healthy())
+                );
+            }
+        }
+        metrics::head(
+            &mut out,
+            "cleargate_upstream_in_flight",
+            "gauge",
+            "Requests in flight to the upstream now.",
+        );
+        for u in &self.upstreams {
+            let _ = writeln!(
+                out,
+                "cleargate_upstream_in_flight{{upstream=\"{}\"}} {}",
+                metrics::escape(&u.name),
+                u.in_flight()
+            );
+        }
+        out
     }
 
     /// Re-resolves every upstream host name now.

@@ -128,6 +128,8 @@ enum Out {
 pub struct Logger {
     format: Format,
     out: Out,
+    /// What the lines say, counted for `/metrics`.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Logger {
@@ -167,7 +169,16 @@ impl Logger {
                 Out::Buffered(pending)
             }
         };
-        Ok(Logger { format, out })
+        Ok(Logger {
+            format,
+            out,
+            metrics: crate::metrics::Metrics::default(),
+        })
+    }
+
+    /// The counters kept beside the log: every access line, gateway error and retry.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     fn emit(&self, line: String) {
@@ -238,6 +249,7 @@ impl Logger {
         attempts: u32,
         status_sent: Option<u16>,
     ) {
+        self.metrics.gateway_error(failure);
         let answer = failure.answer();
         let mut m = Map::new();
         m.insert("request_id".into(), json!(request_id));
@@ -265,6 +277,7 @@ impl Logger {
     /// failure, but the operator should. WARN, except for the keep-alive race, which the pool
     /// expects now and then (INFO).
     pub fn attempt_retried(&self, request_id: &str, failure: &Failure, attempt: u32, race: bool) {
+        self.metrics.retry(failure);
         let mut m = Map::new();
         m.insert("request_id".into(), json!(request_id));
         where_fields(&mut m, failure);
@@ -283,6 +296,8 @@ impl Logger {
     }
 
     pub fn access(&self, record: &AccessRecord) {
+        self.metrics
+            .request(record.upstream.as_deref(), record.status, record.duration);
         if self.format == Format::Json {
             // The busiest line of all: written straight into a reused buffer, no intermediate
             // map and no allocation of its own.

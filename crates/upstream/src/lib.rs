@@ -58,6 +58,11 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// The worker this thread serves (0 outside the workers).
+pub fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// One place an upstream can be reached.
 pub struct Endpoint {
     /// `host:port` as configured; shared, so that a request's log takes it without a copy.
@@ -83,6 +88,14 @@ pub fn endpoint_host(name: &str) -> &str {
             host.trim_start_matches('[').trim_end_matches(']')
         }
         _ => name,
+    }
+}
+
+impl Endpoint {
+    /// True when the endpoint takes requests: its active checks pass and it is not ejected.
+    pub fn healthy(&self) -> bool {
+        let h = self.health.lock().unwrap();
+        h.active_up && h.ejected_until.is_none_or(|u| Instant::now() >= u)
     }
 }
 

@@ -1,0 +1,295 @@
+//! Counters for Prometheus, kept without a lock on the request path: one array of atomics per
+//! worker (so two workers never write the same cache line), indexed by upstream, status code,
+//! cause and phase, summed over the workers when `/metrics` is read.
+//!
+//! The series follow the names of existing dashboards where they can: `_total` counters, a
+//! `_seconds` histogram with Prometheus's default buckets, and `cleargate_` before every name.
+//! Only series that have counted something are written.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cause::{Cause, Failure, Phase};
+
+/// Upper bounds of the request duration buckets, in seconds (Prometheus's defaults).
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Status codes 100 to 599.
+const CODES: usize = 500;
+
+/// The counters; empty until [`Metrics::register`] names the upstreams.
+#[derive(Default)]
+pub struct Metrics {
+    reg: OnceLock<Registry>,
+}
+
+struct Registry {
+    /// Upstream names; index `upstreams.len()` is "no upstream" (refused before routing).
+    upstreams: Vec<Arc<str>>,
+    shards: usize,
+    requests: Box<[AtomicU64]>,
+    errors: Box<[AtomicU64]>,
+    retries: Box<[AtomicU64]>,
+    buckets: Box<[AtomicU64]>,
+    sum_us: Box<[AtomicU64]>,
+}
+
+fn zeros(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Registry {
+    fn slots(&self) -> usize {
+        self.upstreams.len() + 1
+    }
+
+    fn upstream_index(&self, name: Option<&str>) -> usize {
+        match name {
+            Some(n) => self
+                .upstreams
+                .iter()
+                .position(|u| &**u == n)
+                .unwrap_or(self.upstreams.len()),
+            None => self.upstreams.len(),
+        }
+    }
+
+    /// This thread's shard: its worker's.
+    fn shard(&self) -> usize {
+        upstream::worker() % self.shards
+    }
+
+    fn label(&self, index: usize) -> &str {
+        self.upstreams.get(index).map_or("", |u| u)
+    }
+
+    /// Sums `array` over the shards at `offset` (an index within one shard).
+    fn sum(&self, array: &[AtomicU64], offset: usize) -> u64 {
+        let per = array.len() / self.shards;
+        (0..self.shards)
+            .map(|s| array[s * per + offset].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+fn cause_index(c: Cause) -> usize {
+    Cause::ALL.iter().position(|x| *x == c).unwrap_or(0)
+}
+
+fn phase_index(p: Phase) -> usize {
+    Phase::ALL.iter().position(|x| *x == p).unwrap_or(0)
+}
+
+impl Metrics {
+    /// Sizes the counters for `upstreams` and `workers`; counting starts here.
+    pub fn register(&self, upstreams: Vec<Arc<str>>, workers: usize) {
+        let shards = workers.max(1);
+        let slots = upstreams.len() + 1;
+        let (causes, phases) = (Cause::ALL.len(), Phase::ALL.len());
+        let _ = self.reg.set(Registry {
+            requests: zeros(shards * slots * CODES),
+            errors: zeros(shards * slots * causes * phases),
+            retries: zeros(shards * slots * causes),
+            buckets: zeros(shards * slots * (BUCKETS.len() + 1)),
+            sum_us: zeros(shards * slots),
+            upstreams,
+            shards,
+        });
+    }
+
+    /// A request answered (by the upstream or the gateway) with `status`, after `duration`.
+    pub fn request(&self, upstream: Option<&str>, status: u16, duration: Duration) {
+        let Some(r) = self.reg.get() else { return };
+        let (shard, u) = (r.shard(), r.upstream_index(upstream));
+        let slots = r.slots();
+        let code = usize::from(status.clamp(100, 599) - 100);
+        r.requests[(shard * slots + u) * CODES + code].fetch_add(1, Ordering::Relaxed);
+        let secs = duration.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        r.buckets[(shard * slots + u) * (BUCKETS.len() + 1) + bucket]
+            .fetch_add(1, Ordering::Relaxed);
+        r.sum_us[shard * slots + u].fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A gateway-made error.
+    pub fn gateway_error(&self, f: &Failure) {
+        let Some(r) = self.reg.get() else { return };
+        let (shard, u) = (r.shard(), r.upstream_index(f.upstream.as_deref()));
+        let (causes, phases) = (Cause::ALL.len(), Phase::ALL.len());
+        let i = ((shard * r.slots() + u) * causes + cause_index(f.cause)) * phases
+            + phase_index(f.phase);
+        r.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt that failed and was retried.
+    pub fn retry(&self, f: &Failure) {
+        let Some(r) = self.reg.get() else { return };
+        let (shard, u) = (r.shard(), r.upstream_index(f.upstream.as_deref()));
+        let i = (shard * r.slots() + u) * Cause::ALL.len() + cause_index(f.cause);
+        r.retries[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters in Prometheus's text format (version 0.0.4).
+    pub fn render(&self, out: &mut String) {
+        let Some(r) = self.reg.get() else { return };
+        let slots = r.slots();
+        let (causes, phases) = (Cause::ALL.len(), Phase::ALL.len());
+        let upstream_label = |u: usize| escape(r.label(u));
+
+        head(out, "cleargate_requests_total", "counter", "Requests answered, by upstream and status code: the upstream's own answers and the gateway's errors (upstream \"\" when refused before routing).");
+        for u in 0..slots {
+            for code in 0..CODES {
+                let n = r.sum(&r.requests, u * CODES + code);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "cleargate_requests_total{{upstream=\"{}\",code=\"{}\"}} {n}",
+                        upstream_label(u),
+                        code + 100
+                    );
+                }
+            }
+        }
+        head(out, "cleargate_gateway_errors_total", "counter", "Errors the gateway made itself (never the upstream's own statuses), by upstream, cause, phase and the status answered.");
+        for u in 0..slots {
+            for (ci, cause) in Cause::ALL.iter().enumerate() {
+                for (pi, phase) in Phase::ALL.iter().enumerate() {
+                    let n = r.sum(&r.errors, (u * causes + ci) * phases + pi);
+                    if n > 0 {
+                        let status = Failure::new(*cause, *phase).answer().status;
+                        let _ = writeln!(
+                            out,
+                            "cleargate_gateway_errors_total{{upstream=\"{}\",cause=\"{cause}\",phase=\"{phase}\",status=\"{status}\"}} {n}",
+                            upstream_label(u)
+                        );
+                    }
+                }
+            }
+        }
+        head(out, "cleargate_retries_total", "counter", "Attempts that failed and were tried again, by upstream and the cause of the failed attempt.");
+        for u in 0..slots {
+            for (ci, cause) in Cause::ALL.iter().enumerate() {
+                let n = r.sum(&r.retries, u * causes + ci);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "cleargate_retries_total{{upstream=\"{}\",cause=\"{cause}\"}} {n}",
+                        upstream_label(u)
+                    );
+                }
+            }
+        }
+        head(
+            out,
+            "cleargate_request_duration_seconds",
+            "histogram",
+            "Time from the request's arrival to the end of its response, by upstream.",
+        );
+        for u in 0..slots {
+            let per = BUCKETS.len() + 1;
+            let counts: Vec<u64> = (0..per).map(|b| r.sum(&r.buckets, u * per + b)).collect();
+            let total: u64 = counts.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            let label = upstream_label(u);
+            let mut cumulative = 0;
+            for (b, le) in BUCKETS.iter().enumerate() {
+                cumulative += counts[b];
+                let _ = writeln!(
+                    out,
+                    "cleargate_request_duration_seconds_bucket{{upstream=\"{label}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "cleargate_request_duration_seconds_bucket{{upstream=\"{label}\",le=\"+Inf\"}} {total}"
+            );
+            let sum = r.sum(&r.sum_us, u) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "cleargate_request_duration_seconds_sum{{upstream=\"{label}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "cleargate_request_duration_seconds_count{{upstream=\"{label}\"}} {total}"
+            );
+        }
+    }
+}
+
+/// `# HELP` and `# TYPE` of a metric family.
+pub(crate) fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+pub(crate) fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_written_by_label_and_summed_over_workers() {
+        let m = Metrics::default();
+        m.register(vec![Arc::from("app")], 2);
+        m.request(Some("app"), 200, Duration::from_millis(3));
+        m.request(Some("app"), 200, Duration::from_millis(300));
+        m.request(None, 400, Duration::from_millis(1));
+        let mut f = Failure::new(Cause::Refused, Phase::Connect);
+        f.upstream = Some("app".into());
+        m.gateway_error(&f);
+        m.retry(&f);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("cleargate_requests_total{upstream=\"app\",code=\"200\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("cleargate_requests_total{upstream=\"\",code=\"400\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("cleargate_gateway_errors_total{upstream=\"app\",cause=\"refused\",phase=\"connect\",status=\"502\"} 1\n"), "{out}");
+        assert!(
+            out.contains("cleargate_retries_total{upstream=\"app\",cause=\"refused\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "cleargate_request_duration_seconds_bucket{upstream=\"app\",le=\"0.005\"} 1\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "cleargate_request_duration_seconds_bucket{upstream=\"app\",le=\"0.5\"} 2\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("cleargate_request_duration_seconds_count{upstream=\"app\"} 2\n"),
+            "{out}"
+        );
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
