@@ -211,3 +211,163 @@ async fn counts_are_exact_and_a_real_prometheus_scrapes_them() {
     let _ = std::fs::remove_dir_all(&dir);
     h.stop().await;
 }
+
+async fn http_req(addr: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn json_body(answer: &str) -> serde_json::Value {
+    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_state_and_errors_and_drains_endpoints() {
+    let h = common::start("").await;
+    assert_eq!(
+        common::get_fault(&h, Fault::Refused, None).await.status,
+        502
+    );
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = admin.local_addr().unwrap();
+    tokio::spawn(h.gateway.clone().serve_admin(admin, h.shutdown.clone()));
+
+    let up = json_body(&http_req(a, "GET", "/api/upstreams", "").await);
+    let ok = up["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == "ok")
+        .unwrap();
+    let endpoint = ok["endpoints"][0]["endpoint"].as_str().unwrap().to_string();
+    assert_eq!(ok["endpoints"][0]["healthy"], true);
+
+    let errors = json_body(&http_req(a, "GET", "/api/errors", "").await);
+    let latest = &errors["errors"][0];
+    assert_eq!(latest["cause"], "refused");
+    assert_eq!(latest["upstream"], "refused");
+    assert!(
+        latest["request_id"].as_str().is_some_and(|s| s.len() == 16),
+        "{latest}"
+    );
+
+    // Mutations: POST only, never from another origin.
+    let path = format!("/api/upstreams/ok/endpoints/{endpoint}/drain");
+    assert!(http_req(a, "GET", &path, "")
+        .await
+        .starts_with("HTTP/1.1 405 "));
+    let cross = http_req(a, "POST", &path, "Origin: https://evil.example\r\n").await;
+    assert!(cross.starts_with("HTTP/1.1 403 "), "{cross}");
+    let fetch_site = http_req(a, "POST", &path, "Sec-Fetch-Site: cross-site\r\n").await;
+    assert!(fetch_site.starts_with("HTTP/1.1 403 "), "{fetch_site}");
+    assert_eq!(common::get_fault(&h, Fault::Ok, None).await.status, 200);
+
+    // Drained: the only endpoint is out, with the reason, and requests get a 503 saying so.
+    let drained = http_req(a, "POST", &path, "").await;
+    assert!(drained.starts_with("HTTP/1.1 200 "), "{drained}");
+    let up = json_body(&http_req(a, "GET", "/api/upstreams", "").await);
+    let ok = up["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == "ok")
+        .unwrap()
+        .clone();
+    assert_eq!(ok["endpoints"][0]["healthy"], false);
+    assert_eq!(ok["endpoints"][0]["why_out"], "drained by the operator");
+    let seen = common::get_fault(&h, Fault::Ok, None).await;
+    assert_eq!(seen.status, 503, "{}", seen.text());
+    assert!(seen
+        .header("proxy-status")
+        .contains("drained by the operator"));
+    let back = http_req(
+        a,
+        "POST",
+        &format!("/api/upstreams/ok/endpoints/{endpoint}/undrain"),
+        "",
+    )
+    .await;
+    assert!(back.starts_with("HTTP/1.1 200 "), "{back}");
+    assert_eq!(common::get_fault(&h, Fault::Ok, None).await.status, 200);
+    assert!(http_req(a, "POST", "/api/dns/flush", "")
+        .await
+        .starts_with("HTTP/1.1 200 "));
+    assert!(
+        http_req(a, "POST", "/api/upstreams/nope/endpoints/x/drain", "")
+            .await
+            .starts_with("HTTP/1.1 404 ")
+    );
+
+    // The status page in a real browser: the endpoints and the provoked error, no JS error.
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| installed_quiet(c));
+    match chromium {
+        Some(browser) => {
+            let profile =
+                std::env::temp_dir().join(format!("cleargate-chromium-{}", std::process::id()));
+            let (profile2, url) = (profile.clone(), format!("http://{a}/"));
+            let out = tokio::task::spawn_blocking(move || {
+                Command::new(browser)
+                    .args([
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--no-first-run",
+                        "--enable-logging=stderr",
+                        "--v=0",
+                        "--virtual-time-budget=5000",
+                    ])
+                    .arg(format!("--user-data-dir={}", profile2.display()))
+                    .arg("--dump-dom")
+                    .arg(url)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let _ = std::fs::remove_dir_all(&profile);
+            let dom = String::from_utf8_lossy(&out.stdout);
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                dom.contains("class=\"endpoint\""),
+                "no endpoint rows: {dom}\n{log}"
+            );
+            assert!(dom.contains(&endpoint), "{dom}");
+            assert!(dom.contains("class=\"error\""), "no error rows: {dom}");
+            assert!(dom.contains(">refused<"), "{dom}");
+            // The page's own line says it refreshed (not that the gateway could not be reached).
+            assert!(dom.contains("id=\"updated\">updated "), "{dom}");
+            for l in log.lines() {
+                assert!(
+                    !(l.contains("CONSOLE") && (l.contains("Uncaught") || l.contains("Error"))),
+                    "a JavaScript error: {l}"
+                );
+            }
+        }
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "chromium is not installed: .ci/run must install it"
+            );
+            println!("chromium is not installed: the status page was not opened in a browser");
+        }
+    }
+    h.stop().await;
+}
+
+fn installed_quiet(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,5 +1,15 @@
 //! The admin listener: what an operator (and Prometheus) reads about the gateway, never proxied
-//! traffic. `GET /metrics` is the Prometheus text format; other paths are 404, other methods 405.
+//! traffic.
+//!
+//! - `GET /metrics`: the Prometheus text format;
+//! - `GET /api/upstreams`: every endpoint with its state and why it is out;
+//! - `GET /api/errors`: the latest gateway errors, newest first;
+//! - `POST /api/dns/flush`, `POST /api/upstreams/NAME/endpoints/ADDR/drain` and `/undrain`;
+//! - `GET /`: the status page, self-contained, refreshing by itself.
+//!
+//! Mutations are POST only (405 otherwise) and refuse a browser's cross-origin request (an
+//! `Origin` that is not this listener, or `Sec-Fetch-Site` other than `same-origin`/`none`), so
+//! a page on another site cannot drain an endpoint through an operator's browser.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,10 +43,146 @@ fn answer(status: StatusCode, content_type: &'static str, body: String) -> Respo
     resp
 }
 
+fn json_answer(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(v).unwrap_or_default();
+    body.push('\n');
+    answer(status, "application/json", body)
+}
+
+/// True when a browser sent the request from another origin.
+fn cross_origin(headers: &http::HeaderMap) -> bool {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_elsewhere = headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| {
+            let o = o.split_once("://").map_or(o, |(_, rest)| rest);
+            o != host
+        });
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s != "same-origin" && s != "none");
+    origin_elsewhere || fetch_site
+}
+
 impl Gateway {
+    /// The state of every upstream and endpoint, as JSON.
+    pub fn upstreams_json(&self) -> serde_json::Value {
+        let upstreams: Vec<serde_json::Value> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let endpoints: Vec<serde_json::Value> = u
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let s = e.state();
+                        json!({
+                            "endpoint": &*s.name,
+                            "healthy": s.healthy,
+                            "why_out": s.why_out,
+                            "active_checks_pass": s.active_up,
+                            "ejected_for_s": s.ejected_for.map(|d| d.as_secs()),
+                            "ejections": s.ejections,
+                            "draining": s.draining,
+                            "in_flight": s.in_flight,
+                            "idle_connections": s.idle,
+                            "learned_idle_timeout_ms": s.learned_idle.map(|d| d.as_millis() as u64),
+                            "addresses": s.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "upstream": &*u.name,
+                    "in_flight": u.in_flight(),
+                    "healthy_endpoints": u.endpoints.iter().filter(|e| e.healthy()).count(),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        json!({ "upstreams": upstreams })
+    }
+
+    /// A POST of the admin API.
+    fn admin_post(&self, path: &str) -> Response<Full<Bytes>> {
+        if path == "/api/dns/flush" {
+            self.flush_dns();
+            return json_answer(StatusCode::OK, &json!({"flushed": true}));
+        }
+        // /api/upstreams/NAME/endpoints/ADDR/(drain|undrain)
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if let ["api", "upstreams", name, "endpoints", addr, action @ ("drain" | "undrain")] =
+            parts.as_slice()
+        {
+            let Some(u) = self.upstream(name) else {
+                return json_answer(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("no upstream `{name}`")}),
+                );
+            };
+            let Some(e) = u.endpoints.iter().find(|e| &*e.name == *addr) else {
+                return json_answer(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("upstream `{name}` has no endpoint `{addr}`")}),
+                );
+            };
+            let on = *action == "drain";
+            e.drain(on);
+            self.logger.notice(
+                Level::Warn,
+                if on {
+                    "endpoint drained by the operator: no new requests"
+                } else {
+                    "endpoint back in rotation (undrained by the operator)"
+                },
+                &[("upstream", json!(name)), ("endpoint", json!(addr))],
+            );
+            return json_answer(
+                StatusCode::OK,
+                &json!({"upstream": name, "endpoint": addr, "draining": on}),
+            );
+        }
+        json_answer(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no action at {path}")}),
+        )
+    }
+
     /// One admin request.
-    fn admin(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    fn admin(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Response<Full<Bytes>> {
+        let mutation =
+            path == "/api/dns/flush" || path.ends_with("/drain") || path.ends_with("/undrain");
+        if mutation {
+            if method != Method::POST {
+                let mut r = json_answer(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({"error": "changes are made with POST"}),
+                );
+                r.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                return r;
+            }
+            if cross_origin(headers) {
+                return json_answer(
+                    StatusCode::FORBIDDEN,
+                    &json!({"error": "cross-origin requests may not change the gateway"}),
+                );
+            }
+            return self.admin_post(path);
+        }
         match (method, path) {
+            (&Method::GET, "/") => answer(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE.to_string()),
+            (&Method::GET, "/api/upstreams") => json_answer(StatusCode::OK, &self.upstreams_json()),
+            (&Method::GET, "/api/errors") => json_answer(StatusCode::OK, &json!({"errors": self.logger.recent_errors()})),
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 answer(StatusCode::OK, PROMETHEUS_TEXT, self.metrics_text())
             }
@@ -55,7 +201,7 @@ impl Gateway {
             _ => answer(
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
-                format!("404 Not Found: {path}; the admin listener serves /metrics\n"),
+                format!("404 Not Found: {path}; the admin listener serves /, /metrics, /api/upstreams and /api/errors\n"),
             ),
         }
     }
@@ -78,7 +224,7 @@ impl Gateway {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let resp = gw.admin(req.method(), req.uri().path());
+                    let resp = gw.admin(req.method(), req.uri().path(), req.headers());
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -91,3 +237,8 @@ impl Gateway {
         }
     }
 }
+
+/// The status page: upstreams and endpoints with their state and why they are out, recent
+/// gateway errors by cause with a timeline of the last ten minutes, refreshed every 2 s. No
+/// external assets.
+const STATUS_PAGE: &str = include_str!("status.html");

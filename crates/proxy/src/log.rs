@@ -130,7 +130,12 @@ pub struct Logger {
     out: Out,
     /// What the lines say, counted for `/metrics`.
     metrics: crate::metrics::Metrics,
+    /// The latest gateway errors, newest last, for the admin API.
+    recent: Mutex<std::collections::VecDeque<Value>>,
 }
+
+/// How many gateway errors the admin API keeps.
+const RECENT_ERRORS: usize = 200;
 
 impl Logger {
     pub fn new(format: Format, sink: Sink) -> std::io::Result<Logger> {
@@ -173,6 +178,7 @@ impl Logger {
             format,
             out,
             metrics: crate::metrics::Metrics::default(),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -270,7 +276,26 @@ impl Logger {
             );
         }
         m.insert("message".into(), json!(message));
+        {
+            // The error path only: a short lock, never taken by a request that succeeds.
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_ERRORS {
+                recent.pop_front();
+            }
+            let mut kept = m.clone();
+            kept.insert(
+                "time".into(),
+                json!(httpdate::fmt_http_date(std::time::SystemTime::now())),
+            );
+            recent.push_back(Value::Object(kept));
+        }
         self.event(answer.level.as_str(), "gateway_error", m);
+    }
+
+    /// The latest gateway errors (at most 200), newest first.
+    pub fn recent_errors(&self) -> Vec<Value> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().cloned().collect()
     }
 
     /// The line of an attempt that failed and is being retried: the client may never see the

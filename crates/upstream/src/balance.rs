@@ -27,11 +27,11 @@ impl Upstream {
     /// request's hash key for the `hash` policy.
     pub fn select(&self, tried: &[usize], key: Option<u64>) -> Result<Choice, Failure> {
         let now = Instant::now();
-        let active: Vec<&Arc<Endpoint>> = self
-            .endpoints
-            .iter()
-            .filter(|e| self.active_up(e))
-            .collect();
+        let in_rotation = self.endpoints.iter().filter(|e| !e.is_draining());
+        let active: Vec<&Arc<Endpoint>> = in_rotation.filter(|e| self.active_up(e)).collect();
+        if active.is_empty() && self.endpoints.iter().all(|e| e.is_draining()) {
+            return Err(self.no_healthy("every endpoint is drained by the operator"));
+        }
         if active.is_empty() {
             return Err(self.no_healthy("every endpoint fails its active health checks"));
         }

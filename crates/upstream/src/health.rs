@@ -29,6 +29,13 @@ pub struct HealthState {
     cap_reported: bool,
 }
 
+impl HealthState {
+    /// Ejections in the current run of failures.
+    pub fn ejections(&self) -> u32 {
+        self.ejections
+    }
+}
+
 impl Default for HealthState {
     fn default() -> Self {
         HealthState {

@@ -79,6 +79,26 @@ pub struct Endpoint {
     /// (and when it was learned).
     learned_idle: Mutex<Option<(Duration, Instant)>>,
     pub(crate) names: Names,
+    /// Taken out of rotation by the operator: no new requests, in-flight ones finish.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// What an endpoint looks like now, for the admin API and the status page.
+#[derive(Clone, Debug)]
+pub struct EndpointState {
+    pub name: Arc<str>,
+    /// Takes requests: active checks pass, not ejected, not drained.
+    pub healthy: bool,
+    /// Why it is out, in words, when it is.
+    pub why_out: Option<String>,
+    pub active_up: bool,
+    pub ejected_for: Option<Duration>,
+    pub ejections: u32,
+    pub draining: bool,
+    pub in_flight: usize,
+    pub idle: usize,
+    pub learned_idle: Option<Duration>,
+    pub addrs: Vec<std::net::SocketAddr>,
 }
 
 /// The host of an endpoint written `host:port` (`[v6]:port`): the name TLS checks.
@@ -92,10 +112,63 @@ pub fn endpoint_host(name: &str) -> &str {
 }
 
 impl Endpoint {
-    /// True when the endpoint takes requests: its active checks pass and it is not ejected.
+    /// True when the endpoint takes requests: its active checks pass, it is not ejected and
+    /// not drained.
     pub fn healthy(&self) -> bool {
         let h = self.health.lock().unwrap();
-        h.active_up && h.ejected_until.is_none_or(|u| Instant::now() >= u)
+        h.active_up && h.ejected_until.is_none_or(|u| Instant::now() >= u) && !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes the endpoint out of rotation (`true`) or puts it back. Draining closes its idle
+    /// connections; requests in flight finish.
+    pub fn drain(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        if on {
+            for pool in self.idle.iter() {
+                pool.lock().unwrap().clear();
+            }
+        }
+    }
+
+    /// Its state now.
+    pub fn state(&self) -> EndpointState {
+        let now = Instant::now();
+        let (active_up, ejected_for, ejections) = {
+            let h = self.health.lock().unwrap();
+            (
+                h.active_up,
+                h.ejected_until
+                    .filter(|u| *u > now)
+                    .map(|u| u.saturating_duration_since(now)),
+                h.ejections(),
+            )
+        };
+        let draining = self.is_draining();
+        let why_out = if draining {
+            Some("drained by the operator".to_string())
+        } else if !active_up {
+            Some("failing its active health checks".to_string())
+        } else {
+            ejected_for.map(|d| format!("ejected after failures, back in {}s", d.as_secs()))
+        };
+        let learned_idle = (*self.learned_idle.lock().unwrap()).map(|(d, _)| d);
+        EndpointState {
+            name: self.name.clone(),
+            healthy: why_out.is_none(),
+            why_out,
+            active_up,
+            ejected_for,
+            ejections,
+            draining,
+            in_flight: self.in_flight(),
+            idle: self.idle_count(),
+            learned_idle,
+            addrs: self.names.addrs(),
+        }
     }
 }
 
@@ -229,6 +302,7 @@ impl Upstream {
                     health: Mutex::new(HealthState::default()),
                     learned_idle: Mutex::new(None),
                     names: Names::new(&e.address, resolver.clone()),
+                    draining: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .collect::<Vec<_>>();
