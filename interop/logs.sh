@@ -68,10 +68,11 @@ APACHE_BASE=$((BASE + 30))
 IPV6=""
 python3 -c 'import socket; s=socket.socket(socket.AF_INET6); s.bind(("::1",0))' 2>/dev/null && IPV6=1
 
-"$BIN" lab --port-base "$BASE" --slow-delay 500ms --flaky-fraction 1 >"$D/lab.out" 2>&1 &
+# Only the faults the servers are pointed at: the others (TLS, upgrades) would take ports above.
+"$BIN" lab --faults "$(IFS=,; echo "${FAULTS[*]}")" --port-base "$BASE" --slow-delay 500ms --flaky-fraction 1 >"$D/lab.out" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do
-  curl -fs -o /dev/null "http://127.0.0.1:$(port_of ok)/" && break
+  curl -fs -m 2 -o /dev/null "http://127.0.0.1:$(port_of ok)/" && break
   sleep 0.1
 done
 
@@ -228,7 +229,7 @@ PIDS+=($CADDY_PID)
 
 wait_port() {  # port path
   for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1$2" && return 0
+    curl -s -m 2 -o /dev/null "http://127.0.0.1:$1$2" && return 0
     sleep 0.1
   done
   echo "logs.sh: nothing answers on port $1" >&2
