@@ -119,12 +119,21 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
                 {
                     tokio::spawn(async move {
                         while hup.recv().await.is_some() {
+                            sd_notify("RELOADING=1\nSTATUS=reading the certificates again");
                             gw.reload_certificates();
+                            sd_notify("READY=1\nSTATUS=serving");
                         }
                     });
                 }
             }
+            // Every worker has its listeners by now (bound before the threads started).
+            sd_notify(&format!(
+                "READY=1\nSTATUS=serving on {}\nMAINPID={}",
+                addrs.join(", "),
+                std::process::id()
+            ));
             super::shutdown_signal().await;
+            sd_notify("STOPPING=1\nSTATUS=finishing in-flight requests");
             Ok::<_, std::io::Error>(())
         })?;
     logger.notice(
@@ -143,6 +152,33 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
     logger.notice(Level::Info, "stopped", &[]);
     logger.flush();
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) how the service is doing, when it started us with
+/// `NOTIFY_SOCKET`; nothing otherwise. A path starting with `@` is Linux's abstract namespace.
+fn sd_notify(state: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::net::UnixDatagram;
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let Ok(sock) = UnixDatagram::unbound() else {
+            return;
+        };
+        let path = path.to_string_lossy().into_owned();
+        #[cfg(target_os = "linux")]
+        if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
+                let _ = sock.send_to_addr(state.as_bytes(), &addr);
+            }
+            return;
+        }
+        let _ = sock.send_to(state.as_bytes(), &path);
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 /// One worker: its own single-threaded event loop, its own listeners and upstream pools.
