@@ -40,3 +40,26 @@ nginx_http_common() { # NAME
     keepalive_timeout 75s;
 EOF
 }
+
+# The first of N consecutive free loopback ports (for `cleargate lab --port-base`), on one line.
+free_base() { # N
+  python3 -c '
+import random, socket, sys
+n = int(sys.argv[1])
+for _ in range(200):
+    base = random.randrange(20000, 60000)
+    socks = []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(base)
+    break
+' "$1"
+}

@@ -38,26 +38,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-BASE=$(python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 60000)
-    ok = True
-    for p in range(base, base + 20):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            ok = False
-        finally:
-            s.close()
-        if not ok:
-            break
-    if ok:
-        print(base)
-        break
-PY
-)
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
+BASE=$(free_base 20)
+[ -n "$BASE" ] || { echo "tls.sh: no 20 free consecutive ports" >&2; exit 1; }
 LAB_OK=$BASE LAB_WS=$((BASE + 1))
 CG_PLAIN=$((BASE + 5)) CG_TLS=$((BASE + 6)) NG_PLAIN=$((BASE + 7)) NG_TLS=$((BASE + 8))
 
