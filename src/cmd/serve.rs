@@ -1,11 +1,12 @@
-//! `cleargate serve`: validates the configuration, binds, and serves until Ctrl-C or SIGTERM.
+//! `cleargate serve`: validates the configuration, binds, and serves until Ctrl-C or SIGTERM;
+//! SIGHUP reloads the configuration, SIGUSR1 flushes DNS answers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cause::Level;
 use config::Config;
-use proxy::{CancellationToken, Gateway};
+use proxy::{CancellationToken, Gateway, Live};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -37,11 +38,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    cmd_runtime_serve(config)?;
+    cmd_runtime_serve(config, args.config)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
+fn cmd_runtime_serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let workers = config.workers;
     // Every listener is bound before any thread starts: a port in use stops start-up cleanly.
     let sets = proxy::bind_workers(&config.listen_addrs(), workers)?;
@@ -77,11 +78,12 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
         ],
     );
     let gateway = Gateway::new(config, logger.clone()).map_err(anyhow::Error::msg)?;
+    let live = Live::new(gateway, Some(path));
     let shutdown = CancellationToken::new();
     let threads = (0..workers)
         .map(|index| {
             let set = sets.next().unwrap_or_default();
-            let gw = gateway.clone();
+            let gw = live.clone();
             let shutdown = shutdown.clone();
             std::thread::Builder::new()
                 .name(format!("cleargate-w{index}"))
@@ -97,31 +99,39 @@ fn cmd_runtime_serve(config: Config) -> anyhow::Result<()> {
             if let Some(listener) = admin {
                 listener.set_nonblocking(true)?;
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                tokio::spawn(gateway.clone().serve_admin(listener, shutdown.clone()));
+                tokio::spawn(live.clone().serve_admin(listener, shutdown.clone()));
             }
             #[cfg(unix)]
             {
                 // SIGUSR1 flushes the DNS answers: upstream names are resolved again at once.
-                let gw = gateway.clone();
+                let gw = live.clone();
                 if let Ok(mut usr1) =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
                 {
                     tokio::spawn(async move {
                         while usr1.recv().await.is_some() {
-                            gw.flush_dns();
+                            gw.current().flush_dns();
                         }
                     });
                 }
-                // SIGHUP reads the certificate files again; open connections keep theirs.
-                let gw = gateway.clone();
+                // SIGHUP reads the configuration file again (and the certificates): the new
+                // one is used by the next request, or the running one stays if it has problems.
+                let gw = live.clone();
                 if let Ok(mut hup) =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 {
                     tokio::spawn(async move {
                         while hup.recv().await.is_some() {
-                            sd_notify("RELOADING=1\nSTATUS=reading the certificates again");
-                            gw.reload_certificates();
-                            sd_notify("READY=1\nSTATUS=serving");
+                            sd_notify("RELOADING=1\nSTATUS=reading the configuration again");
+                            let status = match gw.reload() {
+                                Ok(o) => format!("serving configuration {}", o.generation),
+                                Err(p) => format!(
+                                    "serving configuration {}; the file has {} problem(s)",
+                                    gw.generation(),
+                                    p.len()
+                                ),
+                            };
+                            sd_notify(&format!("READY=1\nSTATUS={status}"));
                         }
                     });
                 }
@@ -184,7 +194,7 @@ fn sd_notify(state: &str) {
 /// One worker: its own single-threaded event loop, its own listeners and upstream pools.
 /// Worker 0 also runs the upstreams' health checks and DNS refresh.
 fn serve_worker(
-    gateway: std::sync::Arc<Gateway>,
+    live: std::sync::Arc<Live>,
     index: usize,
     listeners: Vec<std::net::TcpListener>,
     shutdown: CancellationToken,
@@ -198,9 +208,9 @@ fn serve_worker(
                 .map(tokio::net::TcpListener::from_std)
                 .collect::<Result<Vec<_>, _>>()?;
             if index == 0 {
-                gateway.serve(listeners, shutdown).await;
+                live.serve(listeners, shutdown).await;
             } else {
-                gateway.serve_worker(index, listeners, shutdown).await;
+                live.serve_worker(index, listeners, shutdown).await;
             }
             Ok(())
         })

@@ -171,7 +171,7 @@ impl Config {
 }
 
 /// How upstream host names are resolved.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResolverConfig {
     /// Name servers to ask; empty means the system configuration (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
@@ -200,7 +200,7 @@ pub enum LogDestination {
     File(PathBuf),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub destination: LogDestination,
@@ -252,7 +252,7 @@ pub struct ErrorPage {
     pub template: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,
@@ -370,7 +370,7 @@ pub enum HealthCheck {
 }
 
 /// Active health checks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HealthConfig {
     pub check: HealthCheck,
     pub interval: Duration,
@@ -397,7 +397,7 @@ impl Default for HealthConfig {
 }
 
 /// Passive outlier ejection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OutlierConfig {
     /// Consecutive gateway-side failures (connect, reset, timeout...) that eject; 0 = off.
     pub consecutive_failures: u32,

@@ -4,6 +4,7 @@
 //! - `GET /metrics`: the Prometheus text format;
 //! - `GET /api/upstreams`: every endpoint with its state and why it is out;
 //! - `GET /api/errors`: the latest gateway errors, newest first;
+//! - `POST /api/reload`: the configuration file read again (422 with the problems if it has any);
 //! - `POST /api/dns/flush`, `POST /api/upstreams/NAME/endpoints/ADDR/drain` and `/undrain`;
 //! - `GET /`: the status page, self-contained, refreshing by itself.
 //!
@@ -24,7 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Gateway;
+use crate::{Gateway, Live};
 
 /// The content type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -159,8 +160,10 @@ impl Gateway {
         path: &str,
         headers: &http::HeaderMap,
     ) -> Response<Full<Bytes>> {
-        let mutation =
-            path == "/api/dns/flush" || path.ends_with("/drain") || path.ends_with("/undrain");
+        let mutation = path == "/api/dns/flush"
+            || path == "/api/reload"
+            || path.ends_with("/drain")
+            || path.ends_with("/undrain");
         if mutation {
             if method != Method::POST {
                 let mut r = json_answer(
@@ -206,6 +209,38 @@ impl Gateway {
         }
     }
 
+    /// Serves the admin listener until `shutdown`, for this configuration for good (no
+    /// reload): [`Live::serve_admin`].
+    pub async fn serve_admin(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        Live::new(self, None).serve_admin(listener, shutdown).await;
+    }
+}
+
+impl Live {
+    /// One admin request, answered by the configuration in use; `POST /api/reload` here.
+    fn admin(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Response<Full<Bytes>> {
+        let gw = self.current();
+        if path == "/api/reload" && method == Method::POST && !cross_origin(headers) {
+            return match self.reload() {
+                Ok(outcome) => json_answer(StatusCode::OK, &outcome.to_json()),
+                Err(problems) => json_answer(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({
+                        "reloaded": false,
+                        "generation": self.generation(),
+                        "problems": problems,
+                    }),
+                ),
+            };
+        }
+        gw.admin(method, path, headers)
+    }
+
     /// Serves the admin listener until `shutdown`.
     pub async fn serve_admin(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         loop {
@@ -214,17 +249,17 @@ impl Gateway {
                 r = listener.accept() => match r {
                     Ok(ok) => ok,
                     Err(e) => {
-                        self.logger.notice(Level::Error, "admin accept failed", &[("error", json!(e.to_string()))]);
+                        self.current().logger.notice(Level::Error, "admin accept failed", &[("error", json!(e.to_string()))]);
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
-            let gw = self.clone();
+            let live = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let resp = gw.admin(req.method(), req.uri().path(), req.headers());
+                    let resp = live.admin(req.method(), req.uri().path(), req.headers());
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -27,6 +27,7 @@ mod conn;
 mod forward;
 mod framing;
 mod headers;
+mod live;
 pub mod log;
 mod metrics;
 pub mod page;
@@ -45,6 +46,7 @@ use upstream::Upstream;
 
 pub use body::ProxyBody;
 pub use conn::{ConnState, Edge};
+pub use live::{Live, ReloadOutcome};
 pub use tls::{read_certificates, CertReport, ReloadReport};
 pub use tokio_util::sync::CancellationToken;
 
@@ -63,20 +65,36 @@ pub struct Gateway {
     via_request: [http::HeaderValue; 3],
     /// Client connections served at once, across every worker.
     permits: Arc<tokio::sync::Semaphore>,
-    /// Certificates and handshakes, when there are TLS listeners.
-    tls: Option<tls::TlsEdge>,
+    /// Certificates and handshakes, when there are TLS listeners; the same across reloads.
+    tls: Option<Arc<tls::TlsEdge>>,
     /// The ACME challenges being validated now.
-    challenges: acme::Challenges,
+    challenges: Arc<acme::Challenges>,
+    /// Upstream name lookups, shared by every upstream.
+    resolver: net::resolver::Resolver,
 }
 
 impl Gateway {
     /// Builds the gateway. Fails when the resolver cannot be set up or a certificate cannot be
     /// used; certificate warnings (expired, expiring soon) are logged.
     pub fn new(config: Config, logger: Arc<log::Logger>) -> Result<Arc<Gateway>, String> {
+        Gateway::build(config, logger, None)
+            .map(|(gw, _)| gw)
+            .map_err(|problems| problems.join("\n"))
+    }
+
+    /// Builds a gateway for `config`. With `previous` (a reload), what lasts across
+    /// configurations is taken from it: the log, the connection limit, the TLS acceptor (given
+    /// the new certificates), the ACME challenges, the resolver, and every upstream whose
+    /// settings did not change, with its pools, health and ejections. The problems are the
+    /// ones `check` reports, each with its position.
+    pub(crate) fn build(
+        mut config: Config,
+        logger: Arc<log::Logger>,
+        previous: Option<&Gateway>,
+    ) -> Result<(Arc<Gateway>, live::Carried), Vec<String>> {
         let certs = read_certificates(&config);
         if !certs.problems.is_empty() {
-            let lines: Vec<String> = certs.problems.iter().map(|p| p.to_string()).collect();
-            return Err(lines.join("\n"));
+            return Err(certs.problems.iter().map(|p| p.to_string()).collect());
         }
         for w in &certs.warnings {
             logger.notice(
@@ -85,10 +103,35 @@ impl Gateway {
                 &[("problem", serde_json::json!(w.to_string()))],
             );
         }
-        let tls = tls::TlsEdge::new(&config, certs.loaded.into_iter().flatten().collect())?;
+        let mut carried = live::Carried::default();
+        if let Some(old) = previous {
+            carried.restart_needed = live::restart_needed(&old.config, &config);
+            // What only a start can change keeps its running value.
+            config.workers = old.config.workers;
+            config.admin = old.config.admin.clone();
+            config.log = old.config.log.clone();
+            config.acme = old.config.acme.clone();
+            config.resolver = old.config.resolver.clone();
+            config.limits.max_client_connections = old.config.limits.max_client_connections;
+        }
+        let loaded: Vec<_> = certs.loaded.into_iter().flatten().collect();
+        let tls = match previous.and_then(|p| p.tls.clone()) {
+            Some(edge) => {
+                edge.serve_certificates(loaded);
+                Some(edge)
+            }
+            None => tls::TlsEdge::new(&config, loaded)
+                .map_err(|e| vec![e])?
+                .map(Arc::new),
+        };
         let mut upstream_tls = certs.upstream_tls.into_iter();
-        let resolver =
-            net::resolver::Resolver::new(&config.resolver.nameservers, config.resolver.timeout)?;
+        let resolver = match previous {
+            Some(p) => p.resolver.clone(),
+            None => {
+                net::resolver::Resolver::new(&config.resolver.nameservers, config.resolver.timeout)
+                    .map_err(|e| vec![e])?
+            }
+        };
         let events_logger = logger.clone();
         let events: upstream::Events = Arc::new(move |level, message: String, fields| {
             let fields: Vec<(&str, serde_json::Value)> = fields
@@ -101,16 +144,46 @@ impl Gateway {
             .upstreams
             .iter()
             .map(|u| {
+                let tls = upstream_tls.next().flatten();
                 let connect = ConnectOptions {
                     connect_timeout: u.timeouts.connect,
                     max_response_header_bytes: config.limits.max_response_header_bytes,
                     max_response_headers: config.limits.max_response_headers,
                     h2: u.protocol == config::Protocol::H2c,
-                    tls: upstream_tls.next().flatten(),
+                    tls,
                 };
-                Upstream::new(u, connect, resolver.clone(), events.clone(), config.workers)
+                // An upstream whose settings are the same keeps its endpoints' state.
+                let same = previous.and_then(|p| {
+                    p.upstreams.iter().find(|old| {
+                        old.config == *u
+                            && p.config.limits.max_response_header_bytes
+                                == config.limits.max_response_header_bytes
+                            && p.config.limits.max_response_headers
+                                == config.limits.max_response_headers
+                    })
+                });
+                match same {
+                    Some(old) => {
+                        carried.kept.push(u.name.clone());
+                        old.clone()
+                    }
+                    None => {
+                        if previous.is_some() {
+                            carried.started.push(u.name.clone());
+                        }
+                        Upstream::new(u, connect, resolver.clone(), events.clone(), config.workers)
+                    }
+                }
             })
             .collect();
+        if let Some(p) = previous {
+            carried.removed = p
+                .upstreams
+                .iter()
+                .filter(|old| !upstreams.iter().any(|u| Arc::ptr_eq(u, old)))
+                .map(|old| old.name.to_string())
+                .collect();
+        }
         let deadlines = config
             .upstreams
             .iter()
@@ -137,15 +210,19 @@ impl Gateway {
         };
         let via_request = [via_value("1.0"), via_value("1.1"), via_value("2")];
         let via = via_value("1.1");
-        let permits = Arc::new(tokio::sync::Semaphore::new(
-            config.limits.max_client_connections,
-        ));
+        let permits = match previous {
+            Some(p) => p.permits.clone(),
+            None => Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_client_connections,
+            )),
+        };
         logger.metrics().register(
             upstreams.iter().map(|u| u.name.clone()).collect(),
             config.workers,
         );
-        Ok(Arc::new(Gateway {
-            challenges: acme::Challenges::default(),
+        let gateway = Arc::new(Gateway {
+            challenges: previous.map_or_else(Default::default, |p| p.challenges.clone()),
+            resolver,
             tls,
             permits,
             config,
@@ -156,7 +233,8 @@ impl Gateway {
             logger,
             via,
             via_request,
-        }))
+        });
+        Ok((gateway, carried))
     }
 
     pub fn config(&self) -> &Config {

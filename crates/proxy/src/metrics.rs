@@ -27,8 +27,10 @@ pub struct Metrics {
 }
 
 struct Registry {
-    /// Upstream names; index `upstreams.len()` is "no upstream" (refused before routing).
-    upstreams: Vec<Arc<str>>,
+    /// Upstream names, filled in order and never emptied, so that a reload can add names
+    /// without a lock on the path that counts; the index after the last slot is "no upstream"
+    /// (refused before routing, or a name beyond the slots).
+    upstreams: Box<[OnceLock<Arc<str>>]>,
     shards: usize,
     requests: Box<[AtomicU64]>,
     errors: Box<[AtomicU64]>,
@@ -47,14 +49,29 @@ impl Registry {
     }
 
     fn upstream_index(&self, name: Option<&str>) -> usize {
-        match name {
-            Some(n) => self
-                .upstreams
-                .iter()
-                .position(|u| &**u == n)
-                .unwrap_or(self.upstreams.len()),
-            None => self.upstreams.len(),
+        let none = self.upstreams.len();
+        let Some(n) = name else { return none };
+        for (i, slot) in self.upstreams.iter().enumerate() {
+            match slot.get() {
+                Some(u) if &**u == n => return i,
+                Some(_) => {}
+                None => return none,
+            }
         }
+        none
+    }
+
+    /// Gives `name` a slot if it has none; false when every slot is taken.
+    fn add(&self, name: &Arc<str>) -> bool {
+        for slot in self.upstreams.iter() {
+            if slot.get().is_none() {
+                let _ = slot.set(name.clone());
+            }
+            if slot.get().is_some_and(|u| u == name) {
+                return true;
+            }
+        }
+        false
     }
 
     /// This thread's shard: its worker's.
@@ -63,7 +80,10 @@ impl Registry {
     }
 
     fn label(&self, index: usize) -> &str {
-        self.upstreams.get(index).map_or("", |u| u)
+        self.upstreams
+            .get(index)
+            .and_then(|u| u.get())
+            .map_or("", |u| u)
     }
 
     /// Sums `array` over the shards at `offset` (an index within one shard).
@@ -84,10 +104,32 @@ fn phase_index(p: Phase) -> usize {
 }
 
 impl Metrics {
-    /// Sizes the counters for `upstreams` and `workers`; counting starts here.
+    /// Sizes the counters for `upstreams` and `workers` (room for four times as many
+    /// upstreams, at least 32, for those a reload adds); counting starts here. Called again
+    /// (a reload), it adds the names not counted yet.
     pub fn register(&self, upstreams: Vec<Arc<str>>, workers: usize) {
+        if let Some(r) = self.reg.get() {
+            for u in &upstreams {
+                if !r.add(u) {
+                    // Counted under "no upstream" from now on; the names already there stay.
+                    break;
+                }
+            }
+            return;
+        }
         let shards = workers.max(1);
-        let slots = upstreams.len() + 1;
+        let capacity = (upstreams.len() * 4).max(32);
+        let slots = capacity + 1;
+        let names: Box<[OnceLock<Arc<str>>]> = (0..capacity)
+            .map(|i| {
+                let slot = OnceLock::new();
+                if let Some(u) = upstreams.get(i) {
+                    let _ = slot.set(u.clone());
+                }
+                slot
+            })
+            .collect();
+        let upstreams = names;
         let (causes, phases) = (Cause::ALL.len(), Phase::ALL.len());
         let _ = self.reg.set(Registry {
             requests: zeros(shards * slots * CODES),

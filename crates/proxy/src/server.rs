@@ -20,22 +20,20 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use cause::{ClientFault, Failure, Level};
+use cause::{ClientFault, Failure};
 use http::Method;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::conn::{ConnState, Edge};
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
 use crate::prescan::{Finding, HeadScanner};
-use crate::Gateway;
+use crate::{Gateway, Live};
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -232,134 +230,21 @@ impl AsyncWrite for ClientIo {
 }
 
 impl Gateway {
-    /// Serves `listeners` until `shutdown` is cancelled, then lets in-flight requests finish for
-    /// up to the configured shutdown timeout. This is worker 0, which also runs the upstreams'
-    /// background tasks (active health checks, DNS refresh); the other workers run
-    /// [`Gateway::serve_worker`].
+    /// Serves `listeners` until `shutdown` is cancelled, with this configuration for good (no
+    /// reload): [`Live::serve`].
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
-        for upstream in &self.upstreams {
-            upstream.start(shutdown.clone());
-        }
-        if self.config.acme.is_some() {
-            tokio::spawn(self.clone().keep_acme_certificate(shutdown.clone()));
-        }
-        self.serve_worker(0, listeners, shutdown).await;
+        Live::new(self, None).serve(listeners, shutdown).await;
     }
 
-    /// Serves `listeners` as worker number `index`, on the runtime of the calling thread, with
-    /// that worker's upstream pools, until `shutdown` is cancelled and in-flight requests have
-    /// finished (or the shutdown timeout passed).
-    pub async fn serve_worker(
-        self: Arc<Self>,
-        index: usize,
-        listeners: Vec<TcpListener>,
-        shutdown: CancellationToken,
-    ) {
-        upstream::set_worker(index);
-        let tracker = TaskTracker::new();
-        let permits = self.permits.clone();
-        let edges = self.edges(&listeners, &tracker);
-        for (listener, edge) in listeners.into_iter().zip(edges) {
-            let gw = self.clone();
-            let tracker2 = tracker.clone();
-            let shutdown = shutdown.clone();
-            let permits = permits.clone();
-            tracker.spawn(async move {
-                gw.accept_loop(listener, edge, tracker2, shutdown, permits)
-                    .await
-            });
-        }
-        shutdown.cancelled().await;
-        tracker.close();
-        let deadline = self.config.shutdown_timeout;
-        if tokio::time::timeout(deadline, tracker.wait())
-            .await
-            .is_err()
-        {
-            self.logger.notice(
-                Level::Warn,
-                "shutdown deadline passed with requests still in flight; they are cut off",
-                &[("shutdown_timeout_ms", json!(deadline.as_millis() as u64))],
-            );
-        }
-    }
-
-    /// What each listener adds to its connections, by its place in the configuration: the
-    /// listeners are given in the order of `Config::listeners`. The port of an HTTPS redirect
-    /// is the first TLS listener's, as bound.
-    fn edges(&self, listeners: &[TcpListener], tracker: &TaskTracker) -> Vec<Arc<Edge>> {
-        let configured = &self.config.listeners;
-        let https_port = listeners
-            .iter()
-            .zip(configured)
-            .find(|(_, c)| c.tls)
-            .and_then(|(l, _)| l.local_addr().ok())
-            .map(|a| a.port());
-        (0..listeners.len())
-            .map(|i| match configured.get(i) {
-                Some(c) => Arc::new(Edge {
-                    tls: c.tls,
-                    redirect_https: https_port.filter(|_| c.redirect_https),
-                    hsts: c
-                        .hsts
-                        .as_deref()
-                        .and_then(|h| http::HeaderValue::from_str(h).ok()),
-                    tracker: Some(tracker.clone()),
-                }),
-                None => Arc::new(Edge {
-                    tracker: Some(tracker.clone()),
-                    ..Edge::default()
-                }),
-            })
-            .collect()
-    }
-
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: TcpListener,
-        edge: Arc<Edge>,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-        permits: Arc<tokio::sync::Semaphore>,
-    ) {
-        loop {
-            // At the connection limit, new connections wait in the kernel's accept queue.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let (stream, client) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(ok) => ok,
-                    Err(e) => {
-                        // Out of descriptors or similar: say so, back off briefly, keep serving.
-                        self.logger.notice(Level::Error, "accept failed", &[("error", json!(e.to_string()))]);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let gw = self.clone();
-            let shutdown = shutdown.clone();
-            let edge = edge.clone();
-            tracker.spawn(async move {
-                gw.serve_connection(stream, edge, client, shutdown).await;
-                drop(permit);
-            });
-        }
-    }
-
-    async fn serve_connection(
+    /// Serves one client connection: the handshake and the protocol with this gateway's
+    /// limits, each request with the gateway current when it starts.
+    pub(crate) async fn serve_connection(
         self: Arc<Self>,
         stream: TcpStream,
         edge: Arc<Edge>,
         client: SocketAddr,
         shutdown: CancellationToken,
+        live: Arc<Live>,
     ) {
         #[cfg(unix)]
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
@@ -413,11 +298,11 @@ impl Gateway {
         io.scan(&first);
         io.replay = first.freeze();
         let io = TokioIo::new(io);
-        let gw = self.clone();
         let svc_state = state.clone();
         let service = service_fn(move |req| {
             let n = svc_state.request_started();
-            let gw = gw.clone();
+            // The configuration in use when the request starts, to its end.
+            let gw = live.current();
             let st = svc_state.clone();
             // Boxed: hyper keeps room for the request future in every connection, idle or not.
             async move { Ok::<_, Infallible>(Box::pin(gw.handle(req, client, Some((st, n)))).await) }

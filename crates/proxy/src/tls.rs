@@ -156,6 +156,13 @@ impl TlsEdge {
         Ok(Some(edge))
     }
 
+    /// Serves `loaded` in place of the configured certificates (a reload), from the next
+    /// handshake on.
+    pub(crate) fn serve_certificates(&self, loaded: Vec<Loaded>) {
+        *self.served.lock().unwrap_or_else(|e| e.into_inner()) = loaded;
+        self.publish();
+    }
+
     /// Serves the configured certificates and the ACME one from the next handshake on.
     pub(crate) fn publish(&self) {
         let mut all = self
