@@ -6,6 +6,8 @@ pub mod doctor;
 pub mod lab;
 pub mod logs;
 pub mod serve;
+#[cfg(target_os = "linux")]
+pub mod upgrade;
 
 /// Builds the multi-threaded runtime every long-running subcommand uses.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

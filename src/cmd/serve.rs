@@ -1,5 +1,5 @@
 //! `cleargate serve`: validates the configuration, binds, and serves until Ctrl-C or SIGTERM;
-//! SIGHUP reloads the configuration, SIGUSR1 flushes DNS answers.
+//! SIGHUP reloads the configuration, SIGUSR1 flushes DNS answers, SIGUSR2 upgrades the binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,16 +44,71 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn cmd_runtime_serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let workers = config.workers;
-    // Every listener is bound before any thread starts: a port in use stops start-up cleanly.
-    let sets = proxy::bind_workers(&config.listen_addrs(), workers)?;
-    let logger = proxy::logger_for(&config)?;
-    let admin = match &config.admin {
-        Some(a) => Some(
-            std::net::TcpListener::bind(a.listen)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", a.listen))?,
-        ),
-        None => None,
+    // Sockets passed by systemd (socket activation) or by the process that upgraded to this
+    // one; taken before any thread starts, as the variables that describe them are removed.
+    #[cfg(target_os = "linux")]
+    let mut inherited = super::upgrade::take_inherited();
+    #[cfg(target_os = "linux")]
+    let upgrade_notify = {
+        let v = std::env::var_os(super::upgrade::UPGRADE_NOTIFY);
+        std::env::remove_var(super::upgrade::UPGRADE_NOTIFY);
+        v
     };
+    // What a binary upgrade starts: this binary as it is on disk now, with the same arguments.
+    let exe = std::env::current_exe().ok();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let logger = proxy::logger_for(&config)?;
+    // Every listener is bound before any thread starts: a port in use stops start-up cleanly.
+    #[cfg(target_os = "linux")]
+    let sets = {
+        for p in &inherited.problems {
+            logger.notice(
+                Level::Warn,
+                "inherited socket not used",
+                &[("problem", json!(p))],
+            );
+        }
+        let sets = proxy::bind_workers_inherited(
+            &config.listen_addrs(),
+            workers,
+            &mut inherited.listeners,
+        )?;
+        for l in inherited.listeners.drain(..) {
+            logger.notice(
+                Level::Warn,
+                "an inherited socket matches no configured listener; it is closed",
+                &[("addr", json!(l.local_addr().ok().map(|a| a.to_string())))],
+            );
+        }
+        sets
+    };
+    #[cfg(not(target_os = "linux"))]
+    let sets = proxy::bind_workers(&config.listen_addrs(), workers)?;
+    let admin =
+        match &config.admin {
+            Some(a) => {
+                #[cfg(target_os = "linux")]
+                let passed = inherited.admin.take().filter(|l| {
+                    l.local_addr()
+                        .is_ok_and(|b| super::upgrade::serves(b, a.listen))
+                });
+                #[cfg(not(target_os = "linux"))]
+                let passed: Option<std::net::TcpListener> = None;
+                match passed {
+                    Some(l) => Some(l),
+                    None => Some(std::net::TcpListener::bind(a.listen).map_err(|e| {
+                        anyhow::anyhow!("cannot listen on {} (admin): {e}", a.listen)
+                    })?),
+                }
+            }
+            None => None,
+        };
+    // Kept to hand the admin listener to a new binary on upgrade.
+    #[cfg(target_os = "linux")]
+    let admin_socket = admin.as_ref().and_then(|a| {
+        use std::os::fd::AsFd;
+        a.as_fd().try_clone_to_owned().ok()
+    });
     // The addresses as bound: a port of 0 in the configuration shows as the one chosen.
     let addrs: Vec<String> = sets[0]
         .iter()
@@ -74,6 +129,7 @@ fn cmd_runtime_serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
                     .and_then(|a| a.local_addr().ok())
                     .map(|a| a.to_string())),
             ),
+            ("pid", json!(std::process::id())),
             ("summary", json!(config.summary())),
         ],
     );
@@ -122,7 +178,10 @@ fn cmd_runtime_serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 {
                     tokio::spawn(async move {
                         while hup.recv().await.is_some() {
-                            sd_notify("RELOADING=1\nSTATUS=reading the configuration again");
+                            sd_notify(&format!(
+                                "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reading the configuration again",
+                                monotonic_usec()
+                            ));
                             let status = match gw.reload() {
                                 Ok(o) => format!("serving configuration {}", o.generation),
                                 Err(p) => format!(
@@ -137,12 +196,76 @@ fn cmd_runtime_serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 }
             }
             // Every worker has its listeners by now (bound before the threads started).
-            sd_notify(&format!(
+            let ready = format!(
                 "READY=1\nSTATUS=serving on {}\nMAINPID={}",
                 addrs.join(", "),
                 std::process::id()
-            ));
-            super::shutdown_signal().await;
+            );
+            sd_notify(&ready);
+            #[cfg(target_os = "linux")]
+            if let Some(to) = &upgrade_notify {
+                notify_to(&to.to_string_lossy(), &ready);
+            }
+            let stop = super::shutdown_signal();
+            tokio::pin!(stop);
+            #[cfg(target_os = "linux")]
+            {
+                // SIGUSR2 starts the binary on disk with every listening socket inherited;
+                // once it is ready, this process stops accepting and finishes its requests.
+                let mut usr2 =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = usr2.recv() => {
+                            let Some(exe) = &exe else {
+                                logger.notice(
+                                    Level::Error,
+                                    "upgrade failed; this process keeps serving",
+                                    &[("problem", json!("the path of the running binary is unknown"))],
+                                );
+                                continue;
+                            };
+                            logger.notice(
+                                Level::Info,
+                                "upgrade: starting the binary on disk with the listening sockets",
+                                &[("exe", json!(exe.display().to_string()))],
+                            );
+                            let mut sockets = live.listening_sockets();
+                            let with_admin = match admin_socket.as_ref().map(|s| s.try_clone()) {
+                                Some(Ok(s)) => {
+                                    sockets.push(s);
+                                    true
+                                }
+                                _ => false,
+                            };
+                            match super::upgrade::start(exe, &args, sockets, with_admin).await {
+                                Ok(pid) => {
+                                    sd_notify(&format!(
+                                        "MAINPID={pid}\nSTATUS=handing over to pid {pid}"
+                                    ));
+                                    logger.notice(
+                                        Level::Info,
+                                        "upgrade: the new process is serving; this one stops accepting and finishes its requests",
+                                        &[("new_pid", json!(pid))],
+                                    );
+                                    break;
+                                }
+                                Err(problem) => logger.notice(
+                                    Level::Error,
+                                    "upgrade failed; this process keeps serving",
+                                    &[("problem", json!(problem))],
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = (&exe, &args);
+                stop.await;
+            }
             sd_notify("STOPPING=1\nSTATUS=finishing in-flight requests");
             Ok::<_, std::io::Error>(())
         })?;
@@ -167,16 +290,35 @@ fn cmd_runtime_serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
 /// Tells systemd (`Type=notify`) how the service is doing, when it started us with
 /// `NOTIFY_SOCKET`; nothing otherwise. A path starting with `@` is Linux's abstract namespace.
 fn sd_notify(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        notify_to(&path.to_string_lossy(), state);
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, which systemd wants with RELOADING=1.
+fn monotonic_usec() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into the one given.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0 {
+            return ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
+        }
+    }
+    0
+}
+
+/// Sends `state` as one datagram to the Unix socket at `path` (`@name`: abstract).
+fn notify_to(path: &str, state: &str) {
     #[cfg(unix)]
     {
         use std::os::unix::net::UnixDatagram;
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-            return;
-        };
         let Ok(sock) = UnixDatagram::unbound() else {
             return;
         };
-        let path = path.to_string_lossy().into_owned();
         #[cfg(target_os = "linux")]
         if let Some(name) = path.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt;
@@ -185,10 +327,10 @@ fn sd_notify(state: &str) {
             }
             return;
         }
-        let _ = sock.send_to(state.as_bytes(), &path);
+        let _ = sock.send_to(state.as_bytes(), path);
     }
     #[cfg(not(unix))]
-    let _ = state;
+    let _ = (path, state);
 }
 
 /// One worker: its own single-threaded event loop, its own listeners and upstream pools.

@@ -322,12 +322,56 @@ pub fn bind_workers(
     addrs: &[SocketAddr],
     workers: usize,
 ) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    bind_workers_inherited(addrs, workers, &mut Vec::new())
+}
+
+/// As [`bind_workers`], using first the listening sockets `inherited` from the process that
+/// started this one (socket activation, a binary upgrade): a socket whose address is the one
+/// configured (or, for a port of 0, whose IP is) serves a worker instead of a new socket.
+/// When fewer are inherited than there are workers, the other workers bind their own with
+/// `SO_REUSEPORT`, or share the inherited socket when it does not allow that. The inherited
+/// sockets used are taken out of `inherited`; those left match no configured address.
+pub fn bind_workers_inherited(
+    addrs: &[SocketAddr],
+    workers: usize,
+    inherited: &mut Vec<std::net::TcpListener>,
+) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut sets: Vec<Vec<std::net::TcpListener>> =
         (0..workers.max(1)).map(|_| Vec::new()).collect();
     for addr in addrs {
-        let mut addr = *addr;
+        let matches = |l: &std::net::TcpListener| {
+            l.local_addr()
+                .is_ok_and(|a| a == *addr || (addr.port() == 0 && a.ip() == addr.ip()))
+        };
+        let mut mine: Vec<std::net::TcpListener> = Vec::new();
+        let mut i = 0;
+        while i < inherited.len() {
+            if matches(&inherited[i])
+                && (mine.is_empty()
+                    || addr.port() != 0
+                    || inherited[i].local_addr().ok() == mine[0].local_addr().ok())
+            {
+                mine.push(inherited.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let mut addr = match mine.first().and_then(|l| l.local_addr().ok()) {
+            Some(a) => a,
+            None => *addr,
+        };
+        let mut mine = mine.into_iter();
+        let mut first_inherited: Option<std::net::TcpListener> = None;
         for set in sets.iter_mut() {
+            if let Some(l) = mine.next() {
+                l.set_nonblocking(true)?;
+                if first_inherited.is_none() {
+                    first_inherited = l.try_clone().ok();
+                }
+                set.push(l);
+                continue;
+            }
             let bound = (|| {
                 let socket =
                     Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -341,11 +385,27 @@ pub fn bind_workers(
                 socket.bind(&addr.into())?;
                 socket.listen(1024)?;
                 Ok::<_, std::io::Error>(std::net::TcpListener::from(socket))
-            })()
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            })();
+            let bound = match (bound, &first_inherited) {
+                (Ok(b), _) => b,
+                // An inherited socket without SO_REUSEPORT: the workers share it.
+                (Err(_), Some(shared)) => shared.try_clone()?,
+                (Err(e), None) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr}: {e}"),
+                    ))
+                }
+            };
             // The first worker's port, when the kernel picked it, is every worker's port.
             addr = bound.local_addr()?;
             set.push(bound);
+        }
+        // More inherited sockets than workers (the old process had more): each still serves.
+        for (k, l) in mine.enumerate() {
+            l.set_nonblocking(true)?;
+            let n = sets.len();
+            sets[k % n].push(l);
         }
     }
     Ok(sets)

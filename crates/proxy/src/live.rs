@@ -108,6 +108,15 @@ struct Bound {
     config: Option<ListenerConfig>,
     addr: SocketAddr,
     stops: Vec<CancellationToken>,
+    /// A duplicate of each worker's socket, handed to a new binary on upgrade.
+    #[cfg(unix)]
+    sockets: Vec<std::os::fd::OwnedFd>,
+}
+
+/// A duplicate of a listening socket's descriptor (it stays open while the original serves).
+#[cfg(unix)]
+fn dup_socket<S: std::os::fd::AsFd>(s: &S) -> Option<std::os::fd::OwnedFd> {
+    s.as_fd().try_clone_to_owned().ok()
 }
 
 /// A listener bound by a reload, for one worker's event loop.
@@ -174,6 +183,28 @@ impl Live {
             path,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Every listening socket serving now, as duplicates, in the order of the configuration's
+    /// listeners and with one per worker: what a new binary inherits on upgrade.
+    #[cfg(unix)]
+    pub fn listening_sockets(&self) -> Vec<std::os::fd::OwnedFd> {
+        let gw = self.current();
+        let listeners = &gw.config.listeners;
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let order = |b: &Bound| {
+            b.config
+                .as_ref()
+                .and_then(|c| listeners.iter().position(|l| l == c))
+                .unwrap_or(usize::MAX)
+        };
+        let mut bound: Vec<&Bound> = state.listeners.iter().collect();
+        bound.sort_by_key(|b| order(b));
+        bound
+            .iter()
+            .flat_map(|b| b.sockets.iter())
+            .filter_map(|s| s.try_clone().ok())
+            .collect()
     }
 
     /// The gateway in use now.
@@ -303,6 +334,8 @@ impl Live {
                 config: Some(c.clone()),
                 addr: c.addr,
                 stops: Vec::new(),
+                #[cfg(unix)]
+                sockets: Vec::new(),
             })
             .collect();
         let mut sets = sets.into_iter();
@@ -314,6 +347,8 @@ impl Live {
                 }
                 let stop = CancellationToken::new();
                 entries[j].stops.push(stop.clone());
+                #[cfg(unix)]
+                entries[j].sockets.extend(dup_socket(&listener));
                 let sender = state.workers.get(w).and_then(|s| s.as_ref());
                 if let Some(tx) = sender {
                     let _ = tx.send(Added { listener, stop });
@@ -452,14 +487,23 @@ impl Live {
             for (i, l) in listeners.iter().enumerate() {
                 let Ok(addr) = l.local_addr() else { continue };
                 let stop = CancellationToken::new();
-                match state.listeners.iter_mut().find(|b| b.addr == addr) {
-                    Some(b) => b.stops.push(stop.clone()),
-                    None => state.listeners.push(Bound {
-                        config: gw.config.listeners.get(i).cloned(),
-                        addr,
-                        stops: vec![stop.clone()],
-                    }),
-                }
+                let at = match state.listeners.iter().position(|b| b.addr == addr) {
+                    Some(at) => at,
+                    None => {
+                        state.listeners.push(Bound {
+                            config: gw.config.listeners.get(i).cloned(),
+                            addr,
+                            stops: Vec::new(),
+                            #[cfg(unix)]
+                            sockets: Vec::new(),
+                        });
+                        state.listeners.len() - 1
+                    }
+                };
+                let b = &mut state.listeners[at];
+                b.stops.push(stop.clone());
+                #[cfg(unix)]
+                b.sockets.extend(dup_socket(l));
                 stops.push(stop);
             }
         }

@@ -251,26 +251,27 @@ impl Gateway {
         let tls = edge.tls;
         let state = Arc::new(ConnState::new(edge));
         let limits = &self.config.limits;
+        // A connection accepted just before a shutdown (or a binary upgrade) may have its
+        // request on the way: it gets a short grace to send it, and that request is served.
+        let grace = SHUTDOWN_HEAD_GRACE.min(limits.request_header_timeout);
         let mut stream = if tls {
-            let handshake = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                s = Box::pin(self.tls_handshake(stream, client)) => s,
-            };
-            match handshake {
-                Some(s) => ClientStream::Tls(Box::new(s)),
-                None => return,
+            let handshake = Box::pin(self.tls_handshake(stream, client));
+            match until_shutdown_then_grace(handshake, &shutdown, grace).await {
+                Some(Some(s)) => ClientStream::Tls(Box::new(s)),
+                _ => return,
             }
         } else {
             ClientStream::Plain(stream)
         };
         // The first bytes tell the protocol. A connection that sends nothing within the head
         // deadline is closed silently, as an idle one would be.
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(limits.request_header_timeout, read_first(&mut stream, &state)) => match r {
-                Ok(Some(first)) => first,
-                Ok(None) | Err(_) => return,
-            },
+        let read = tokio::time::timeout(
+            limits.request_header_timeout,
+            read_first(&mut stream, &state),
+        );
+        let first = match until_shutdown_then_grace(read, &shutdown, grace).await {
+            Some(Ok(Some(first))) => first,
+            _ => return,
         };
         let protocol = sniff(&first).unwrap_or(Sniffed::Http1);
         if let Sniffed::Neither(what) = protocol {
@@ -362,6 +363,8 @@ impl Gateway {
         C: std::future::Future<Output = Result<(), hyper::Error>>,
     {
         let mut shutting_down = false;
+        // During shutdown: until when a request head that had begun may still become a request.
+        let mut held: Option<Instant> = None;
         // One timer for the connection's life. Moved to a later deadline (the usual case: a
         // request ended, the idle deadline moves on) it is changed in place, without going
         // back into the runtime's timer wheel; only an earlier one (a head started) re-arms it.
@@ -381,7 +384,23 @@ impl Gateway {
                 }
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
-                    graceful(conn.as_mut());
+                    // A head that has begun to arrive is let through (within a grace), so
+                    // that the request it carries is answered, not cut off unanswered.
+                    if state.head_started.lock().unwrap().is_some() {
+                        let grace = SHUTDOWN_HEAD_GRACE.min(self.config.limits.request_header_timeout);
+                        held = Some(Instant::now() + grace);
+                    } else {
+                        graceful(conn.as_mut());
+                    }
+                }
+                // Shutdown only: looks every few milliseconds whether the held head has become
+                // a request (hyper disables keep-alive for it) or the grace is over.
+                _ = tokio::time::sleep(Duration::from_millis(5)), if held.is_some() => {
+                    let started = state.head_started.lock().unwrap().is_none();
+                    if started || held.is_some_and(|t| Instant::now() >= t) {
+                        held = None;
+                        graceful(conn.as_mut());
+                    }
                 }
                 _ = state.wake.notified() => {}
                 _ = &mut timer, if !shutting_down => {
@@ -571,6 +590,23 @@ enum Verdict {
 
 /// Reads a connection's first bytes, as many as it takes to tell the protocol. `None` when the
 /// client closed first.
+/// How long, once shutdown begins, a connection whose request has begun to arrive (or that was
+/// just accepted) may take to complete the request head.
+const SHUTDOWN_HEAD_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `work` to its end; once `shutdown` is cancelled, only for `grace` more (`None` then).
+async fn until_shutdown_then_grace<F: std::future::Future>(
+    work: F,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => Some(out),
+        _ = shutdown.cancelled() => tokio::time::timeout(grace, work).await.ok(),
+    }
+}
+
 async fn read_first(stream: &mut ClientStream, state: &ConnState) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(2048);
     loop {
