@@ -127,6 +127,23 @@ async fn counts_are_exact_and_a_real_prometheus_scrapes_them() {
         text.contains("cleargate_upstream_endpoint_healthy{upstream=\"ok\",endpoint=\""),
         "{text}"
     );
+    // Two requests to `ok` over one pooled upstream connection (or two, if they overlapped).
+    let prefix = "cleargate_upstream_connections_opened_total{upstream=\"ok\",endpoint=\"";
+    let opened: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!((1..=2).contains(&opened), "{text}");
+    assert!(
+        text.contains("cleargate_upstream_ejections_total{upstream=\"refused\",endpoint=\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ncleargate_upstream_queued{upstream=\"ok\"} 0\n"),
+        "{text}"
+    );
     assert!(http_get(admin_addr, "/nothing")
         .await
         .starts_with("HTTP/1.1 404 "));
@@ -258,6 +275,32 @@ async fn the_admin_api_shows_state_and_errors_and_drains_endpoints() {
         latest["request_id"].as_str().is_some_and(|s| s.len() == 16),
         "{latest}"
     );
+    assert!(latest.get("upstream_sent").is_none(), "{latest}");
+
+    // A malformed answer: the error shows what the upstream actually sent, escaped.
+    assert_eq!(
+        common::get_fault(&h, Fault::Garbage, None).await.status,
+        502
+    );
+    let errors = json_body(&http_req(a, "GET", "/api/errors", "").await);
+    let latest = &errors["errors"][0];
+    assert_eq!(latest["cause"], "invalid_response", "{latest}");
+    assert_eq!(
+        latest["upstream_sent"], "this is not http\\r\\n\\r\\n",
+        "{latest}"
+    );
+    assert_eq!(
+        common::get_fault(&h, Fault::Bigheader, None).await.status,
+        502
+    );
+    let errors = json_body(&http_req(a, "GET", "/api/errors", "").await);
+    let latest = &errors["errors"][0];
+    assert_eq!(latest["cause"], "response_too_large", "{latest}");
+    let sent = latest["upstream_sent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{latest}"));
+    assert!(sent.starts_with("HTTP/1.1 200 "), "{latest}");
+    assert!(sent.len() >= 512, "{latest}");
 
     // Mutations: POST only, never from another origin.
     let path = format!("/api/upstreams/ok/endpoints/{endpoint}/drain");

@@ -447,6 +447,32 @@ pub struct Failure {
     pub unprocessed: bool,
     /// The earlier attempts of the same request, as `endpoint/cause@phase`, oldest first.
     pub earlier: Vec<String>,
+    /// For `invalid_response` and `response_too_large`: the first bytes the upstream sent, as
+    /// they came (at most [`EVIDENCE_BYTES`]).
+    pub evidence: Option<Vec<u8>>,
+}
+
+/// How many of the bytes an upstream sent a failure keeps as evidence.
+pub const EVIDENCE_BYTES: usize = 512;
+
+/// `bytes` written for a reader: printable ASCII as is, `\r`, `\n`, `\t`, `\\` and `\xHH`
+/// for the rest.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() + 16);
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
 }
 
 impl Failure {
@@ -465,6 +491,7 @@ impl Failure {
             retry_after: None,
             unprocessed: false,
             earlier: Vec::new(),
+            evidence: None,
         }
     }
 
@@ -652,6 +679,14 @@ pub fn parse_details(proxy_status: &str) -> Option<(Cause, Phase)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn evidence_is_escaped_for_a_reader() {
+        assert_eq!(
+            super::escape_bytes(b"HTTP/1.1 2OO OK\r\nX: \\\x00\xff\n"),
+            "HTTP/1.1 2OO OK\\r\\nX: \\\\\\x00\\xff\\n"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -101,12 +101,18 @@ pub fn classify_hyper_error(e: &hyper::Error, phase: Phase, reused: bool) -> Fai
 /// Classifies what ended an HTTP/1.1 exchange before its response head, in `phase`.
 pub(crate) fn h1_error(e: &crate::h1::H1Error, phase: Phase, reused: bool) -> Failure {
     use crate::h1::H1Error as E;
+    if let E::Evidence(inner, first) = e {
+        let mut f = h1_error(inner, phase, reused);
+        f.evidence = Some(first.clone());
+        return f;
+    }
     let cause = match e {
         E::Io(ioe) => io_cause(ioe).unwrap_or(Cause::Reset),
         E::Closed { .. } => Cause::Closed,
         E::Invalid(_) => Cause::InvalidResponse,
         E::TooLarge => Cause::ResponseTooLarge,
         E::RequestBody => Cause::Internal,
+        E::Evidence(inner, _) => return h1_error(inner, phase, reused),
     };
     let detail = match e {
         E::Io(ioe) if cause == Cause::Tls => crate::tls::tls_words(ioe),

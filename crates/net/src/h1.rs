@@ -63,6 +63,8 @@ pub(crate) enum H1Error {
     TooLarge,
     /// The request body broke off (its failure is in the body's progress).
     RequestBody,
+    /// `Invalid` or `TooLarge`, with the first bytes of the head that caused it.
+    Evidence(Box<H1Error>, Vec<u8>),
 }
 
 impl std::fmt::Display for H1Error {
@@ -78,6 +80,7 @@ impl std::fmt::Display for H1Error {
             H1Error::Invalid(why) => write!(f, "invalid response head: {why}"),
             H1Error::TooLarge => f.write_str("the response head is too large"),
             H1Error::RequestBody => f.write_str("the request body broke off"),
+            H1Error::Evidence(e, _) => e.fmt(f),
         }
     }
 }
@@ -485,13 +488,20 @@ fn poll_head(
     lines: usize,
     upgrade: bool,
 ) -> Poll<Result<Head, H1Error>> {
+    // What the upstream sent, kept with the error (the evidence an operator reads).
+    let evidence = |e: H1Error, buf: &[u8]| {
+        let first = buf[..buf.len().min(cause::EVIDENCE_BYTES)].to_vec();
+        H1Error::Evidence(Box::new(e), first)
+    };
     loop {
         if !wire.buf.is_empty() {
-            if let Some(head) = parse_head(&mut wire.buf, limit, lines, upgrade)? {
-                return Poll::Ready(Ok(head));
+            match parse_head(&mut wire.buf, limit, lines, upgrade) {
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(evidence(e, &wire.buf))),
             }
             if wire.buf.len() > limit {
-                return Poll::Ready(Err(H1Error::TooLarge));
+                return Poll::Ready(Err(evidence(H1Error::TooLarge, &wire.buf)));
             }
         }
         if wire.buf.capacity() - wire.buf.len() < HEAD_READ / 4 {

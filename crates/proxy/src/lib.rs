@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use config::Config;
 use net::{ConnectOptions, Deadlines};
-use upstream::Upstream;
+use upstream::{Endpoint, Upstream};
 
 pub use body::ProxyBody;
 pub use conn::{ConnState, Edge};
@@ -273,19 +273,54 @@ impl Gateway {
                 );
             }
         }
-        metrics::head(
-            &mut out,
-            "cleargate_upstream_in_flight",
-            "gauge",
-            "Requests in flight to the upstream now.",
-        );
-        for u in &self.upstreams {
-            let _ = writeln!(
-                out,
-                "cleargate_upstream_in_flight{{upstream=\"{}\"}} {}",
-                metrics::escape(&u.name),
-                u.in_flight()
-            );
+        for (name, kind, help, value) in [
+            (
+                "cleargate_upstream_connections_opened_total",
+                "counter",
+                "Connections opened to the endpoint.",
+                Endpoint::connections_opened as fn(&Endpoint) -> u64,
+            ),
+            (
+                "cleargate_upstream_ejections_total",
+                "counter",
+                "Times the endpoint was ejected after failures (outlier detection).",
+                Endpoint::ejections_total,
+            ),
+        ] {
+            metrics::head(&mut out, name, kind, help);
+            for u in &self.upstreams {
+                for e in &u.endpoints {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
+                        metrics::escape(&u.name),
+                        metrics::escape(&e.name),
+                        value(e)
+                    );
+                }
+            }
+        }
+        for (name, help, value) in [
+            (
+                "cleargate_upstream_in_flight",
+                "Requests in flight to the upstream now.",
+                Upstream::in_flight as fn(&Upstream) -> usize,
+            ),
+            (
+                "cleargate_upstream_queued",
+                "Requests waiting now for an in-flight slot (max_in_flight reached).",
+                Upstream::queued,
+            ),
+        ] {
+            metrics::head(&mut out, name, "gauge", help);
+            for u in &self.upstreams {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\"}} {}",
+                    metrics::escape(&u.name),
+                    value(u)
+                );
+            }
         }
         out
     }

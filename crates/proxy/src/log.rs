@@ -283,6 +283,10 @@ impl Logger {
                 recent.pop_front();
             }
             let mut kept = m.clone();
+            if let Some(first) = &failure.evidence {
+                // What the upstream sent, escaped: the evidence of a malformed response.
+                kept.insert("upstream_sent".into(), json!(cause::escape_bytes(first)));
+            }
             kept.insert(
                 "time".into(),
                 json!(httpdate::fmt_http_date(std::time::SystemTime::now())),

@@ -187,6 +187,8 @@ impl Upstream {
         }
         let mut h = e.health.lock().unwrap();
         h.ejections += 1;
+        e.ejected_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let time = (o.base_ejection * h.ejections).min(o.max_ejection);
         h.ejected_until = Some(now + time);
         h.consecutive_failures = 0;

@@ -19,7 +19,7 @@ mod health;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,10 @@ pub struct Endpoint {
     pub(crate) names: Names,
     /// Taken out of rotation by the operator: no new requests, in-flight ones finish.
     draining: std::sync::atomic::AtomicBool,
+    /// Connections opened to it, ever (for the metrics).
+    opened: AtomicU64,
+    /// Times it was ejected, ever (`HealthState::ejections` counts only the current run).
+    pub(crate) ejected_total: AtomicU64,
 }
 
 /// What an endpoint looks like now, for the admin API and the status page.
@@ -183,6 +187,16 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened to this endpoint since it was configured.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Times this endpoint was ejected since it was configured.
+    pub fn ejections_total(&self) -> u64 {
+        self.ejected_total.load(Ordering::Relaxed)
     }
 
     /// Idle connections held right now, in every worker's pool.
@@ -303,6 +317,8 @@ impl Upstream {
                     learned_idle: Mutex::new(None),
                     names: Names::new(&e.address, resolver.clone()),
                     draining: std::sync::atomic::AtomicBool::new(false),
+                    opened: AtomicU64::new(0),
+                    ejected_total: AtomicU64::new(0),
                 })
             })
             .collect::<Vec<_>>();
@@ -510,6 +526,7 @@ impl Upstream {
                 f.endpoint = Some(endpoint.name.to_string());
                 f
             })?;
+        endpoint.opened.fetch_add(1, Ordering::Relaxed);
         if self.connect.h2 {
             *endpoint.shared().lock().unwrap() = conn.share();
         }
@@ -565,6 +582,11 @@ impl Upstream {
     /// Requests in flight to the whole upstream.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting in the queue for an in-flight slot now.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Drops every idle connection to addresses a name no longer resolves to.

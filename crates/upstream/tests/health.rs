@@ -87,6 +87,9 @@ async fn consecutive_failures_eject_and_ejections_are_capped() {
         ev.iter().any(|m| m.contains("not ejected despite")),
         "{ev:?}"
     );
+    // The metrics' counts: endpoints 0 and 1 once each, 2 never (the cap held it in).
+    let totals: Vec<u64> = up.endpoints.iter().map(|e| e.ejections_total()).collect();
+    assert_eq!(totals, [1, 1, 0, 0]);
 }
 
 #[tokio::test]
