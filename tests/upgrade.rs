@@ -29,6 +29,29 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A lab with one healthy upstream, and a configuration file that routes everything to it
+/// from `listen`, with the settings `top`.
+async fn setup(name: &str, listen: &str, top: &str) -> (Lab, PathBuf, PathBuf) {
+    let lab = Lab::start(
+        &[(Fault::Ok, 0)],
+        "127.0.0.1".parse().unwrap(),
+        LabOptions::default(),
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir(name);
+    let file = dir.join("cleargate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = [\"{listen}\"]\n{top}\n[upstream.app]\nendpoints = [\"{}\"]\n[[route]]\nupstream = \"app\"\n",
+            lab.addr(Fault::Ok).unwrap()
+        ),
+    )
+    .unwrap();
+    (lab, dir, file)
+}
+
 /// The gateway's log lines (its stdout, shared by every process that inherits it), as they
 /// come; the channel closes when the last process holding the pipe has exited.
 fn lines(out: std::process::ChildStdout) -> mpsc::UnboundedReceiver<serde_json::Value> {
@@ -228,23 +251,12 @@ async fn more_answers(load: &Load, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_upgrade_under_load_loses_no_request() {
-    let lab = Lab::start(
-        &[(Fault::Ok, 0)],
-        "127.0.0.1".parse().unwrap(),
-        LabOptions::default(),
+    let (lab, dir, file) = setup(
+        "load",
+        "127.0.0.1:0",
+        "workers = 2\n[admin]\nlisten = \"127.0.0.1:0\"",
     )
-    .await
-    .unwrap();
-    let dir = temp_dir("load");
-    let file = dir.join("cleargate.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "listen = [\"127.0.0.1:0\"]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream.app]\nendpoints = [\"{}\"]\n[[route]]\nupstream = \"app\"\n",
-            lab.addr(Fault::Ok).unwrap()
-        ),
-    )
-    .unwrap();
+    .await;
     let mut old = Command::new(env!("CARGO_BIN_EXE_cleargate"))
         .args(["serve", "-c"])
         .arg(&file)
@@ -321,20 +333,7 @@ async fn a_binary_upgrade_under_load_loses_no_request() {
 
 #[tokio::test]
 async fn a_failed_upgrade_keeps_the_old_process_serving() {
-    let lab = Lab::start(
-        &[(Fault::Ok, 0)],
-        "127.0.0.1".parse().unwrap(),
-        LabOptions::default(),
-    )
-    .await
-    .unwrap();
-    let dir = temp_dir("failed");
-    let file = dir.join("cleargate.toml");
-    let good = format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[upstream.app]\nendpoints = [\"{}\"]\n[[route]]\nupstream = \"app\"\n",
-        lab.addr(Fault::Ok).unwrap()
-    );
-    std::fs::write(&file, &good).unwrap();
+    let (lab, dir, file) = setup("failed", "127.0.0.1:0", "workers = 1").await;
     let mut old = Command::new(env!("CARGO_BIN_EXE_cleargate"))
         .args(["serve", "-c"])
         .arg(&file)
@@ -376,28 +375,12 @@ async fn a_failed_upgrade_keeps_the_old_process_serving() {
 
 #[tokio::test]
 async fn socket_activation_serves_on_the_sockets_systemd_passes() {
-    let lab = Lab::start(
-        &[(Fault::Ok, 0)],
-        "127.0.0.1".parse().unwrap(),
-        LabOptions::default(),
-    )
-    .await
-    .unwrap();
     // As systemd does: the sockets are bound by the parent, without SO_REUSEPORT, and passed
     // as descriptors 3 and 4; the second matches no listener of the configuration.
     let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = passed.local_addr().unwrap();
-    let dir = temp_dir("activation");
-    let file = dir.join("cleargate.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "listen = [\"{addr}\"]\nworkers = 2\n[upstream.app]\nendpoints = [\"{}\"]\n[[route]]\nupstream = \"app\"\n",
-            lab.addr(Fault::Ok).unwrap()
-        ),
-    )
-    .unwrap();
+    let (lab, dir, file) = setup("activation", &addr.to_string(), "workers = 2").await;
     let fds = [passed.as_raw_fd(), stray.as_raw_fd()];
     let mut command = Command::new(env!("CARGO_BIN_EXE_cleargate"));
     command
