@@ -298,8 +298,8 @@ pub fn storable(
     Ok(())
 }
 
-/// The header fields named by `Vary`, in lower case; `Err` for `*` anywhere in it.
-pub fn vary_names(resp: &HeaderMap) -> Result<Vec<HeaderName>, ()> {
+/// The header fields named by `Vary`, in lower case; `VaryStar` for `*` anywhere in it.
+pub fn vary_names(resp: &HeaderMap) -> Result<Vec<HeaderName>, NotStored> {
     let mut names = Vec::new();
     for v in resp.get_all(header::VARY) {
         for name in v.as_bytes().split(|&b| b == b',') {
@@ -308,7 +308,7 @@ pub fn vary_names(resp: &HeaderMap) -> Result<Vec<HeaderName>, ()> {
                 continue;
             }
             if name == b"*" {
-                return Err(());
+                return Err(NotStored::VaryStar);
             }
             if let Ok(n) = HeaderName::from_bytes(name) {
                 if !names.contains(&n) {

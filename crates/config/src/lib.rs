@@ -38,6 +38,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// `[admin]`: the operator's listener (metrics), never proxied traffic.
     pub admin: Option<AdminConfig>,
+    /// `[cache]`: the in-memory response cache that routes with `cache = true` use.
+    pub cache: Option<CacheConfig>,
     /// Clients that see upstream addresses and error details on error pages and in
     /// `Proxy-Status`; everyone else sees the upstream's name only.
     pub trusted_clients: Vec<ipnet::IpNet>,
@@ -496,6 +498,30 @@ pub struct RouteConfig {
     pub path: String,
     pub upstream: String,
     pub retry: RetryConfig,
+    /// Responses on this route are cached (`[cache]` must exist).
+    pub cache: bool,
+}
+
+/// `[cache]`: one in-memory store for every caching route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes of headers and bodies stored, at most.
+    pub size: u64,
+    /// A larger response is streamed through, not stored.
+    pub max_object: u64,
+    /// How long past its freshness a stored response may answer when the upstream fails
+    /// (the response's own `stale-if-error` may allow longer).
+    pub stale_if_error: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            size: 256 << 20,
+            max_object: 8 << 20,
+            stale_if_error: Duration::from_secs(600),
+        }
+    }
 }
 
 /// One problem found in a configuration file, with where it is.

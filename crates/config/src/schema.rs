@@ -19,6 +19,7 @@ const TOP_KEYS: &[&str] = &[
     "certificate",
     "acme",
     "admin",
+    "cache",
     "server_name",
     "shutdown_timeout",
     "log",
@@ -93,7 +94,8 @@ const OUTLIER_KEYS: &[&str] = &[
     "max_ejection",
     "max_ejected_percent",
 ];
-const ROUTE_KEYS: &[&str] = &["host", "path", "upstream", "retry"];
+const ROUTE_KEYS: &[&str] = &["host", "path", "upstream", "retry", "cache"];
+const CACHE_KEYS: &[&str] = &["size", "max_object", "stale_if_error"];
 const RETRY_KEYS: &[&str] = &["attempts", "per_try_timeout", "deadline", "on"];
 const RESOLVER_KEYS: &[&str] = &["nameservers", "timeout"];
 
@@ -956,6 +958,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
         resolver: ResolverConfig::default(),
         acme: None,
         admin: None,
+        cache: None,
         trusted_clients: default_trusted_clients(),
         workers: default_workers(),
     };
@@ -1062,6 +1065,33 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                 "[admin] has no `listen`; add for example listen = \"127.0.0.1:9901\"",
             ),
         }
+    }
+    if let Some(t) = root.get("cache").and_then(|v| w.table(v, "`cache`")) {
+        w.known_keys(t, CACHE_KEYS, "[cache]");
+        let mut c = CacheConfig::default();
+        if let Some(n) = t.get("size").and_then(|v| w.size(v, "`cache.size`")) {
+            c.size = n;
+        }
+        if let Some(v) = t.get("max_object") {
+            if let Some(n) = w.size(v, "`cache.max_object`") {
+                if n > c.size {
+                    w.problem(
+                        v.span(),
+                        "`cache.max_object` is larger than `cache.size`: no such object could be stored",
+                    );
+                }
+                c.max_object = n;
+            }
+        }
+        if let Some(v) = t.get("stale_if_error") {
+            // "0s" is allowed: only the origin's own stale-if-error then.
+            match w.string(v, "`cache.stale_if_error`").map(parse_duration) {
+                Some(Ok(d)) => c.stale_if_error = d,
+                Some(Err(e)) => w.problem(v.span(), format!("`cache.stale_if_error`: {e}")),
+                None => {}
+            }
+        }
+        cfg.cache = Some(c);
     }
     if let Some(v) = root.get("acme") {
         if let Some(t) = w.table(v, "`acme`") {
@@ -1373,6 +1403,19 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                     },
                     None => RetryConfig::default(),
                 };
+                let cache = match r.get("cache") {
+                    Some(v) => {
+                        let on = w.boolean(v, "`cache`").unwrap_or(false);
+                        if on && !root.contains_key("cache") {
+                            w.problem(
+                                v.span(),
+                                "this route has cache = true but there is no [cache] section; add [cache] (size = \"256MiB\" for example)",
+                            );
+                        }
+                        on
+                    }
+                    None => false,
+                };
                 if let (Some(path), Some(upstream)) = (path, upstream) {
                     if !seen.insert((host.clone(), path.clone())) {
                         w.problem(
@@ -1388,6 +1431,7 @@ pub(crate) fn parse(src: &str, file: &str, base: &Path) -> Result<Config, Proble
                         path,
                         upstream,
                         retry: retry_cfg,
+                        cache,
                     });
                 }
             }
@@ -1655,6 +1699,37 @@ upstream = "app"
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cache_and_caching_routes() {
+        let src = "listen = [\"127.0.0.1:8080\"]\n[cache]\nsize = \"64MiB\"\nmax_object = \"1MiB\"\nstale_if_error = \"5m\"\n[upstream.a]\nendpoints = [\"127.0.0.1:9000\"]\n[[route]]\nupstream = \"a\"\ncache = true\n";
+        let c = Config::parse(src, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(
+            c.cache,
+            Some(CacheConfig {
+                size: 64 << 20,
+                max_object: 1 << 20,
+                stale_if_error: Duration::from_secs(300),
+            })
+        );
+        assert!(c.routes[0].cache);
+        let got = problems(
+            "listen = [\"127.0.0.1:8080\"]\n[upstream.a]\nendpoints = [\"127.0.0.1:9000\"]\n[[route]]\nupstream = \"a\"\ncache = true\n",
+        );
+        assert_eq!(
+            got,
+            ["t.toml:6:9: this route has cache = true but there is no [cache] section; add [cache] (size = \"256MiB\" for example)"]
+        );
+        let got = problems(
+            "listen = [\"127.0.0.1:8080\"]\n[cache]\nsize = \"1MiB\"\nmax_object = \"2MiB\"\nstale = 1\n[upstream.a]\nendpoints = [\"127.0.0.1:9000\"]\n[[route]]\nupstream = \"a\"\n",
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("t.toml:4:14: `cache.max_object` is larger"),
+            "{got:?}"
+        );
+        assert!(got[1].starts_with("t.toml:5:1: "), "{got:?}");
     }
 
     #[test]

@@ -167,6 +167,19 @@ async fn answer(
         }
     }
 
+    // Caching controls, from the query of any healthy answer: `cc=` sets Cache-Control,
+    // `etag=` an ETag, `vary=` a Vary, `cookie=` a Set-Cookie (values %-encoded).
+    for (param, field) in [
+        ("cc", "Cache-Control"),
+        ("etag", "ETag"),
+        ("vary", "Vary"),
+        ("cookie", "Set-Cookie"),
+    ] {
+        if let Some(v) = query_param(&req.target, param) {
+            fields.push((field, v));
+        }
+    }
+
     if ctx.fault == Fault::Status {
         let status = ctx.opts.status;
         // These statuses never carry a body (RFC 9110 sections 15.3.5 and 15.4.5).
@@ -325,6 +338,37 @@ fn bytes_param(target: &str) -> Option<usize> {
         .find_map(|kv| kv.strip_prefix("bytes="))?
         .parse()
         .ok()
+}
+
+/// The value of `name=` in a request target's query, %-decoded (`+` is a space).
+fn query_param(target: &str, name: &str) -> Option<String> {
+    let raw = target
+        .split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A response head of exactly `total` bytes (status line to the empty line), made of filler

@@ -105,6 +105,60 @@ struct Streamed {
     /// A failure held back for one turn, so that what was relayed before it (the head, the
     /// body so far) is flushed to the client before the connection is aborted.
     deferred: Option<Failure>,
+    /// A copy of the body for the cache, as it passes.
+    fill: Option<Fill>,
+}
+
+/// Copies a body as it streams to the client, for the cache: at the body's clean end, the
+/// whole of it goes to `commit`; past `limit` bytes, or if the body breaks, nothing does.
+pub(crate) struct Fill {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    commit: Option<Box<dyn FnOnce(Bytes) + Send>>,
+}
+
+impl Fill {
+    pub(crate) fn new(limit: usize, commit: Box<dyn FnOnce(Bytes) + Send>) -> Fill {
+        Fill {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            commit: Some(commit),
+        }
+    }
+
+    fn take(&mut self, data: &Bytes) {
+        if self.commit.is_none() {
+            return;
+        }
+        self.size += data.len();
+        if self.size > self.limit {
+            // Too large to store: streamed through, and the copy so far let go.
+            self.commit = None;
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(data.clone());
+        }
+    }
+
+    fn end(&mut self) {
+        let Some(commit) = self.commit.take() else {
+            return;
+        };
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = bytes::BytesMut::with_capacity(self.size);
+                for c in self.chunks.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        };
+        commit(body);
+    }
 }
 
 impl ProxyBody {
@@ -149,6 +203,7 @@ impl ProxyBody {
                 done: Arc::new(AtomicBool::new(false)),
                 early: None,
                 deferred: None,
+                fill: None,
             })),
             log: None,
         }
@@ -158,6 +213,14 @@ impl ProxyBody {
     pub fn with_early(mut self, early: Option<Option<Frame<Bytes>>>) -> ProxyBody {
         if let Kind::Stream(s) = &mut self.kind {
             s.early = early;
+        }
+        self
+    }
+
+    /// Copies the body for the cache as it streams (see [`Fill`]).
+    pub(crate) fn with_fill(mut self, fill: Fill) -> ProxyBody {
+        if let Kind::Stream(s) = &mut self.kind {
+            s.fill = Some(fill);
         }
         self
     }
@@ -242,6 +305,9 @@ impl Body for ProxyBody {
             };
             if let Some(d) = frame.data_ref() {
                 s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+                if let Some(fill) = &mut s.fill {
+                    fill.take(d);
+                }
             }
             if s.incoming.is_end_stream() {
                 s.finish();
@@ -252,6 +318,9 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    if let Some(fill) = &mut s.fill {
+                        fill.take(d);
+                    }
                 }
                 s.waiting = false;
                 if s.incoming.is_end_stream() {
@@ -321,6 +390,9 @@ impl Streamed {
     /// The body was read to its end: the connection may serve another request.
     fn finish(&mut self) {
         self.done.store(true, Ordering::Relaxed);
+        if let Some(fill) = &mut self.fill {
+            fill.end();
+        }
         if let Some(mut lease) = self.lease.take() {
             if !lease.close {
                 lease.conn.rejoin(&mut self.incoming);

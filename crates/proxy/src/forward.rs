@@ -95,6 +95,8 @@ pub(crate) struct Routed<'g> {
     pub repeatable: bool,
     /// The `hash` policy's key, if the upstream balances by one.
     pub key: Option<u64>,
+    /// The route caches responses (`cache = true`).
+    pub cache: bool,
     pub started: Instant,
     /// No attempt runs past it.
     pub deadline: Instant,
@@ -174,14 +176,81 @@ impl Gateway {
         log: &mut RequestLog,
     ) -> Result<Response<ProxyBody>, Failure> {
         let routed = self.route(&req, client, log)?;
+        // The cache phase, on caching routes: a fresh copy answers here.
+        let lookup = match routed.cache {
+            true => self.cache_lookup(req.method(), req.headers(), true, tls, log),
+            false => None,
+        };
+        if let Some(hit) = lookup.as_ref().and_then(|l| self.cache_hit(l, log)) {
+            return Ok(hit);
+        }
         let mut outgoing = self
             .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;
-        let answered = self.attempts(&routed, &mut outgoing, log).await?;
+        // With a stale copy to fall back on, the client does not wait out the upstream: at
+        // once when every endpoint is known to be out, else after a short while.
+        let fallback = lookup.as_ref().filter(|l| self.stale_allowed(l));
+        let tried = match fallback {
+            None => self.attempts(&routed, &mut outgoing, log).await,
+            Some(l) => {
+                let down = routed.upstream.endpoints.iter().all(|e| !e.healthy());
+                let waited = if down {
+                    Err(Failure::new(Cause::NoHealthyUpstream, Phase::Select)
+                        .with_detail("every endpoint is out (health checks or ejection)"))
+                } else if self.presumed_down(l, &routed.upstream.name) {
+                    Err(Failure::new(Cause::NoHealthyUpstream, Phase::Select)
+                        .with_detail("the upstream failed another request a moment ago; not tried"))
+                } else {
+                    match tokio::time::timeout(
+                        crate::cached::FAST_STALE,
+                        self.attempts(&routed, &mut outgoing, log),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(Failure::new(Cause::Timeout, Phase::ReadHead).with_detail(
+                            format!(
+                                "no answer within {:?} while a stored copy could answer",
+                                crate::cached::FAST_STALE
+                            ),
+                        )),
+                    }
+                };
+                if let Err(failure) = &waited {
+                    if let Some(stale) = self.serve_stale(l, Some(failure), None, log) {
+                        return Ok(stale);
+                    }
+                }
+                waited
+            }
+        };
+        let answered = match tried {
+            Ok(a) => a,
+            Err(failure) => {
+                // A stored copy, stale, rather than the error, when the rules allow it.
+                let stale = lookup
+                    .as_ref()
+                    .and_then(|l| self.serve_stale(l, Some(&failure), None, log));
+                return stale.ok_or(failure);
+            }
+        };
         if let Some(upgrade) = outgoing.upgrade.take() {
             return self.switch(answered, upgrade, &routed, &outgoing.request_id, log);
         }
-        Ok(self.respond(answered, &routed, &outgoing.request_id, log))
+        let Some(lookup) = lookup else {
+            return Ok(self.respond(answered, &routed, &outgoing.request_id, log));
+        };
+        let status = answered.parts.status;
+        if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
+            if let Some(stale) = self.serve_stale(&lookup, None, Some(status), log) {
+                // The upstream's error is not relayed; its connection is not reused.
+                drop(answered);
+                return Ok(stale);
+            }
+        }
+        log.record.cache = Some("miss");
+        let resp = self.respond(answered, &routed, &outgoing.request_id, log);
+        Ok(self.cache_fill(lookup, resp))
     }
 
     /// Admission: the request id, what the head scanner found, then Host and framing. The
@@ -388,6 +457,7 @@ impl Gateway {
             idempotent,
             repeatable,
             key: self.hash_key(upstream, req, client),
+            cache: self.config.routes[route.index].cache,
             started,
             deadline: started + retry.deadline,
         })
@@ -855,7 +925,7 @@ fn redirect_https(req: &Request<Incoming>, port: u16, mut log: RequestLog) -> Re
 
 impl RequestLog {
     /// A placeholder left behind when the real log moved into a response body; never written.
-    fn detached(logger: &Arc<crate::log::Logger>) -> RequestLog {
+    pub(crate) fn detached(logger: &Arc<crate::log::Logger>) -> RequestLog {
         RequestLog {
             record: AccessRecord::default(),
             // Never read: the placeholder is never written.

@@ -23,6 +23,7 @@ mod admin;
 mod admit;
 mod attempt;
 mod body;
+mod cached;
 mod conn;
 mod forward;
 mod framing;
@@ -71,6 +72,8 @@ pub struct Gateway {
     challenges: Arc<acme::Challenges>,
     /// Upstream name lookups, shared by every upstream.
     resolver: net::resolver::Resolver,
+    /// The response cache (`[cache]`), kept across reloads that do not change it.
+    cache: Option<Arc<cached::ResponseCache>>,
 }
 
 impl Gateway {
@@ -220,7 +223,14 @@ impl Gateway {
             upstreams.iter().map(|u| u.name.clone()).collect(),
             config.workers,
         );
+        let cache = config.cache.as_ref().map(|c| {
+            previous
+                .and_then(|p| p.cache.clone())
+                .filter(|kept| kept.config == *c)
+                .unwrap_or_else(|| Arc::new(cached::ResponseCache::new(c.clone())))
+        });
         let gateway = Arc::new(Gateway {
+            cache,
             challenges: previous.map_or_else(Default::default, |p| p.challenges.clone()),
             resolver,
             tls,

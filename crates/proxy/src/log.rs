@@ -361,6 +361,9 @@ impl Logger {
         m.insert("cause".into(), json!(record.cause.map(Cause::as_str)));
         m.insert("phase".into(), json!(record.phase.map(Phase::as_str)));
         m.insert("gateway_error".into(), json!(record.gateway_error));
+        if let Some(c) = record.cache {
+            m.insert("cache".into(), json!(c));
+        }
         let attempts: Vec<Value> = record
             .attempts
             .iter()
@@ -419,6 +422,9 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
     json_str(o, key!("cause"), r.cause.map(Cause::as_str));
     json_str(o, key!("phase"), r.phase.map(Phase::as_str));
     json_bool(o, key!("gateway_error"), r.gateway_error);
+    if r.cache.is_some() {
+        json_str(o, key!("cache"), r.cache);
+    }
     o.push_str(",\"attempts\":[");
     for (i, a) in r.attempts.iter().enumerate() {
         if i > 0 {
@@ -648,6 +654,8 @@ pub struct AccessRecord {
     pub phase: Option<Phase>,
     pub gateway_error: bool,
     pub attempts: Vec<AttemptRecord>,
+    /// On a caching route: what the cache did (`hit`, `miss`, `stale`, ...); absent elsewhere.
+    pub cache: Option<&'static str>,
 }
 
 /// `2026-11-23T10:04:05.123Z`.
@@ -809,6 +817,9 @@ mod tests {
         json_str(&mut o, key!("cause"), r.cause.map(Cause::as_str));
         json_str(&mut o, key!("phase"), r.phase.map(Phase::as_str));
         raw(&mut o, "gateway_error", Some(r.gateway_error));
+        if r.cache.is_some() {
+            json_str(&mut o, key!("cache"), r.cache);
+        }
         o.push_str(",\"attempts\":[");
         for (i, a) in r.attempts.iter().enumerate() {
             if i > 0 {
@@ -888,6 +899,7 @@ mod tests {
                 phase: [None, Some(Phase::ReadBody)][rng.usize(..2)],
                 gateway_error: rng.bool(),
                 attempts,
+                cache: [None, Some("stale")][rng.usize(..2)],
             };
             // Times from 1970 to 2200, with milliseconds.
             let now = SystemTime::UNIX_EPOCH

@@ -78,6 +78,7 @@ mod tests {
             path: path.into(),
             upstream: up.into(),
             retry: config::RetryConfig::default(),
+            cache: false,
         };
         let routes = vec![
             r(None, "/", "default"),

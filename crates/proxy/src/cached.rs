@@ -1,0 +1,299 @@
+//! The cache phase, on routes with `cache = true`: after routing, a fresh stored response
+//! answers at once; otherwise the request goes upstream, and what comes back is stored as it
+//! streams when the rules allow. When the upstream fails (an error that would be a 502, 503 or
+//! 504, or an upstream 500/502/503/504) and a stored copy may be served stale, the copy answers
+//! instead, with `Cache-Status` saying so and one WARN line naming the cause it hid.
+//!
+//! The rules are `cache::policy`'s; this module only applies them to the request at hand.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use cache::policy::{self, Options, Stored, Usable};
+use cache::store::{Entry, Store};
+use cause::{Failure, Level};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
+use http::{Method, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{Fill, ProxyBody, RequestLog};
+use crate::headers::X_REQUEST_ID;
+use crate::Gateway;
+
+/// How long a request with a stale copy to fall back on waits for the upstream's answer
+/// before the copy answers instead.
+pub(crate) const FAST_STALE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `Cache-Status` (RFC 9211).
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The store and its settings, shared by every worker and kept across reloads that leave
+/// `[cache]` as it was.
+pub(crate) struct ResponseCache {
+    pub config: config::CacheConfig,
+    pub store: Store,
+    pub options: Options,
+    /// Upstreams that failed a request a stored copy then answered, and when: for
+    /// [`FAST_STALE`] after that, requests with a copy to fall back on do not try them.
+    failed: std::sync::Mutex<Vec<(Arc<str>, std::time::Instant)>>,
+}
+
+impl ResponseCache {
+    pub(crate) fn new(config: config::CacheConfig) -> ResponseCache {
+        ResponseCache {
+            store: Store::new(config.size, config.max_object, 8),
+            options: Options::default(),
+            config,
+            failed: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// True when `upstream` failed a request within the last [`FAST_STALE`].
+    pub(crate) fn failed_recently(&self, upstream: &str) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed
+            .iter()
+            .any(|(u, at)| &**u == upstream && at.elapsed() < FAST_STALE)
+    }
+
+    fn record_failure(&self, upstream: &Arc<str>) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match failed.iter_mut().find(|(u, _)| u == upstream) {
+            Some((_, at)) => *at = now,
+            None => failed.push((upstream.clone(), now)),
+        }
+    }
+}
+
+/// A request on a caching route, as the cache phase saw it.
+pub(crate) struct Lookup {
+    cache: Arc<ResponseCache>,
+    key: Arc<str>,
+    method: Method,
+    /// The client's header fields, for the rules and for `Vary`.
+    headers: HeaderMap,
+    /// What was stored for it, fresh or not.
+    entry: Option<Arc<Entry>>,
+    request_time: SystemTime,
+}
+
+impl Gateway {
+    /// Looks the request up when its route caches. `None` on other routes.
+    pub(crate) fn cache_lookup(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        route_caches: bool,
+        tls: bool,
+        log: &RequestLog,
+    ) -> Option<Lookup> {
+        let cache = self.cache.as_ref().filter(|_| route_caches)?.clone();
+        let scheme = if tls { "https" } else { "http" };
+        let key = Store::key(scheme, &log.record.host, &log.record.path);
+        let entry = match *method {
+            Method::GET | Method::HEAD => cache.store.lookup(&key, headers),
+            _ => None,
+        };
+        Some(Lookup {
+            cache,
+            key,
+            method: method.clone(),
+            headers: headers.clone(),
+            entry,
+            request_time: SystemTime::now(),
+        })
+    }
+
+    /// A fresh stored response for the request, answered from memory.
+    pub(crate) fn cache_hit(
+        &self,
+        lookup: &Lookup,
+        log: &mut RequestLog,
+    ) -> Option<Response<ProxyBody>> {
+        let entry = lookup.entry.as_ref()?;
+        let now = SystemTime::now();
+        if entry.stored.assess(&lookup.headers, now) != Usable::Fresh {
+            return None;
+        }
+        let status = format!("cleargate; hit; ttl={}", entry.stored.ttl(now));
+        log.record.cache = Some("hit");
+        Some(self.answer_from_cache(lookup, entry, status, now, log))
+    }
+
+    /// True when the request should not try `upstream` at all: a stored copy may answer and
+    /// the upstream failed another such request a moment ago.
+    pub(crate) fn presumed_down(&self, lookup: &Lookup, upstream: &str) -> bool {
+        lookup.cache.failed_recently(upstream)
+    }
+
+    /// True when a stored copy could answer, stale, if the upstream failed now.
+    pub(crate) fn stale_allowed(&self, lookup: &Lookup) -> bool {
+        lookup.entry.as_ref().is_some_and(|e| {
+            e.stored
+                .stale_on_error(
+                    &lookup.headers,
+                    SystemTime::now(),
+                    lookup.cache.config.stale_if_error,
+                )
+                .is_some()
+        })
+    }
+
+    /// The stored copy, stale, in place of the error `failure` (or of the upstream's own
+    /// `upstream_status`), when the rules allow it.
+    pub(crate) fn serve_stale(
+        &self,
+        lookup: &Lookup,
+        failure: Option<&Failure>,
+        upstream_status: Option<StatusCode>,
+        log: &mut RequestLog,
+    ) -> Option<Response<ProxyBody>> {
+        let entry = lookup.entry.as_ref()?;
+        let now = SystemTime::now();
+        let grace = lookup.cache.config.stale_if_error;
+        let stale_for = entry.stored.stale_on_error(&lookup.headers, now, grace)?;
+        // What the client would have had, and why.
+        let (hidden, cause, phase, detail) = match (failure, upstream_status) {
+            (Some(f), _) => (
+                f.answer().status,
+                f.cause.as_str(),
+                Some(f.phase.as_str()),
+                f.detail.clone().unwrap_or_default(),
+            ),
+            (None, Some(s)) => (
+                s.as_u16(),
+                "upstream_status",
+                None,
+                format!("the upstream answered {s}"),
+            ),
+            (None, None) => return None,
+        };
+        let status = format!(
+            "cleargate; fwd=stale; fwd-status={hidden}; ttl={}; detail=\"{cause}\"",
+            entry.stored.ttl(now)
+        );
+        self.logger.notice(
+            Level::Warn,
+            &format!("served a stale copy instead of a {hidden}"),
+            &[
+                ("request_id", json!(log.record.request_id)),
+                ("cause", json!(cause)),
+                ("phase", json!(phase)),
+                ("upstream", json!(log.record.upstream.as_deref())),
+                ("detail", json!(detail)),
+                ("stale_s", json!(stale_for.as_secs())),
+                ("key", json!(&*lookup.key)),
+            ],
+        );
+        if failure.is_some() {
+            if let Some(u) = &log.record.upstream {
+                lookup.cache.record_failure(u);
+            }
+        }
+        log.record.cache = Some("stale");
+        Some(self.answer_from_cache(lookup, entry, status, now, log))
+    }
+
+    /// A response made from a stored one: its status, fields and body, with `Age`, this
+    /// request's id and `Cache-Status`; a 304 when the client's own conditions hold.
+    fn answer_from_cache(
+        &self,
+        lookup: &Lookup,
+        entry: &Entry,
+        cache_status: String,
+        now: SystemTime,
+        log: &mut RequestLog,
+    ) -> Response<ProxyBody> {
+        let mut headers = entry.headers.clone();
+        headers.insert(AGE, entry.stored.age_header(now));
+        if let Ok(v) = HeaderValue::from_str(&log.record.request_id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&cache_status) {
+            headers.insert(CACHE_STATUS, v);
+        }
+        let mut status = entry.status;
+        let mut body = entry.body.clone();
+        if entry.status == StatusCode::OK && policy::not_modified_for(&lookup.headers, &headers) {
+            status = StatusCode::NOT_MODIFIED;
+            body = Bytes::new();
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
+        if lookup.method == Method::HEAD {
+            body = Bytes::new();
+        }
+        log.record.status = status.as_u16();
+        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
+        let mut resp = Response::new(ProxyBody::full(body).with_log(log));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// The upstream's answer on a caching route: stored as it streams when the rules allow,
+    /// with `Cache-Status` saying what happened; an unsafe method's success invalidates.
+    pub(crate) fn cache_fill(
+        &self,
+        lookup: Lookup,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        let cache = &lookup.cache;
+        if policy::invalidates(&lookup.method, parts.status) {
+            cache.store.invalidate(&lookup.key);
+        }
+        let fwd = if lookup.entry.is_some() {
+            "stale"
+        } else {
+            "uri-miss"
+        };
+        let storable = policy::storable(
+            &lookup.method,
+            &lookup.headers,
+            parts.status,
+            &parts.headers,
+            &cache.options,
+        );
+        let too_large = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > cache.config.max_object);
+        let (status, body) = match storable {
+            Ok(()) if too_large => (format!("cleargate; fwd={fwd}; detail=too-large"), body),
+            Ok(()) => {
+                let mut headers = parts.headers.clone();
+                headers.remove(X_REQUEST_ID);
+                let code = parts.status;
+                let stored = Stored::new(
+                    lookup.request_time,
+                    SystemTime::now(),
+                    code,
+                    &headers,
+                    &cache.options,
+                );
+                let (store, key, req) = (cache.clone(), lookup.key.clone(), lookup.headers);
+                let commit = move |bytes: Bytes| {
+                    let entry = Entry::new(code, headers, bytes, stored, &req);
+                    store.store.insert(key, entry);
+                };
+                let fill = Fill::new(cache.store.max_object(), Box::new(commit));
+                (
+                    format!("cleargate; fwd={fwd}; stored"),
+                    body.with_fill(fill),
+                )
+            }
+            Err(why) => (
+                format!("cleargate; fwd={fwd}; detail={}", why.as_str()),
+                body,
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&status) {
+            parts.headers.insert(CACHE_STATUS, v);
+        }
+        Response::from_parts(parts, body)
+    }
+}
