@@ -174,5 +174,13 @@ async fn with_the_upstream_gone_stale_copies_answer_instead_of_502() {
     let never = get(&gw, "/other?cc=max-age%3D60").await;
     assert!(never.status.as_u16() >= 502, "{}", never.status);
     assert!(never.header("proxy-status").contains("error="), "{never:?}");
+    let metrics = gw.gateway.metrics_text();
+    for line in [
+        "cleargate_cache_responses_total{result=\"stale\"} 200",
+        "cleargate_cache_responses_total{result=\"hit\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("cleargate_cache_bytes 0\n"), "{metrics}");
     gw.stop().await;
 }

@@ -6,6 +6,7 @@
 //!
 //! The rules are `cache::policy`'s; this module only applies them to the request at hand.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -37,6 +38,10 @@ pub(crate) struct ResponseCache {
     /// Upstreams that failed a request a stored copy then answered, and when: for
     /// [`FAST_STALE`] after that, requests with a copy to fall back on do not try them.
     failed: std::sync::Mutex<Vec<(Arc<str>, std::time::Instant)>>,
+    /// Answers by what the cache did: hits, misses (went upstream), stale copies served.
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale: AtomicU64,
 }
 
 impl ResponseCache {
@@ -46,7 +51,39 @@ impl ResponseCache {
             options: Options::default(),
             config,
             failed: std::sync::Mutex::new(Vec::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
         }
+    }
+
+    /// The cache's lines for `/metrics`.
+    pub(crate) fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        crate::metrics::head(
+            out,
+            "cleargate_cache_responses_total",
+            "counter",
+            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error).",
+        );
+        for (result, n) in [
+            ("hit", &self.hits),
+            ("miss", &self.misses),
+            ("stale", &self.stale),
+        ] {
+            let _ = writeln!(
+                out,
+                "cleargate_cache_responses_total{{result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        crate::metrics::head(
+            out,
+            "cleargate_cache_bytes",
+            "gauge",
+            "Bytes of headers and bodies the cache holds.",
+        );
+        let _ = writeln!(out, "cleargate_cache_bytes {}", self.store.bytes());
     }
 
     /// True when `upstream` failed a request within the last [`FAST_STALE`].
@@ -119,6 +156,7 @@ impl Gateway {
         }
         let status = format!("cleargate; hit; ttl={}", entry.stored.ttl(now));
         log.record.cache = Some("hit");
+        lookup.cache.hits.fetch_add(1, Ordering::Relaxed);
         Some(self.answer_from_cache(lookup, entry, status, now, log))
     }
 
@@ -193,6 +231,7 @@ impl Gateway {
             }
         }
         log.record.cache = Some("stale");
+        lookup.cache.stale.fetch_add(1, Ordering::Relaxed);
         Some(self.answer_from_cache(lookup, entry, status, now, log))
     }
 
@@ -241,6 +280,7 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         let cache = &lookup.cache;
+        cache.misses.fetch_add(1, Ordering::Relaxed);
         if policy::invalidates(&lookup.method, parts.status) {
             cache.store.invalidate(&lookup.key);
         }

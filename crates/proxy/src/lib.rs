@@ -332,6 +332,9 @@ impl Gateway {
                 );
             }
         }
+        if let Some(cache) = &self.cache {
+            cache.metrics(&mut out);
+        }
         out
     }
 
