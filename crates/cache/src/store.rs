@@ -229,18 +229,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::policy::tests::headers;
 
     fn entry(
         status: u16,
