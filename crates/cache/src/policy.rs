@@ -218,17 +218,100 @@ pub fn parse_delta(v: &str) -> Option<u64> {
     Some(digits.parse::<u64>().unwrap_or(0).min(DELTA_MAX))
 }
 
-/// An HTTP-date in any of its three forms (RFC 9110 §5.6.7); `None` otherwise.
+/// An HTTP-date in any of its three forms (RFC 9110 §5.6.7): IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and ANSI C's
+/// asctime (`Sun Nov  6 08:49:37 1994`), each exactly as the grammar spells it, except that
+/// names may be in any case and the weekday is not checked against the date (recipients are
+/// asked to be lenient in both). `None` for anything else: an invalid `Expires` means expired.
 pub fn parse_date(v: &HeaderValue) -> Option<SystemTime> {
-    httpdate::parse_http_date(v.to_str().ok()?.trim()).ok()
+    const MONTHS: [&[u8]; 12] = [
+        b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+        b"dec",
+    ];
+    const DAYS: [&[u8]; 7] = [b"mon", b"tue", b"wed", b"thu", b"fri", b"sat", b"sun"];
+    const LONG_DAYS: [&[u8]; 7] = [
+        b"monday",
+        b"tuesday",
+        b"wednesday",
+        b"thursday",
+        b"friday",
+        b"saturday",
+        b"sunday",
+    ];
+    let text = v.as_bytes().trim_ascii().to_ascii_lowercase();
+    let digits = |b: &[u8]| -> Option<u64> {
+        (!b.is_empty() && b.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(b).ok()?.parse().ok())
+            .flatten()
+    };
+    let month = |b: &[u8]| MONTHS.iter().position(|m| *m == b).map(|m| m as u64 + 1);
+    let time = |b: &[u8]| -> Option<u64> {
+        let [h1, h2, b':', m1, m2, b':', s1, s2] = *b else {
+            return None;
+        };
+        let (h, m, s) = (digits(&[h1, h2])?, digits(&[m1, m2])?, digits(&[s1, s2])?);
+        (h < 24 && m < 60 && s <= 60).then_some(h * 3600 + m * 60 + s.min(59))
+    };
+    let parts: Vec<&[u8]> = text.split(|&b| b == b' ').collect();
+    let (year, month, day, secs) = match parts[..] {
+        // IMF-fixdate: `sun, 06 nov 1994 08:49:37 gmt`.
+        [wd, d, mo, y, t, b"gmt"] if wd.len() == 4 && DAYS.contains(&&wd[..3]) && wd[3] == b',' => {
+            if d.len() != 2 || y.len() != 4 {
+                return None;
+            }
+            (digits(y)?, month(mo)?, digits(d)?, time(t)?)
+        }
+        // RFC 850: `sunday, 06-nov-94 08:49:37 gmt`.
+        [wd, dmy, t, b"gmt"]
+            if wd.last() == Some(&b',') && LONG_DAYS.contains(&&wd[..wd.len() - 1]) =>
+        {
+            let [d, mo, y] = dmy.split(|&b| b == b'-').collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            if d.len() != 2 || y.len() != 2 {
+                return None;
+            }
+            // Two digits: a year that looks more than 50 years ahead is in the past.
+            let y = digits(y)?;
+            let y = if y >= 70 { 1900 + y } else { 2000 + y };
+            (y, month(mo)?, digits(d)?, time(t)?)
+        }
+        // asctime: `sun nov  6 08:49:37 1994` (a one-digit day is padded with a space).
+        [wd, mo, b"", d, t, y] | [wd, mo, d, t, y]
+            if DAYS.contains(&wd) && (d.len() == 2 || parts.len() == 6) =>
+        {
+            if (parts.len() == 6 && d.len() != 1) || y.len() != 4 {
+                return None;
+            }
+            (digits(y)?, month(mo)?, digits(d)?, time(t)?)
+        }
+        _ => return None,
+    };
+    if year < 1970 || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + secs))
 }
 
-/// The `Age` of a response: the first line, when it is delta-seconds; 0 otherwise.
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year ≥ 1970).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The `Age` of a response: the first member of its first line, when it is delta-seconds;
+/// 0 otherwise.
 fn age_value(headers: &HeaderMap) -> u64 {
     headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_delta(v.trim()))
+        .and_then(|v| parse_delta(v.split(',').next().unwrap_or("").trim()))
         .unwrap_or(0)
 }
 
@@ -246,10 +329,89 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// True when a response with these headers asks to be kept out of a shared cache, whatever
-/// else the request was.
+/// `CDN-Cache-Control` (RFC 9213): directives for the caches in front of the origin only.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
+/// The response's caching directives for this cache: `CDN-Cache-Control` when it is there and
+/// holds at least one valid directive (RFC 9213 §2.1: `Cache-Control` is then ignored), else
+/// `Cache-Control`.
 fn response_directives(resp: &HeaderMap) -> Directives {
+    if resp.contains_key(&CDN_CACHE_CONTROL)
+        && resp
+            .get_all(&CDN_CACHE_CONTROL)
+            .iter()
+            .all(|v| valid_cdn_line(v.as_bytes()))
+    {
+        let cdn = Directives::of(resp, &CDN_CACHE_CONTROL);
+        if !cdn.list.is_empty() {
+            return cdn;
+        }
+    }
     Directives::of(resp, &header::CACHE_CONTROL)
+}
+
+/// True when a `CDN-Cache-Control` line is a Structured Fields dictionary (RFC 8941 §3.2, as
+/// RFC 9213 §2.1 defines it) whose lifetimes are integers: keys in lower case, values
+/// integers, tokens, strings or booleans. A field that is not is ignored as a whole.
+fn valid_cdn_line(line: &[u8]) -> bool {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut i) = (0, false, 0);
+    while i < line.len() {
+        match line[i] {
+            b'"' => quoted = !quoted,
+            b'\\' if quoted => i += 1,
+            b',' if !quoted => {
+                members.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    members.push(&line[start.min(line.len())..]);
+    members.iter().all(|m| {
+        let m = m.trim_ascii();
+        let (key, value) = match m.iter().position(|&b| b == b'=') {
+            Some(eq) => (&m[..eq], Some(&m[eq + 1..])),
+            None => (m, None),
+        };
+        let key_ok = key
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || *b == b'*')
+            && key
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(b));
+        let integer = |v: &[u8]| {
+            let d = v.strip_prefix(b"-").unwrap_or(v);
+            !d.is_empty() && d.len() <= 15 && d.iter().all(u8::is_ascii_digit)
+        };
+        let value_ok = match value {
+            None => true,
+            Some(v)
+                if [
+                    "max-age",
+                    "s-maxage",
+                    "stale-while-revalidate",
+                    "stale-if-error",
+                ]
+                .iter()
+                .any(|k| k.as_bytes() == key) =>
+            {
+                integer(v)
+            }
+            Some(v) => {
+                integer(v)
+                    || v == b"?0"
+                    || v == b"?1"
+                    || (v.len() >= 2 && v.starts_with(b"\"") && v.ends_with(b"\""))
+                    || (v
+                        .first()
+                        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'*')
+                        && v.iter().all(|b| is_tchar(*b) || b":/".contains(b)))
+            }
+        };
+        key_ok && value_ok
+    })
 }
 
 /// May a shared cache store this response to this request (RFC 9111 §3)?
@@ -631,9 +793,13 @@ pub fn not_modified_for(req: &HeaderMap, stored: &HeaderMap) -> bool {
             })
         });
     }
+    // Without `Last-Modified`, the stored response's `Date` stands in (RFC 9111 §4.3.2).
     let (Some(since), Some(modified)) = (
         req.get(header::IF_MODIFIED_SINCE).and_then(parse_date),
-        stored.get(header::LAST_MODIFIED).and_then(parse_date),
+        stored
+            .get(header::LAST_MODIFIED)
+            .or_else(|| stored.get(header::DATE))
+            .and_then(parse_date),
     ) else {
         return false;
     };
@@ -709,6 +875,104 @@ pub(crate) mod tests {
         assert_eq!(d.delta("max-age"), None);
         assert_eq!(parse_delta("0003600"), Some(3600));
         assert_eq!(parse_delta("99999999999999999999"), Some(DELTA_MAX));
+    }
+
+    #[test]
+    fn dates_in_every_form_and_case() {
+        let expect = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "SUN, 06 NOV 1994 08:49:37 gmt",
+            "SUNDAY, 06-NOV-94 08:49:37 GMT",
+            // The weekday is not checked against the date.
+            "Thu, 06 Nov 1994 08:49:37 GMT",
+        ] {
+            let v = HeaderValue::from_static(text);
+            assert_eq!(parse_date(&v), Some(expect), "{text}");
+        }
+        let leap = HeaderValue::from_static("Thu, 29 Feb 2024 00:00:00 GMT");
+        assert_eq!(
+            parse_date(&leap),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_164_800))
+        );
+        for bad in [
+            "0",
+            "-1",
+            "yesterday",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Nov 94 08:49:37 GMT",
+            "Sun 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06  Nov  1994 08:49:37 GMT",
+            "Sun, 06-Nov-1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08.49.37 GMT",
+            "Sun, 06 Nov 1994 8:49:37 GMT",
+            "Sun Nov 6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_date(&HeaderValue::from_static(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn age_is_the_first_member_and_cdn_cache_control_wins() {
+        assert_eq!(age_value(&headers(&[("age", "7200, 0")])), 7200);
+        assert_eq!(age_value(&headers(&[("age", "0, 7200")])), 0);
+        assert_eq!(age_value(&headers(&[("age", "old")])), 0);
+        // RFC 9213: the targeted field replaces Cache-Control for this cache.
+        let s = stored(&[
+            ("date", &date(0)),
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ]);
+        assert_eq!(s.lifetime, Duration::from_secs(60));
+        assert_eq!(
+            store(
+                &[],
+                200,
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=60")
+                ]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            store(
+                &[],
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("cdn-cache-control", "private")
+                ]
+            ),
+            Err(NotStored::Private)
+        );
+        // Not a valid dictionary, or a lifetime that is not an integer: Cache-Control counts.
+        for bad in [
+            "=",
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "Max-Age=60",
+        ] {
+            assert_eq!(
+                store(
+                    &[],
+                    200,
+                    &[("cache-control", "no-store"), ("cdn-cache-control", bad)]
+                ),
+                Err(NotStored::NoStore),
+                "{bad}"
+            );
+        }
+        assert!(valid_cdn_line(
+            b"max-age=60, stale-if-error=600, foo=\"a, b\", bar=?1"
+        ));
     }
 
     #[test]
