@@ -184,3 +184,45 @@ async fn with_the_upstream_gone_stale_copies_answer_instead_of_502() {
     assert!(!metrics.contains("cleargate_cache_bytes 0\n"), "{metrics}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_stale_copy_is_revalidated_and_a_304_confirms_it() {
+    let lab = lab().await;
+    let gw = common::gateway(&text(&lab)).await;
+    let requests = || lab.stats(Fault::Ok).requests;
+    // `max-age=0`: stale at once, so every later request asks the upstream to confirm it.
+    let path = "/doc?cc=max-age%3D0&etag=%22v1%22";
+    let first = get(&gw, path).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("cache-status"),
+        "cleargate; fwd=uri-miss; stored"
+    );
+    let second = get(&gw, path).await;
+    assert_eq!(second.status, 200, "the client asked unconditionally");
+    assert_eq!(second.text(), first.text(), "the stored body");
+    assert_eq!(second.header("etag"), "\"v1\"");
+    assert!(
+        second
+            .header("cache-status")
+            .starts_with("cleargate; fwd=stale; fwd-status=304; ttl="),
+        "{}",
+        second.header("cache-status")
+    );
+    assert_eq!(requests(), 2, "the revalidation went upstream");
+    let line = gw
+        .wait_line("the revalidated request's access line", |l| {
+            l["kind"] == "access" && l["cache"] == "revalidated"
+        })
+        .await;
+    assert_eq!(line["status"], 200);
+    // The client's own condition is answered from the confirmed copy.
+    let req = common::get(gw.addr, path)
+        .header("if-none-match", "\"v1\"")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = common::send(gw.addr, req).await;
+    assert_eq!(seen.status, 304);
+    gw.stop().await;
+    lab.shutdown().await;
+}

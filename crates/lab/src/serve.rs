@@ -168,7 +168,8 @@ async fn answer(
     }
 
     // Caching controls, from the query of any healthy answer: `cc=` sets Cache-Control,
-    // `etag=` an ETag, `vary=` a Vary, `cookie=` a Set-Cookie (values %-encoded).
+    // `etag=` an ETag (and a 304 when `If-None-Match` names it), `vary=` a Vary, `cookie=` a
+    // Set-Cookie (values %-encoded).
     for (param, field) in [
         ("cc", "Cache-Control"),
         ("etag", "ETag"),
@@ -177,6 +178,20 @@ async fn answer(
     ] {
         if let Some(v) = query_param(&req.target, param) {
             fields.push((field, v));
+        }
+    }
+
+    // A conditional request whose `If-None-Match` names the ETag this answer would carry:
+    // 304, no body (the lab's resources never change).
+    if let Some(etag) = query_param(&req.target, "etag") {
+        let matches = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "if-none-match")
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim() == etag || t.trim() == "*");
+        if matches && matches!(req.method.as_str(), "GET" | "HEAD") {
+            return stream.write_all(&head(304, &fields)).await;
         }
     }
 

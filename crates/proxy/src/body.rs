@@ -235,6 +235,11 @@ impl ProxyBody {
         self
     }
 
+    /// Takes the request log back out (the body then ends unlogged).
+    pub(crate) fn take_log(&mut self) -> Option<RequestLog> {
+        self.log.take()
+    }
+
     fn fail(&mut self, failure: Failure) -> BoxError {
         if let Some(log) = &mut self.log {
             log.logger.gateway_error(
@@ -263,12 +268,14 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let (Kind::Stream(s), Some(log)) = (&mut self.kind, &mut self.log) {
+        if let Kind::Stream(s) = &mut self.kind {
             // An empty body (`Content-Length: 0`) is never polled: hyper sees its end from
             // `is_end_stream` and drops it. It was complete all the same.
             if !s.done.load(Ordering::Relaxed) && s.early.is_none() && s.incoming.is_end_stream() {
                 s.finish();
             }
+        }
+        if let (Kind::Stream(s), Some(log)) = (&mut self.kind, &mut self.log) {
             log.record.bytes_out = s.sent.load(Ordering::Relaxed);
             if !s.done.load(Ordering::Relaxed) && log.record.cause.is_none() {
                 // Dropped before its end without an upstream failure: the client went away.

@@ -42,6 +42,8 @@ pub(crate) struct ResponseCache {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub stale: AtomicU64,
+    /// Stored copies an upstream 304 confirmed.
+    pub revalidated: AtomicU64,
 }
 
 impl ResponseCache {
@@ -54,6 +56,7 @@ impl ResponseCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            revalidated: AtomicU64::new(0),
         }
     }
 
@@ -64,12 +67,13 @@ impl ResponseCache {
             out,
             "cleargate_cache_responses_total",
             "counter",
-            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error).",
+            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error), revalidated (a stored copy the upstream confirmed with a 304).",
         );
         for (result, n) in [
             ("hit", &self.hits),
             ("miss", &self.misses),
             ("stale", &self.stale),
+            ("revalidated", &self.revalidated),
         ] {
             let _ = writeln!(
                 out,
@@ -104,6 +108,13 @@ impl ResponseCache {
     }
 }
 
+impl Lookup {
+    /// True when the forwarded request asks the upstream to confirm a stored copy.
+    pub(crate) fn revalidating(&self) -> bool {
+        self.revalidating && self.entry.is_some()
+    }
+}
+
 /// A request on a caching route, as the cache phase saw it.
 pub(crate) struct Lookup {
     cache: Arc<ResponseCache>,
@@ -114,6 +125,8 @@ pub(crate) struct Lookup {
     /// What was stored for it, fresh or not.
     entry: Option<Arc<Entry>>,
     request_time: SystemTime,
+    /// The forwarded request carries the stored copy's validators: a 304 confirms the copy.
+    revalidating: bool,
 }
 
 impl Gateway {
@@ -140,7 +153,68 @@ impl Gateway {
             headers: headers.clone(),
             entry,
             request_time: SystemTime::now(),
+            revalidating: false,
         })
+    }
+
+    /// Makes the forwarded request conditional on the stored copy (RFC 9111 §4.3.1), when
+    /// there is one to confirm and the client did not send conditions of its own (those go
+    /// upstream as they are, and the upstream's answer to them is relayed).
+    pub(crate) fn cache_conditions(&self, lookup: &mut Lookup, forwarded: &mut HeaderMap) {
+        let Some(entry) = &lookup.entry else {
+            return;
+        };
+        let own = [
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+            http::header::IF_MATCH,
+            http::header::IF_UNMODIFIED_SINCE,
+            http::header::IF_RANGE,
+        ];
+        if lookup.method != Method::GET || own.iter().any(|h| lookup.headers.contains_key(h)) {
+            return;
+        }
+        let validators = entry.stored.validators();
+        if validators.is_empty() {
+            return;
+        }
+        for (name, value) in validators {
+            forwarded.insert(name, value);
+        }
+        lookup.revalidating = true;
+    }
+
+    /// The upstream's 304 to a request made conditional by [`Gateway::cache_conditions`]: the
+    /// stored copy, its fields updated from the 304 and its age started again, answers.
+    pub(crate) fn cache_confirmed(
+        &self,
+        lookup: &Lookup,
+        not_modified: &HeaderMap,
+        log: &mut RequestLog,
+    ) -> Response<ProxyBody> {
+        let Some(entry) = lookup.entry.as_ref() else {
+            unreachable!("a revalidating lookup has a stored copy");
+        };
+        let mut fields = not_modified.clone();
+        for name in [X_REQUEST_ID, http::header::VIA] {
+            fields.remove(name);
+        }
+        let now = SystemTime::now();
+        let fresh = lookup.cache.store.freshen(
+            lookup.key.clone(),
+            entry,
+            &fields,
+            lookup.request_time,
+            now,
+            &lookup.cache.options,
+        );
+        log.record.cache = Some("revalidated");
+        lookup.cache.revalidated.fetch_add(1, Ordering::Relaxed);
+        let status = format!(
+            "cleargate; fwd=stale; fwd-status=304; ttl={}",
+            fresh.stored.ttl(now)
+        );
+        self.answer_from_cache(lookup, &fresh, status, now, log)
     }
 
     /// A fresh stored response for the request, answered from memory.

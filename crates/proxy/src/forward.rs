@@ -31,7 +31,7 @@ use http::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
     UPGRADE,
 };
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::admit::{admit, Admitted};
@@ -177,7 +177,7 @@ impl Gateway {
     ) -> Result<Response<ProxyBody>, Failure> {
         let routed = self.route(&req, client, log)?;
         // The cache phase, on caching routes: a fresh copy answers here.
-        let lookup = match routed.cache {
+        let mut lookup = match routed.cache {
             true => self.cache_lookup(req.method(), req.headers(), true, tls, log),
             false => None,
         };
@@ -187,6 +187,9 @@ impl Gateway {
         let mut outgoing = self
             .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;
+        if let (Some(l), Some(parts)) = (lookup.as_mut(), outgoing.parts.as_mut()) {
+            self.cache_conditions(l, &mut parts.headers);
+        }
         // With a stale copy to fall back on, the client does not wait out the upstream: at
         // once when every endpoint is known to be out, else after a short while.
         let fallback = lookup.as_ref().filter(|l| self.stale_allowed(l));
@@ -241,6 +244,18 @@ impl Gateway {
             return Ok(self.respond(answered, &routed, &outgoing.request_id, log));
         };
         let status = answered.parts.status;
+        if status == StatusCode::NOT_MODIFIED && lookup.revalidating() {
+            // The stored copy is confirmed; the 304's empty body ends here, and its connection
+            // goes back to the pool.
+            let (parts, mut body) = self
+                .respond(answered, &routed, &outgoing.request_id, log)
+                .into_parts();
+            if let Some(mut log) = body.take_log() {
+                drop(body);
+                return Ok(self.cache_confirmed(&lookup, &parts.headers, &mut log));
+            }
+            return Ok(self.cache_fill(lookup, Response::from_parts(parts, body)));
+        }
         if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
             if let Some(stale) = self.serve_stale(&lookup, None, Some(status), log) {
                 // The upstream's error is not relayed; its connection is not reused.
