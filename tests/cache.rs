@@ -226,3 +226,200 @@ async fn a_stale_copy_is_revalidated_and_a_304_confirms_it() {
     gw.stop().await;
     lab.shutdown().await;
 }
+
+/// A gateway caching in front of the lab's slow endpoint (each answer takes `delay`).
+async fn slow_lab(delay: Duration) -> (Lab, String) {
+    let lab = Lab::start(
+        &[(Fault::Slow, 0)],
+        "127.0.0.1".parse().unwrap(),
+        LabOptions {
+            slow_delay: delay,
+            ..LabOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n[cache]\nsize = \"16MiB\"\n[upstream.app]\nendpoints = [\"{}\"]\nresponse_timeout = \"30s\"\n[[route]]\nupstream = \"app\"\ncache = true\n",
+        lab.addr(Fault::Slow).unwrap()
+    );
+    (lab, text)
+}
+
+/// `n` concurrent GETs of `path`, each on its own connection.
+async fn concurrently(gw: &common::Gw, path: &'static str, n: usize) -> Vec<common::Seen> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let req = common::get(addr, path)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            common::send(addr, req).await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_url_make_one_upstream_request() {
+    let (lab, text) = slow_lab(Duration::from_millis(400)).await;
+    let gw = common::gateway(&text).await;
+    let seen = concurrently(&gw, "/slow?cc=max-age%3D60", 100).await;
+    assert_eq!(
+        lab.stats(Fault::Slow).requests,
+        1,
+        "exactly one went upstream"
+    );
+    let body = seen[0].text();
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    for s in &seen {
+        assert_eq!(s.status, 200);
+        assert_eq!(s.text(), body, "every client got the one answer");
+        let cs = s.header("cache-status");
+        let kind = if cs.ends_with("collapsed") {
+            "collapsed"
+        } else if cs.ends_with("stored") {
+            "stored"
+        } else if cs.starts_with("cleargate; hit") {
+            "hit"
+        } else {
+            panic!("unexpected Cache-Status {cs}")
+        };
+        *by_status.entry(kind.into()).or_default() += 1;
+    }
+    assert_eq!(by_status.get("stored"), Some(&1), "{by_status:?}");
+    let collapsed = by_status.get("collapsed").copied().unwrap_or(0);
+    assert_eq!(
+        collapsed + by_status.get("hit").copied().unwrap_or(0),
+        99,
+        "{by_status:?}"
+    );
+    let metrics = gw.gateway.metrics_text();
+    let line = format!("cleargate_cache_responses_total{{result=\"collapsed\"}} {collapsed}");
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+    // Stored whole: the next request is a hit.
+    let after = get(&gw, "/slow?cc=max-age%3D60").await;
+    assert!(after.header("cache-status").starts_with("cleargate; hit"));
+    assert_eq!(after.text(), body);
+    assert_eq!(lab.stats(Fault::Slow).requests, 1);
+
+    // An answer that cannot be stored: the waiting requests go on their own, and from then on
+    // the key is not coalesced, so nothing waits for anything.
+    let seen = concurrently(&gw, "/once?cc=no-store", 10).await;
+    assert!(seen.iter().all(|s| s.status == 200
+        && s.header("cache-status") == "cleargate; fwd=uri-miss; detail=no-store"));
+    assert_eq!(lab.stats(Fault::Slow).requests, 11);
+    let seen = concurrently(&gw, "/once?cc=no-store", 10).await;
+    assert!(seen.iter().all(|s| s.status == 200));
+    assert_eq!(lab.stats(Fault::Slow).requests, 21);
+    gw.stop().await;
+    lab.shutdown().await;
+}
+
+/// Sends a GET on a new connection and reads until the head and `body` bytes of the body
+/// have arrived; returns the head and the connection, still open.
+async fn head_and_some(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: usize,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: cache.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() - (end + 4) >= body {
+                return (String::from_utf8_lossy(&got[..end]).into_owned(), s);
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn followers_are_fed_as_the_body_streams_and_a_broken_fill_stores_nothing() {
+    use tokio::io::AsyncReadExt;
+    // The lab's `stall` sends a head promising 1,000,000 bytes, 1,000 of them, and goes quiet.
+    let lab = Lab::start(
+        &[(Fault::Stall, 0)],
+        "127.0.0.1".parse().unwrap(),
+        LabOptions::default(),
+    )
+    .await
+    .unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n[cache]\nsize = \"16MiB\"\nmax_object = \"2MiB\"\n[upstream.app]\nendpoints = [\"{}\"]\nbody_timeout = \"3s\"\n[[route]]\nupstream = \"app\"\ncache = true\n",
+        lab.addr(Fault::Stall).unwrap()
+    );
+    let gw = common::gateway(&text).await;
+    let path = "/big?cc=max-age%3D60";
+    // The leader has its head and the first 1,000 bytes while the body is still open.
+    let (head, leader) = head_and_some(gw.addr, path, 1000).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("cache-status: cleargate; fwd=uri-miss; stored"),
+        "{head}"
+    );
+    // Followers get the same bytes from the flight, though its body has not ended.
+    let mut followers = Vec::new();
+    for _ in 0..4 {
+        let (head, conn) = head_and_some(gw.addr, path, 1000).await;
+        assert!(
+            head.contains("cache-status: cleargate; fwd=uri-miss; collapsed"),
+            "{head}"
+        );
+        assert!(head.contains("content-length: 1000000"), "{head}");
+        followers.push(conn);
+    }
+    assert_eq!(lab.stats(Fault::Stall).requests, 1, "one trip upstream");
+    // The body times out: every client's response is cut short, none looks complete.
+    followers.push(leader);
+    for mut conn in followers {
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest).await;
+        assert!(rest.len() < 1_000_000 - 1000);
+    }
+    let warn = gw
+        .wait_line("the body timeout's WARN line", |l| {
+            l["kind"] == "gateway_error" && l["cause"] == "timeout"
+        })
+        .await;
+    assert_eq!(warn["phase"], "read_body");
+    // Every client's access line records the failure it shared (written as each body ends).
+    let aborted = || {
+        gw.log_lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "access" && l["cause"] == "timeout")
+            .count()
+    };
+    for _ in 0..500 {
+        if aborted() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(aborted(), 5, "{:#?}", gw.log_lines());
+    let errors = gw
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["kind"] == "gateway_error")
+        .count();
+    assert_eq!(errors, 1, "one upstream failure, logged once");
+    // Nothing was stored: the next request goes upstream again.
+    let (head, _conn) = head_and_some(gw.addr, path, 1000).await;
+    assert!(head.contains("fwd=uri-miss; stored"), "{head}");
+    assert_eq!(lab.stats(Fault::Stall).requests, 2);
+    gw.stop().await;
+    lab.shutdown().await;
+}

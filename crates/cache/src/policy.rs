@@ -690,7 +690,7 @@ impl Stored {
 
 /// The request refuses a stored answer not revalidated: `Cache-Control: no-cache`, or
 /// `Pragma: no-cache` without any `Cache-Control` (RFC 9111 §5.4).
-fn client_no_cache(req: &HeaderMap) -> bool {
+pub fn client_no_cache(req: &HeaderMap) -> bool {
     let rcc = Directives::of(req, &header::CACHE_CONTROL);
     if rcc.has("no-cache") {
         return true;

@@ -311,7 +311,10 @@ async fn one_shot(mut conn: Conn, ctx: &Ctx) {
                 .unwrap_or(ctx.opts.bigheader_bytes);
             send_big_head(&mut stream, size).await
         }
-        Fault::Truncated | Fault::Stall => send_partial_body(&mut stream).await,
+        Fault::Truncated | Fault::Stall => {
+            let cc = target.as_deref().and_then(|t| query_param(t, "cc"));
+            send_partial_body(&mut stream, cc).await
+        }
         Fault::Badchunk => {
             let fields = [("Transfer-Encoding", "chunked".to_string())];
             let mut out = head(200, &fields);
@@ -331,11 +334,15 @@ async fn one_shot(mut conn: Conn, ctx: &Ctx) {
     }
 }
 
-async fn send_partial_body(stream: &mut TcpStream) -> io::Result<()> {
-    let fields = [
+/// The head and part of the body it promises; `cc` is a `Cache-Control` to send with it.
+async fn send_partial_body(stream: &mut TcpStream, cc: Option<String>) -> io::Result<()> {
+    let mut fields = vec![
         ("Content-Type", "application/octet-stream".to_string()),
         ("Content-Length", PROMISED_BODY.to_string()),
     ];
+    if let Some(cc) = cc {
+        fields.push(("Cache-Control", cc));
+    }
     let mut out = head(200, &fields);
     out.extend_from_slice(&FILLER[..SENT_BODY]);
     stream.write_all(&out).await

@@ -81,6 +81,16 @@ pub struct ProxyBody {
 enum Kind {
     Full(Option<Bytes>),
     Stream(Box<Streamed>),
+    /// A coalesced answer's body, read from its flight (`flight.rs`).
+    Shared(Box<SharedBody>),
+}
+
+struct SharedBody {
+    reader: crate::flight::Reader,
+    /// The body's length, when its head gave one.
+    length: Option<u64>,
+    sent: u64,
+    done: bool,
 }
 
 struct Streamed {
@@ -173,7 +183,7 @@ impl ProxyBody {
     pub fn full_bytes(&self) -> Option<Bytes> {
         match &self.kind {
             Kind::Full(b) => Some(b.clone().unwrap_or_default()),
-            Kind::Stream(_) => None,
+            Kind::Stream(_) | Kind::Shared(_) => None,
         }
     }
 
@@ -207,6 +217,25 @@ impl ProxyBody {
             })),
             log: None,
         }
+    }
+
+    /// A body read from a coalesced answer's flight, `length` bytes long when known.
+    pub(crate) fn shared(reader: crate::flight::Reader, length: Option<u64>) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Shared(Box::new(SharedBody {
+                reader,
+                length,
+                sent: 0,
+                done: false,
+            })),
+            log: None,
+        }
+    }
+
+    /// What broke a body that failed, as recorded in its log.
+    pub(crate) fn failure(&self) -> Option<(Cause, Phase)> {
+        let record = &self.log.as_ref()?.record;
+        Some((record.cause?, record.phase?))
     }
 
     /// Puts back what [`first_frame`] read before the head went out.
@@ -275,6 +304,13 @@ impl Drop for ProxyBody {
                 s.finish();
             }
         }
+        if let (Kind::Shared(s), Some(log)) = (&mut self.kind, &mut self.log) {
+            log.record.bytes_out = s.sent;
+            if !s.done && !s.reader.is_end() && log.record.cause.is_none() {
+                log.record.cause = Some(Cause::ClientAborted);
+                log.record.phase = Some(Phase::ReadBody);
+            }
+        }
         if let (Kind::Stream(s), Some(log)) = (&mut self.kind, &mut self.log) {
             log.record.bytes_out = s.sent.load(Ordering::Relaxed);
             if !s.done.load(Ordering::Relaxed) && log.record.cause.is_none() {
@@ -301,6 +337,37 @@ impl Body for ProxyBody {
         let s = match &mut this.kind {
             Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => s,
+            Kind::Shared(s) => {
+                return match ready!(s.reader.poll_chunk(cx)) {
+                    Some(Ok(chunk)) => {
+                        s.sent += chunk.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(chunk))))
+                    }
+                    None => {
+                        s.done = true;
+                        Poll::Ready(None)
+                    }
+                    Some(Err(end)) => {
+                        // The upstream's body broke under the answer this client shares: the
+                        // reading task logged the failure; this client's line records it.
+                        let (cause, phase) = match end {
+                            crate::flight::End::Broken(c, p) => (c, p),
+                            crate::flight::End::Complete => {
+                                (Cause::InvalidResponse, Phase::ReadBody)
+                            }
+                        };
+                        if let Some(log) = &mut this.log {
+                            log.record.cause = Some(cause);
+                            log.record.phase = Some(phase);
+                            log.record.gateway_error = true;
+                        }
+                        Poll::Ready(Some(Err(format!(
+                            "{cause} during {phase}: the shared upstream body broke"
+                        )
+                        .into())))
+                    }
+                };
+            }
         };
         if let Some(f) = s.deferred.take() {
             return Poll::Ready(Some(Err(this.fail(f))));
@@ -380,6 +447,7 @@ impl Body for ProxyBody {
             Kind::Full(b) => b.is_none(),
             // A frame read early is still to be sent, or the end still to be seen by `finish`.
             Kind::Stream(s) => s.early.is_none() && s.incoming.is_end_stream(),
+            Kind::Shared(s) => s.length == Some(0) && s.reader.is_end(),
         }
     }
 
@@ -387,6 +455,10 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream(s) => s.incoming.size_hint(),
+            Kind::Shared(s) => match s.length {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::new(),
+            },
         }
     }
 }

@@ -19,6 +19,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::{Fill, ProxyBody, RequestLog};
+use crate::flight::{End, Finish, Flight, Flights, Head, Joined, Leader};
 use crate::headers::X_REQUEST_ID;
 use crate::Gateway;
 
@@ -44,10 +45,20 @@ pub(crate) struct ResponseCache {
     pub stale: AtomicU64,
     /// Stored copies an upstream 304 confirmed.
     pub revalidated: AtomicU64,
+    /// Answers that shared another request's trip upstream.
+    pub collapsed: AtomicU64,
+    /// Concurrent misses for one key, coalesced.
+    pub flights: Arc<Flights>,
 }
 
 impl ResponseCache {
     pub(crate) fn new(config: config::CacheConfig) -> ResponseCache {
+        // Every flight may hold up to max_object: together they stay within the store's size,
+        // or 64 flights, whichever allows more.
+        let flights = Arc::new(Flights::new(
+            (config.size / config.max_object.max(1)).max(64) as usize,
+            config.max_object,
+        ));
         ResponseCache {
             store: Store::new(config.size, config.max_object, 8),
             options: Options::default(),
@@ -57,6 +68,8 @@ impl ResponseCache {
             misses: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             revalidated: AtomicU64::new(0),
+            collapsed: AtomicU64::new(0),
+            flights,
         }
     }
 
@@ -67,13 +80,14 @@ impl ResponseCache {
             out,
             "cleargate_cache_responses_total",
             "counter",
-            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error), revalidated (a stored copy the upstream confirmed with a 304).",
+            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error), revalidated (a stored copy the upstream confirmed with a 304), collapsed (shared another request's trip upstream).",
         );
         for (result, n) in [
             ("hit", &self.hits),
             ("miss", &self.misses),
             ("stale", &self.stale),
             ("revalidated", &self.revalidated),
+            ("collapsed", &self.collapsed),
         ] {
             let _ = writeln!(
                 out,
@@ -88,6 +102,17 @@ impl ResponseCache {
             "Bytes of headers and bodies the cache holds.",
         );
         let _ = writeln!(out, "cleargate_cache_bytes {}", self.store.bytes());
+        crate::metrics::head(
+            out,
+            "cleargate_cache_fills_in_flight",
+            "gauge",
+            "Responses on their way from an upstream into the cache, each shared by the requests that wait for it.",
+        );
+        let _ = writeln!(
+            out,
+            "cleargate_cache_fills_in_flight {}",
+            self.flights.running()
+        );
     }
 
     /// True when `upstream` failed a request within the last [`FAST_STALE`].
@@ -127,6 +152,8 @@ pub(crate) struct Lookup {
     request_time: SystemTime,
     /// The forwarded request carries the stored copy's validators: a 304 confirms the copy.
     revalidating: bool,
+    /// This request leads the flight for its key: others wait for its answer.
+    leader: Option<Leader>,
 }
 
 impl Gateway {
@@ -154,7 +181,80 @@ impl Gateway {
             entry,
             request_time: SystemTime::now(),
             revalidating: false,
+            leader: None,
         })
+    }
+
+    /// Coalescing: the first miss for a key leads, and goes on; a later one waits for the
+    /// leader's answer and shares it (`Some`), or, when the leader's answer could not be
+    /// shared, looks in the store again and, finding nothing fresh, goes upstream on its own
+    /// (`None`). Only plain GETs take part: no conditions, ranges, credentials or `no-cache`.
+    pub(crate) async fn cache_coalesce(
+        &self,
+        lookup: &mut Lookup,
+        log: &mut RequestLog,
+    ) -> Option<Response<ProxyBody>> {
+        use http::header::{AUTHORIZATION, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
+        let h = &lookup.headers;
+        if lookup.method != Method::GET
+            || [IF_NONE_MATCH, IF_MODIFIED_SINCE, RANGE, AUTHORIZATION]
+                .iter()
+                .any(|n| h.contains_key(n))
+            || policy::client_no_cache(h)
+        {
+            return None;
+        }
+        let flight = match lookup.cache.flights.join(&lookup.key) {
+            Joined::Lead(leader) => {
+                lookup.leader = Some(leader);
+                return None;
+            }
+            Joined::Alone => return None,
+            Joined::Follow(flight) => flight,
+        };
+        if let Some(head) = flight.head().await {
+            let same_variant = policy::vary_names(&head.headers)
+                .unwrap_or_default()
+                .iter()
+                .all(|n| policy::vary_value(&head.request, n) == policy::vary_value(h, n));
+            if let Some(reader) = flight.reader().filter(|_| same_variant) {
+                return Some(self.answer_from_flight(lookup, &head, reader, log));
+            }
+            return None;
+        }
+        // Not shared: a 304 may have freshened the copy meanwhile.
+        lookup.entry = lookup.cache.store.lookup(&lookup.key, &lookup.headers);
+        self.cache_hit(lookup, log)
+    }
+
+    /// A follower's answer: the leader's head and, as it arrives, its body.
+    fn answer_from_flight(
+        &self,
+        lookup: &Lookup,
+        head: &Head,
+        reader: crate::flight::Reader,
+        log: &mut RequestLog,
+    ) -> Response<ProxyBody> {
+        let mut headers = head.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&log.record.request_id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        headers.insert(
+            CACHE_STATUS,
+            HeaderValue::from_static("cleargate; fwd=uri-miss; collapsed"),
+        );
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        log.record.status = head.status.as_u16();
+        log.record.cache = Some("collapsed");
+        lookup.cache.collapsed.fetch_add(1, Ordering::Relaxed);
+        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
+        let mut resp = Response::new(ProxyBody::shared(reader, length).with_log(log));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = headers;
+        resp
     }
 
     /// Makes the forwarded request conditional on the stored copy (RFC 9111 §4.3.1), when
@@ -346,10 +446,11 @@ impl Gateway {
     }
 
     /// The upstream's answer on a caching route: stored as it streams when the rules allow,
-    /// with `Cache-Status` saying what happened; an unsafe method's success invalidates.
+    /// with `Cache-Status` saying what happened; an unsafe method's success invalidates. A
+    /// leader's storable answer is shared with its flight's followers.
     pub(crate) fn cache_fill(
         &self,
-        lookup: Lookup,
+        mut lookup: Lookup,
         resp: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
@@ -376,8 +477,49 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > cache.config.max_object);
+        if lookup.leader.is_some() || storable.is_err() || too_large {
+            // Keys whose answers cannot be stored are not coalesced for a while.
+            cache
+                .flights
+                .set_pass(&lookup.key, storable.is_err() || too_large);
+        }
         let (status, body) = match storable {
             Ok(()) if too_large => (format!("cleargate; fwd={fwd}; detail=too-large"), body),
+            Ok(()) if lookup.leader.is_some() => {
+                let Some(leader) = lookup.leader.take() else {
+                    unreachable!("checked just above");
+                };
+                let mut headers = parts.headers.clone();
+                headers.remove(X_REQUEST_ID);
+                let code = parts.status;
+                let stored = Stored::new(
+                    lookup.request_time,
+                    SystemTime::now(),
+                    code,
+                    &headers,
+                    &cache.options,
+                );
+                let mut shared = parts.headers.clone();
+                shared.remove(X_REQUEST_ID);
+                let head = Head {
+                    status: code,
+                    headers: shared,
+                    request: lookup.headers.clone(),
+                };
+                let (flight, finish) = leader.share(head);
+                let length = parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let (store, key, req) = (cache.clone(), lookup.key.clone(), lookup.headers);
+                let commit = move |bytes: Bytes| {
+                    let entry = Entry::new(code, headers, bytes, stored, &req);
+                    store.store.insert(key, entry);
+                };
+                let body = self.share_body(flight, finish, body, length, Box::new(commit));
+                (format!("cleargate; fwd={fwd}; stored"), body)
+            }
             Ok(()) => {
                 let mut headers = parts.headers.clone();
                 headers.remove(X_REQUEST_ID);
@@ -410,4 +552,73 @@ impl Gateway {
         }
         Response::from_parts(parts, body)
     }
+}
+
+impl Gateway {
+    /// Hands the upstream body to a task that reads it into the flight (and, at its clean
+    /// end, stores it), and returns the leader's own reader of the flight in its place.
+    fn share_body(
+        &self,
+        flight: Arc<Flight>,
+        finish: Finish,
+        mut body: ProxyBody,
+        length: Option<u64>,
+        commit: Box<dyn FnOnce(Bytes) + Send>,
+    ) -> ProxyBody {
+        let Some(reader) = flight.reader() else {
+            unreachable!("a new flight holds its body from the start");
+        };
+        let Some(log) = body.take_log() else {
+            return body;
+        };
+        // The task's copy of the record names the request in a failure's WARN line; the
+        // access line is the leader's own.
+        let mut task_log = RequestLog::detached(&self.logger);
+        task_log.record.request_id = log.record.request_id.clone();
+        task_log.record.status = log.record.status;
+        task_log.attempts = log.attempts;
+        let body_task = body.with_log(task_log);
+        tokio::spawn(pump(flight, body_task, finish, commit));
+        ProxyBody::shared(reader, length).with_log(log)
+    }
+}
+
+/// Reads a shared upstream body into its flight, to its end or until nobody needs it.
+async fn pump(
+    flight: Arc<Flight>,
+    mut body: ProxyBody,
+    finish: Finish,
+    commit: Box<dyn FnOnce(Bytes) + Send>,
+) {
+    use http_body_util::BodyExt;
+    loop {
+        if flight.abandoned() {
+            // Too large to store and every client gone: the upstream connection is dropped
+            // with the rest of the body.
+            flight.end(End::Broken(
+                cause::Cause::ClientAborted,
+                cause::Phase::ReadBody,
+            ));
+            return;
+        }
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    flight.push(data).await;
+                }
+            }
+            Some(Err(_)) => {
+                let (cause, phase) = body
+                    .failure()
+                    .unwrap_or((cause::Cause::InvalidResponse, cause::Phase::ReadBody));
+                flight.end(End::Broken(cause, phase));
+                return;
+            }
+        }
+    }
+    if let Some(bytes) = flight.end(End::Complete) {
+        commit(bytes);
+    }
+    drop(finish);
 }

@@ -184,6 +184,11 @@ impl Gateway {
         if let Some(hit) = lookup.as_ref().and_then(|l| self.cache_hit(l, log)) {
             return Ok(hit);
         }
+        if let Some(l) = lookup.as_mut() {
+            if let Some(shared) = self.cache_coalesce(l, log).await {
+                return Ok(shared);
+            }
+        }
         let mut outgoing = self
             .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;

@@ -25,6 +25,7 @@ mod attempt;
 mod body;
 mod cached;
 mod conn;
+mod flight;
 mod forward;
 mod framing;
 mod headers;
