@@ -423,3 +423,75 @@ async fn followers_are_fed_as_the_body_streams_and_a_broken_fill_stores_nothing(
     gw.stop().await;
     lab.shutdown().await;
 }
+
+#[tokio::test]
+async fn within_stale_while_revalidate_the_copy_answers_and_one_refresh_runs() {
+    let lab = lab().await;
+    let gw = common::gateway(&text(&lab)).await;
+    let path = "/swr?cc=max-age%3D0%2C%20stale-while-revalidate%3D60";
+    let first = get(&gw, path).await;
+    assert!(first.header("cache-status").ends_with("stored"));
+    let second = get(&gw, path).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), first.text());
+    let cs = second.header("cache-status");
+    assert!(
+        cs.starts_with("cleargate; hit; ttl=") && cs.ends_with("detail=stale-while-revalidate"),
+        "{cs}"
+    );
+    // The refresh is the gateway's own request, with its own access line.
+    let refresh = gw
+        .wait_line("the refresh's access line", |l| {
+            l["kind"] == "access" && l["cache"] == "refresh"
+        })
+        .await;
+    assert_eq!(refresh["status"], 200);
+    assert_eq!(lab.stats(Fault::Ok).requests, 2);
+    let metrics = gw.gateway.metrics_text();
+    assert!(
+        metrics.contains("cleargate_cache_responses_total{result=\"stale_while_revalidate\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+    lab.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_refreshed_in_the_background_while_the_copy_answers() {
+    let (lab, text) = slow_lab(Duration::from_millis(1500)).await;
+    let gw = common::gateway(&text).await;
+    let path = "/slowpage?cc=max-age%3D0";
+    let first = get(&gw, path).await;
+    assert!(first.header("cache-status").ends_with("stored"));
+    // Stale, and the upstream takes 1.5 s: after a second the copy answers, and the request
+    // for the upstream's answer goes on in the background.
+    let second = get(&gw, path).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), first.text());
+    assert!(second.header("cache-status").contains("fwd=stale"));
+    // While the refresh runs, the copy answers at once.
+    let third = get(&gw, path).await;
+    assert_eq!(third.status, 200);
+    let id = third.header("x-request-id");
+    let warn = gw
+        .wait_line("the third request's WARN line", |l| {
+            l["level"] == "WARN" && l["request_id"] == id
+        })
+        .await;
+    assert!(
+        warn["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("background refresh is on its way")),
+        "{warn}"
+    );
+    let refresh = gw
+        .wait_line("the refresh's access line", |l| {
+            l["kind"] == "access" && l["cache"] == "refresh"
+        })
+        .await;
+    assert_eq!(refresh["status"], 200);
+    // The store, the second request's attempt (given up after a second), the refresh.
+    assert_eq!(lab.stats(Fault::Slow).requests, 3);
+    gw.stop().await;
+    lab.shutdown().await;
+}

@@ -15,11 +15,12 @@ use cache::policy::{self, Options, Stored, Usable};
 use cache::store::{Entry, Store};
 use cause::{Failure, Level};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
-use http::{Method, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::{Fill, ProxyBody, RequestLog};
-use crate::flight::{End, Finish, Flight, Flights, Head, Joined, Leader};
+use crate::flight::{End, Finish, Flight, Flights, Head, Joined, Leader, Waited};
+use crate::forward::{Outgoing, Routed};
 use crate::headers::X_REQUEST_ID;
 use crate::Gateway;
 
@@ -47,6 +48,8 @@ pub(crate) struct ResponseCache {
     pub revalidated: AtomicU64,
     /// Answers that shared another request's trip upstream.
     pub collapsed: AtomicU64,
+    /// Stale copies that answered within `stale-while-revalidate` while a refresh ran.
+    pub while_revalidating: AtomicU64,
     /// Concurrent misses for one key, coalesced.
     pub flights: Arc<Flights>,
 }
@@ -69,6 +72,7 @@ impl ResponseCache {
             stale: AtomicU64::new(0),
             revalidated: AtomicU64::new(0),
             collapsed: AtomicU64::new(0),
+            while_revalidating: AtomicU64::new(0),
             flights,
         }
     }
@@ -80,7 +84,7 @@ impl ResponseCache {
             out,
             "cleargate_cache_responses_total",
             "counter",
-            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error), revalidated (a stored copy the upstream confirmed with a 304), collapsed (shared another request's trip upstream).",
+            "Answers on caching routes by what the cache did: hit (from memory), miss (went upstream), stale (a stored copy instead of an error), revalidated (a stored copy the upstream confirmed with a 304), collapsed (shared another request's trip upstream), stale_while_revalidate (a stale copy within the origin's stale-while-revalidate, while a refresh ran).",
         );
         for (result, n) in [
             ("hit", &self.hits),
@@ -88,6 +92,7 @@ impl ResponseCache {
             ("stale", &self.stale),
             ("revalidated", &self.revalidated),
             ("collapsed", &self.collapsed),
+            ("stale_while_revalidate", &self.while_revalidating),
         ] {
             let _ = writeln!(
                 out,
@@ -212,15 +217,26 @@ impl Gateway {
             Joined::Alone => return None,
             Joined::Follow(flight) => flight,
         };
-        if let Some(head) = flight.head().await {
-            let same_variant = policy::vary_names(&head.headers)
-                .unwrap_or_default()
-                .iter()
-                .all(|n| policy::vary_value(&head.request, n) == policy::vary_value(h, n));
-            if let Some(reader) = flight.reader().filter(|_| same_variant) {
-                return Some(self.answer_from_flight(lookup, &head, reader, log));
+        match flight.head(self.stale_allowed(lookup)).await {
+            Waited::Shared(head) => {
+                let same_variant = policy::vary_names(&head.headers)
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|n| policy::vary_value(&head.request, n) == policy::vary_value(h, n));
+                if let Some(reader) = flight.reader().filter(|_| same_variant) {
+                    return Some(self.answer_from_flight(lookup, &head, reader, log));
+                }
+                return None;
             }
-            return None;
+            Waited::Background => {
+                // The upstream was too slow for an earlier request, and its answer is still on
+                // its way: the copy answers at once instead of waiting for it too.
+                let slow = Failure::new(cause::Cause::Timeout, cause::Phase::ReadHead).with_detail(
+                    "the upstream did not answer in time; a background refresh is on its way",
+                );
+                return self.serve_stale(lookup, Some(&slow), None, log);
+            }
+            Waited::Alone => {}
         }
         // Not shared: a 304 may have freshened the copy meanwhile.
         lookup.entry = lookup.cache.store.lookup(&lookup.key, &lookup.headers);
@@ -621,4 +637,199 @@ async fn pump(
         commit(bytes);
     }
     drop(finish);
+}
+
+/// A request the gateway makes itself to refresh a stored copy, as the spawned task carries it.
+struct Refresh {
+    lookup: Lookup,
+    route_index: usize,
+    upstream_index: usize,
+    key: Option<u64>,
+    outgoing: Outgoing,
+    log: RequestLog,
+}
+
+impl Gateway {
+    /// Within the origin's `stale-while-revalidate`: the stored copy answers at once, and one
+    /// refresh runs in the background (RFC 5861 §3).
+    pub(crate) fn stale_while_revalidate(
+        self: &Arc<Self>,
+        lookup: &mut Lookup,
+        routed: &Routed<'_>,
+        outgoing: &Outgoing,
+        log: &mut RequestLog,
+    ) -> Option<Response<ProxyBody>> {
+        let entry = lookup.entry.as_ref()?;
+        let now = SystemTime::now();
+        if entry.stored.assess(&lookup.headers, now) != Usable::StaleWhileRevalidate {
+            return None;
+        }
+        let entry = entry.clone();
+        self.spawn_refresh(lookup, routed, outgoing);
+        let status = format!(
+            "cleargate; hit; ttl={}; detail=stale-while-revalidate",
+            entry.stored.ttl(now)
+        );
+        log.record.cache = Some("stale-while-revalidate");
+        lookup
+            .cache
+            .while_revalidating
+            .fetch_add(1, Ordering::Relaxed);
+        Some(self.answer_from_cache(lookup, &entry, status, now, log))
+    }
+
+    /// Starts a background refresh of the stored copy for this request's key, unless another
+    /// request for the key is already on its way upstream. The refresh is a conditional GET
+    /// with the upstream's own timeouts; it leads the key's flight (taking it over from this
+    /// request when this request led it), so misses meanwhile share it.
+    pub(crate) fn spawn_refresh(
+        self: &Arc<Self>,
+        lookup: &mut Lookup,
+        routed: &Routed<'_>,
+        outgoing: &Outgoing,
+    ) {
+        let Some(forwarded) = outgoing.parts.as_ref() else {
+            return;
+        };
+        let leader = match lookup.leader.take() {
+            Some(leader) => leader,
+            None => match lookup.cache.flights.join(&lookup.key) {
+                Joined::Lead(leader) => leader,
+                _ => return,
+            },
+        };
+        leader.set_background();
+        let mut req = Request::new(());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = forwarded.uri.clone();
+        *req.version_mut() = forwarded.version;
+        *req.headers_mut() = forwarded.headers.clone();
+        let (mut parts, ()) = req.into_parts();
+        for name in [
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+            http::header::IF_MATCH,
+            http::header::IF_UNMODIFIED_SINCE,
+            http::header::IF_RANGE,
+            http::header::RANGE,
+            http::header::CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
+        ] {
+            parts.headers.remove(name);
+        }
+        let request_id = crate::headers::new_request_id();
+        let id_value = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
+        parts.headers.insert(X_REQUEST_ID, id_value.clone());
+        let mut refresh_lookup = Lookup {
+            cache: lookup.cache.clone(),
+            key: lookup.key.clone(),
+            method: Method::GET,
+            headers: lookup.headers.clone(),
+            entry: lookup.entry.clone(),
+            request_time: SystemTime::now(),
+            revalidating: false,
+            leader: Some(leader),
+        };
+        refresh_lookup.revalidating = false;
+        if let Some(entry) = &refresh_lookup.entry {
+            let validators = entry.stored.validators();
+            refresh_lookup.revalidating = !validators.is_empty();
+            for (name, value) in validators {
+                parts.headers.insert(name, value);
+            }
+        }
+        let log = RequestLog {
+            record: crate::log::AccessRecord {
+                method: Method::GET,
+                host: self_host(&lookup.key),
+                path: forwarded
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                proto: "HTTP/1.1",
+                request_id,
+                upstream: Some(routed.upstream.name.clone()),
+                cache: Some("refresh"),
+                ..crate::log::AccessRecord::default()
+            },
+            started: std::time::Instant::now(),
+            logger: self.logger.clone(),
+            bytes_in: None,
+            responded: true,
+            attempts: 0,
+            inflight: None,
+            armed: true,
+        };
+        let refresh = Refresh {
+            lookup: refresh_lookup,
+            route_index: routed.route_index,
+            upstream_index: routed.upstream_index,
+            key: routed.key,
+            outgoing: Outgoing {
+                parts: Some(parts),
+                body: crate::forward::PreparedBody::Buffered(Bytes::new()),
+                too_large: None,
+                request_id: id_value,
+                upgrade: None,
+            },
+            log,
+        };
+        tokio::spawn(self.clone().refresh(refresh));
+    }
+
+    /// The background refresh: the upstream's answer replaces or confirms the stored copy;
+    /// a failure is logged and remembered like a client request's.
+    async fn refresh(self: Arc<Self>, r: Refresh) {
+        use http_body_util::BodyExt;
+        let Refresh {
+            lookup,
+            route_index,
+            upstream_index,
+            key,
+            mut outgoing,
+            mut log,
+        } = r;
+        let routed = self.routed_again(route_index, upstream_index, key);
+        match self.attempts(&routed, &mut outgoing, &mut log).await {
+            Err(failure) => {
+                self.logger
+                    .gateway_error(&log.record.request_id, &failure, log.attempts, None);
+                log.record.status = failure.answer().status;
+                log.record.cause = Some(failure.cause);
+                log.record.phase = Some(failure.phase);
+                log.record.gateway_error = true;
+                lookup.cache.record_failure(&routed.upstream.name);
+            }
+            Ok(answered) => {
+                let status = answered.parts.status;
+                let request_id = outgoing.request_id.clone();
+                let (parts, mut body) = self
+                    .respond(answered, &routed, &request_id, &mut log)
+                    .into_parts();
+                if status == StatusCode::NOT_MODIFIED && lookup.revalidating() {
+                    if let Some(mut log) = body.take_log() {
+                        drop(body);
+                        let confirmed = self.cache_confirmed(&lookup, &parts.headers, &mut log);
+                        // Its log is the refresh's access line.
+                        drop(confirmed);
+                    }
+                    return;
+                }
+                if status.is_server_error() {
+                    // Never replaces the good copy; read and dropped.
+                    let _ = body.collect().await;
+                    return;
+                }
+                let resp = self.cache_fill(lookup, Response::from_parts(parts, body));
+                let _ = resp.into_body().collect().await;
+            }
+        }
+    }
+}
+
+/// The host of a cache key (`scheme://host/path`), for a refresh's access line.
+fn self_host(key: &str) -> String {
+    let rest = key.split_once("://").map_or(key, |(_, r)| r);
+    rest.split('/').next().unwrap_or("").to_string()
 }

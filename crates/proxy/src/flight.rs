@@ -133,6 +133,13 @@ pub(crate) struct Leader {
 }
 
 impl Leader {
+    /// Marks the flight as led by a background refresh.
+    pub(crate) fn set_background(&self) {
+        let mut st = self.flight.lock();
+        st.background = true;
+        st.wake();
+    }
+
     /// The leader's answer is storable: the followers take it. Returns the flight, for the task
     /// that reads the body into it and for the leader's own reader.
     pub(crate) fn share(mut self, head: Head) -> (Arc<Flight>, Finish) {
@@ -175,6 +182,16 @@ impl Drop for Finish {
     fn drop(&mut self) {
         self.flights.remove(&self.key, &self.flight);
     }
+}
+
+/// What a follower's wait for the leader came to.
+pub(crate) enum Waited {
+    /// The leader's answer, to share.
+    Shared(Arc<Head>),
+    /// Nothing to share: look in the store again, then go upstream alone.
+    Alone,
+    /// A background refresh leads: a stale copy may answer at once.
+    Background,
 }
 
 /// The shared answer's head, as the leader relayed it.
@@ -220,6 +237,9 @@ struct State {
     pump: Option<Waker>,
     /// The most body bytes held (`max_object`).
     cap: usize,
+    /// Led by a background refresh, not by a client: requests that may have a stale copy
+    /// take it instead of waiting.
+    background: bool,
 }
 
 impl State {
@@ -272,17 +292,23 @@ impl Flight {
         lock(&self.state)
     }
 
-    /// Waits for the leader: the shared head, or `None` when the follower is to go on its own.
-    pub(crate) async fn head(&self) -> Option<Arc<Head>> {
+    /// Waits for the leader: the shared head, or what else became of the flight. With
+    /// `stale_ok` (the follower has a stale copy to answer with), a flight that a background
+    /// refresh leads, or comes to lead, is not waited for.
+    pub(crate) async fn head(&self, stale_ok: bool) -> Waited {
         std::future::poll_fn(|cx| {
             let mut st = self.lock();
             match st.outcome {
+                Outcome::Pending if stale_ok && st.background => Poll::Ready(Waited::Background),
                 Outcome::Pending => {
                     st.wait(cx);
                     Poll::Pending
                 }
-                Outcome::Shared => Poll::Ready(st.head.clone()),
-                Outcome::Alone => Poll::Ready(None),
+                Outcome::Shared => Poll::Ready(match st.head.clone() {
+                    Some(h) => Waited::Shared(h),
+                    None => Waited::Alone,
+                }),
+                Outcome::Alone => Poll::Ready(Waited::Alone),
             }
         })
         .await

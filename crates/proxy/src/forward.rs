@@ -87,6 +87,8 @@ pub(crate) struct Routed<'g> {
     pub upstream: &'g Arc<upstream::Upstream>,
     /// Index of the upstream in the gateway's list (and of its deadlines).
     pub upstream_index: usize,
+    /// Index of the route (and of its retry rules).
+    pub route_index: usize,
     pub retry: &'g config::RetryConfig,
     /// The method (or an `Idempotency-Key`) allows sending the request again after a failure
     /// the upstream may have seen.
@@ -151,7 +153,7 @@ impl Gateway {
         let format = page::negotiate(req.headers());
         let method = req.method().clone();
         let result = match admitted {
-            Ok(admitted) => self.proxy(req, client, admitted, tls, &mut log).await,
+            Ok(admitted) => Self::proxy(&self, req, client, admitted, tls, &mut log).await,
             Err(failure) => Err(failure),
         };
         let mut resp = match result {
@@ -168,7 +170,7 @@ impl Gateway {
 
     /// The phases after admission, up to the response head.
     async fn proxy(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
         admitted: Admitted,
@@ -184,20 +186,25 @@ impl Gateway {
         if let Some(hit) = lookup.as_ref().and_then(|l| self.cache_hit(l, log)) {
             return Ok(hit);
         }
-        if let Some(l) = lookup.as_mut() {
-            if let Some(shared) = self.cache_coalesce(l, log).await {
-                return Ok(shared);
-            }
-        }
         let mut outgoing = self
             .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;
-        if let (Some(l), Some(parts)) = (lookup.as_mut(), outgoing.parts.as_mut()) {
-            self.cache_conditions(l, &mut parts.headers);
+        if let Some(l) = lookup.as_mut() {
+            // Within `stale-while-revalidate`: the stored copy answers, and one refresh runs
+            // in the background.
+            if let Some(stale) = self.stale_while_revalidate(l, &routed, &outgoing, log) {
+                return Ok(stale);
+            }
+            if let Some(shared) = self.cache_coalesce(l, log).await {
+                return Ok(shared);
+            }
+            if let Some(parts) = outgoing.parts.as_mut() {
+                self.cache_conditions(l, &mut parts.headers);
+            }
         }
         // With a stale copy to fall back on, the client does not wait out the upstream: at
         // once when every endpoint is known to be out, else after a short while.
-        let fallback = lookup.as_ref().filter(|l| self.stale_allowed(l));
+        let fallback = lookup.as_mut().filter(|l| self.stale_allowed(l));
         let tried = match fallback {
             None => self.attempts(&routed, &mut outgoing, log).await,
             Some(l) => {
@@ -216,12 +223,18 @@ impl Gateway {
                     .await
                     {
                         Ok(r) => r,
-                        Err(_) => Err(Failure::new(Cause::Timeout, Phase::ReadHead).with_detail(
-                            format!(
-                                "no answer within {:?} while a stored copy could answer",
-                                crate::cached::FAST_STALE
-                            ),
-                        )),
+                        Err(_) => {
+                            // The copy answers this client; the upstream's answer is fetched
+                            // in the background, with the upstream's own timeouts, for the
+                            // next ones.
+                            self.spawn_refresh(l, &routed, &outgoing);
+                            Err(
+                                Failure::new(Cause::Timeout, Phase::ReadHead).with_detail(format!(
+                                    "no answer within {:?} while a stored copy could answer",
+                                    crate::cached::FAST_STALE
+                                )),
+                            )
+                        }
                     }
                 };
                 if let Err(failure) = &waited {
@@ -473,6 +486,7 @@ impl Gateway {
         Ok(Routed {
             upstream,
             upstream_index: route.upstream,
+            route_index: route.index,
             retry,
             idempotent,
             repeatable,
@@ -481,6 +495,31 @@ impl Gateway {
             started,
             deadline: started + retry.deadline,
         })
+    }
+
+    /// The route phase's decision for a request the gateway makes itself (a background
+    /// refresh of a stored copy): a GET on route `route_index` to upstream `upstream_index`,
+    /// its deadline from now.
+    pub(crate) fn routed_again(
+        &self,
+        route_index: usize,
+        upstream_index: usize,
+        key: Option<u64>,
+    ) -> Routed<'_> {
+        let retry = &self.retries[route_index];
+        let started = Instant::now();
+        Routed {
+            upstream: &self.upstreams[upstream_index],
+            upstream_index,
+            route_index,
+            retry,
+            idempotent: true,
+            repeatable: true,
+            key,
+            cache: true,
+            started,
+            deadline: started + retry.deadline,
+        }
     }
 
     /// The upstream request: origin-form (absolute for HTTP/2), forwarding headers added, the
@@ -707,7 +746,7 @@ impl Gateway {
 
     /// The upstream's head becomes the client's: hop-by-hop headers dropped, this hop added to
     /// `Via`, the request id set; the body streams with the connection lease and the log.
-    fn respond(
+    pub(crate) fn respond(
         &self,
         answered: Answered,
         routed: &Routed<'_>,
