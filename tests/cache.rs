@@ -170,10 +170,21 @@ async fn with_the_upstream_gone_stale_copies_answer_instead_of_502() {
         warned[0]
     );
 
-    // Never cached: the explained 502.
+    // Never cached: the explained 502, which says the cache went upstream and was not stored.
     let never = get(&gw, "/other?cc=max-age%3D60").await;
     assert!(never.status.as_u16() >= 502, "{}", never.status);
     assert!(never.header("proxy-status").contains("error="), "{never:?}");
+    assert!(
+        never
+            .header("cache-status")
+            .starts_with("cleargate; fwd=uri-miss; detail=\""),
+        "{never:?}"
+    );
+    let again = get(&gw, "/other?cc=max-age%3D60").await;
+    assert!(
+        again.status.as_u16() >= 502,
+        "a gateway error is never stored"
+    );
     let metrics = gw.gateway.metrics_text();
     for line in [
         "cleargate_cache_responses_total{result=\"stale\"} 200",
@@ -182,6 +193,13 @@ async fn with_the_upstream_gone_stale_copies_answer_instead_of_502() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
     assert!(!metrics.contains("cleargate_cache_bytes 0\n"), "{metrics}");
+    // By the cause each stale answer hid: the counts add up to the 200.
+    let by_cause: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cleargate_cache_stale_total{cause="))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(by_cause, 200, "{metrics}");
     gw.stop().await;
 }
 
@@ -492,6 +510,69 @@ async fn a_slow_upstream_is_refreshed_in_the_background_while_the_copy_answers()
     assert_eq!(refresh["status"], 200);
     // The store, the second request's attempt (given up after a second), the refresh.
     assert_eq!(lab.stats(Fault::Slow).requests, 3);
+    gw.stop().await;
+    lab.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_one_url_or_a_prefix() {
+    let lab = lab().await;
+    let gw = common::gateway(&text(&lab)).await;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(gw.gateway.clone().serve_admin(admin, gw.shutdown.clone()));
+    let requests = || lab.stats(Fault::Ok).requests;
+    for path in [
+        "/a/1?cc=max-age%3D60",
+        "/a/2?cc=max-age%3D60",
+        "/b?cc=max-age%3D60",
+    ] {
+        assert!(get(&gw, path)
+            .await
+            .header("cache-status")
+            .ends_with("stored"));
+    }
+    let post = |query: &'static str| async move {
+        let req = http::Request::post(format!("/api/cache/purge{query}"))
+            .header("host", admin_addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let seen = common::send(admin_addr, req).await;
+        let v: serde_json::Value = serde_json::from_str(&seen.text()).unwrap_or_default();
+        (seen.status.as_u16(), v)
+    };
+    // One URL, by its key (%-encoded).
+    let (status, v) = post("?url=http%3A%2F%2Fgw.test%2Fb%3Fcc%3Dmax-age%253D60").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["purged"], 1, "{v}");
+    // A prefix.
+    let (status, v) = post("?prefix=http%3A%2F%2Fgw.test%2Fa%2F").await;
+    assert_eq!(
+        (status, v["purged"].clone()),
+        (200, serde_json::json!(2)),
+        "{v}"
+    );
+    let (status, _) = post("").await;
+    assert_eq!(status, 400, "what to purge must be named");
+    let before = requests();
+    for path in [
+        "/a/1?cc=max-age%3D60",
+        "/a/2?cc=max-age%3D60",
+        "/b?cc=max-age%3D60",
+    ] {
+        let seen = get(&gw, path).await;
+        assert!(
+            seen.header("cache-status").contains("fwd=uri-miss"),
+            "{path}"
+        );
+    }
+    assert_eq!(requests(), before + 3, "purged copies are gone");
+    let warn = gw
+        .wait_line("the purge's WARN line", |l| {
+            l["message"] == "cache purged by the operator"
+        })
+        .await;
+    assert_eq!(warn["purged"], 1);
     gw.stop().await;
     lab.shutdown().await;
 }

@@ -194,6 +194,11 @@ impl Store {
         fresh
     }
 
+    /// True when something is stored under `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// Forgets every variant stored under `key` (an unsafe method's answer, a purge).
     pub fn invalidate(&self, key: &str) {
         self.entries.invalidate(key);

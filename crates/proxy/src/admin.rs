@@ -109,7 +109,10 @@ impl Gateway {
     }
 
     /// A POST of the admin API.
-    fn admin_post(&self, path: &str) -> Response<Full<Bytes>> {
+    fn admin_post(&self, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+        if path == "/api/cache/purge" {
+            return self.purge(query);
+        }
         if path == "/api/dns/flush" {
             self.flush_dns();
             return json_answer(StatusCode::OK, &json!({"flushed": true}));
@@ -153,15 +156,59 @@ impl Gateway {
         )
     }
 
+    /// `POST /api/cache/purge?url=KEY` forgets the stored responses of one URL (every
+    /// variant); `?prefix=P` those of every URL whose key begins with `P` (an empty prefix:
+    /// everything). Keys are `scheme://host/path?query`, the host in lower case, as requests
+    /// are forwarded; values are %-encoded.
+    fn purge(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let Some(cache) = &self.cache else {
+            return json_answer(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "no [cache] is configured"}),
+            );
+        };
+        let param = |name: &str| {
+            query?.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == name).then(|| percent_decode(v))
+            })
+        };
+        let (what, purged) = match (param("url"), param("prefix")) {
+            (Some(url), None) => {
+                let had = cache.store.contains(&url);
+                cache.store.invalidate(&url);
+                (json!({"url": url}), usize::from(had))
+            }
+            (None, Some(prefix)) => {
+                let n = cache.store.purge_prefix(&prefix);
+                (json!({"prefix": prefix}), n)
+            }
+            _ => {
+                return json_answer(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "name what to purge: ?url=KEY or ?prefix=PREFIX (%-encoded)"}),
+                )
+            }
+        };
+        self.logger.notice(
+            Level::Warn,
+            "cache purged by the operator",
+            &[("what", what.clone()), ("purged", json!(purged))],
+        );
+        json_answer(StatusCode::OK, &json!({"purge": what, "purged": purged}))
+    }
+
     /// One admin request.
     fn admin(
         &self,
         method: &Method,
         path: &str,
+        query: Option<&str>,
         headers: &http::HeaderMap,
     ) -> Response<Full<Bytes>> {
         let mutation = path == "/api/dns/flush"
             || path == "/api/reload"
+            || path == "/api/cache/purge"
             || path.ends_with("/drain")
             || path.ends_with("/undrain");
         if mutation {
@@ -180,7 +227,7 @@ impl Gateway {
                     &json!({"error": "cross-origin requests may not change the gateway"}),
                 );
             }
-            return self.admin_post(path);
+            return self.admin_post(path, query);
         }
         match (method, path) {
             (&Method::GET, "/") => answer(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE.to_string()),
@@ -204,7 +251,7 @@ impl Gateway {
             _ => answer(
                 StatusCode::NOT_FOUND,
                 "text/plain; charset=utf-8",
-                format!("404 Not Found: {path}; the admin listener serves /, /metrics, /api/upstreams and /api/errors\n"),
+                format!("404 Not Found: {path}; the admin listener serves /, /metrics, /api/upstreams, /api/errors and the POST actions\n"),
             ),
         }
     }
@@ -222,6 +269,7 @@ impl Live {
         &self,
         method: &Method,
         path: &str,
+        query: Option<&str>,
         headers: &http::HeaderMap,
     ) -> Response<Full<Bytes>> {
         let gw = self.current();
@@ -238,7 +286,7 @@ impl Live {
                 ),
             };
         }
-        gw.admin(method, path, headers)
+        gw.admin(method, path, query, headers)
     }
 
     /// Serves the admin listener until `shutdown`.
@@ -259,7 +307,12 @@ impl Live {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let resp = live.admin(req.method(), req.uri().path(), req.headers());
+                    let resp = live.admin(
+                        req.method(),
+                        req.uri().path(),
+                        req.uri().query(),
+                        req.headers(),
+                    );
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -277,3 +330,28 @@ impl Live {
 /// gateway errors by cause with a timeline of the last ten minutes, refreshed every 2 s. No
 /// external assets.
 const STATUS_PAGE: &str = include_str!("status.html");
+
+/// `%XX` sequences decoded (and `+` left as it is); invalid ones kept as they are.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -50,6 +50,8 @@ pub(crate) struct ResponseCache {
     pub collapsed: AtomicU64,
     /// Stale copies that answered within `stale-while-revalidate` while a refresh ran.
     pub while_revalidating: AtomicU64,
+    /// Stale copies served instead of an error, by the cause of the error they hid.
+    stale_causes: std::sync::Mutex<Vec<(&'static str, u64)>>,
     /// Concurrent misses for one key, coalesced.
     pub flights: Arc<Flights>,
 }
@@ -73,6 +75,7 @@ impl ResponseCache {
             revalidated: AtomicU64::new(0),
             collapsed: AtomicU64::new(0),
             while_revalidating: AtomicU64::new(0),
+            stale_causes: std::sync::Mutex::new(Vec::new()),
             flights,
         }
     }
@@ -99,6 +102,20 @@ impl ResponseCache {
                 "cleargate_cache_responses_total{{result=\"{result}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
+        }
+        crate::metrics::head(
+            out,
+            "cleargate_cache_stale_total",
+            "counter",
+            "Stale copies served instead of an error, by the cause of the error they hid (upstream_status: the upstream's own 5xx).",
+        );
+        for (cause, n) in self
+            .stale_causes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "cleargate_cache_stale_total{{cause=\"{cause}\"}} {n}");
         }
         crate::metrics::head(
             out,
@@ -139,6 +156,11 @@ impl ResponseCache {
 }
 
 impl Lookup {
+    /// True when a stored copy (fresh or not) was found for the request.
+    pub(crate) fn has_copy(&self) -> bool {
+        self.entry.is_some()
+    }
+
     /// True when the forwarded request asks the upstream to confirm a stored copy.
     pub(crate) fn revalidating(&self) -> bool {
         self.revalidating && self.entry.is_some()
@@ -422,6 +444,17 @@ impl Gateway {
         }
         log.record.cache = Some("stale");
         lookup.cache.stale.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut causes = lookup
+                .cache
+                .stale_causes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match causes.iter_mut().find(|(c, _)| *c == cause) {
+                Some((_, n)) => *n += 1,
+                None => causes.push((cause, 1)),
+            }
+        }
         Some(self.answer_from_cache(lookup, entry, status, now, log))
     }
 

@@ -186,6 +186,10 @@ impl Gateway {
         if let Some(hit) = lookup.as_ref().and_then(|l| self.cache_hit(l, log)) {
             return Ok(hit);
         }
+        if let Some(l) = &lookup {
+            // Until the cache answers otherwise: the error page says a copy was there.
+            log.record.cache = Some(if l.has_copy() { "stale-copy" } else { "miss" });
+        }
         let mut outgoing = self
             .upstream_request(req, client, admitted, tls, &routed, log)
             .await?;
@@ -406,6 +410,23 @@ impl Gateway {
             page::error_response(&failure.redacted(), &cx)
         };
         append_via(resp.headers_mut(), &self.via);
+        if let Some(fwd) = log.record.cache {
+            // A caching route: the cache went upstream (or had a copy it could not use) and
+            // this error is the gateway's own; it is never stored.
+            let fwd = if fwd == "stale-copy" {
+                "stale"
+            } else {
+                "uri-miss"
+            };
+            let v = format!(
+                "cleargate; fwd={fwd}; detail=\"{}\"",
+                failure.cause.as_str()
+            );
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(crate::cached::CACHE_STATUS, v);
+            }
+            log.record.cache = Some("miss");
+        }
         log.record.status = status;
         log.record.cause = Some(failure.cause);
         log.record.phase = Some(failure.phase);
