@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Proxy throughput and latency: cleargate, nginx and HAProxy in front of the same origin, in one
 # run, reported as ratios to nginx: with 1 worker each (the figure that counts on 2 cores), then
-# with 2 workers each; HTTP/1.1 on /hello and /16k (wrk), and h2c on /hello (h2load).
+# with 2 workers each; HTTP/1.1 on /hello and /16k (wrk), and h2c on /hello (h2load); and a cache
+# hit: /cached (the origin's /hello with `Cache-Control: max-age=3600`) answered from nginx's
+# proxy_cache, HAProxy's cache and cleargate's cache, beside the proxied /hello.
 #
 #   bench/proxy.sh                    (about 5 minutes)
 #   DURATION=5 bench/proxy.sh         (seconds measured per target and response; default 10)
@@ -97,6 +99,7 @@ $(nginx_http_common origin)
         root $DIR/www;
         location = /hello { return 200 "hello\n"; }
         location = /16k { }
+        location = /cached { add_header Cache-Control "max-age=3600"; return 200 "hello\n"; }
         location = /status { stub_status; }
     }
 }
@@ -116,6 +119,7 @@ $(nginx_http_common nginx)
         keepalive 1024;
         keepalive_requests 1000000;
     }
+    proxy_cache_path $DIR/nginx-cache keys_zone=hits:10m;
     server {
         listen 127.0.0.1:$NGINX_PORT;
         listen 127.0.0.1:$NGINX_H2_PORT http2;
@@ -123,6 +127,12 @@ $(nginx_http_common nginx)
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }
+        location = /cached {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache hits;
         }
     }
 }
@@ -147,7 +157,12 @@ frontend fe
     bind 127.0.0.1:$HAPROXY_PORT
     bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
     default_backend be
+cache hits
+    total-max-size 64
+    max-age 3600
 backend be
+    http-request cache-use hits if { path /cached }
+    http-response cache-store hits
     server origin 127.0.0.1:$ORIGIN_PORT
 EOF
 
@@ -164,6 +179,14 @@ destination = "$DIR/cleargate.log"
 [upstream.origin]
 endpoints = ["127.0.0.1:$ORIGIN_PORT"]
 max_idle_per_endpoint = 1024
+
+[cache]
+size = "64MiB"
+
+[[route]]
+path = "/cached"
+upstream = "origin"
+cache = true
 
 [[route]]
 path = "/"
@@ -273,7 +296,7 @@ for w in $WORKERS; do
     name=${target%%:*} port=${target##*:}
     h2=()
     [[ $name == *-h2c ]] && h2=(--http2-prior-knowledge)
-    for path in hello 16k; do
+    for path in hello 16k cached; do
       expected=$DIR/hello.expected
       [ "$path" = 16k ] && expected=$DIR/www/16k
       code=$(curl -s "${h2[@]}" -o "$DIR/got" -w '%{http_code} %{http_version}' "http://127.0.0.1:$port/$path")
@@ -285,9 +308,9 @@ for w in $WORKERS; do
       fi
     done
   done
-  echo "check ($w worker(s)): every target answers 200 with the right body on /hello and /16k, HTTP/1.1 and h2c"
+  echo "check ($w worker(s)): every target answers 200 with the right body on /hello, /16k and /cached, HTTP/1.1 and h2c"
 
-  for path in hello 16k; do
+  for path in hello 16k cached; do
     [ "$first" = 1 ] && measure "$w" h1 "$path" origin "$ORIGIN_PORT" "$ORIGIN_PID"
     measure "$w" h1 "$path" nginx "$NGINX_PORT" "$NGINX_PID"
     measure "$w" h1 "$path" haproxy "$HAPROXY_PORT" "$HAPROXY_PID"

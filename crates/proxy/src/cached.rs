@@ -233,13 +233,28 @@ impl Gateway {
         }
         let flight = match lookup.cache.flights.join(&lookup.key) {
             Joined::Lead(leader) => {
+                // A flight may have ended, and stored a fresh copy, since the lookup.
+                if lookup.entry.is_none() {
+                    lookup.entry = lookup.cache.store.lookup(&lookup.key, &lookup.headers);
+                    if let Some(hit) = self.cache_hit(lookup, log) {
+                        return Some(hit);
+                    }
+                }
                 lookup.leader = Some(leader);
                 return None;
             }
             Joined::Alone => return None,
             Joined::Follow(flight) => flight,
         };
-        match flight.head(self.stale_allowed(lookup)).await {
+        let stale_ok = self.stale_allowed(lookup);
+        let waited = match stale_ok {
+            false => flight.head(false).await,
+            // With a copy to fall back on, no longer than a request would wait upstream.
+            true => tokio::time::timeout(FAST_STALE, flight.head(true))
+                .await
+                .unwrap_or(Waited::Background),
+        };
+        match waited {
             Waited::Shared(head) => {
                 let same_variant = policy::vary_names(&head.headers)
                     .unwrap_or_default()
@@ -614,32 +629,62 @@ impl Gateway {
         length: Option<u64>,
         commit: Box<dyn FnOnce(Bytes) + Send>,
     ) -> ProxyBody {
-        let Some(reader) = flight.reader() else {
-            unreachable!("a new flight holds its body from the start");
-        };
-        let Some(log) = body.take_log() else {
-            return body;
-        };
+        let reader = flight.reader();
+        let log = body.take_log();
         // The task's copy of the record names the request in a failure's WARN line; the
         // access line is the leader's own.
         let mut task_log = RequestLog::detached(&self.logger);
-        task_log.record.request_id = log.record.request_id.clone();
-        task_log.record.status = log.record.status;
-        task_log.attempts = log.attempts;
+        if let Some(log) = &log {
+            task_log.record.request_id = log.record.request_id.clone();
+            task_log.record.status = log.record.status;
+            task_log.attempts = log.attempts;
+        }
         let body_task = body.with_log(task_log);
-        tokio::spawn(pump(flight, body_task, finish, commit));
-        ProxyBody::shared(reader, length).with_log(log)
+        tokio::spawn(pump(
+            Ended {
+                flight,
+                ended: false,
+            },
+            body_task,
+            finish,
+            commit,
+        ));
+        let Some(reader) = reader else {
+            unreachable!("a new flight holds its body from the start");
+        };
+        let shared = ProxyBody::shared(reader, length);
+        match log {
+            Some(log) => shared.with_log(log),
+            None => shared,
+        }
+    }
+}
+
+/// The reading task's hold on its flight: if the task goes before the body has ended (its
+/// runtime shut down, a panic), the readers are told the body broke instead of waiting forever.
+struct Ended {
+    flight: Arc<Flight>,
+    ended: bool,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.flight
+                .end(End::Broken(cause::Cause::Internal, cause::Phase::ReadBody));
+        }
     }
 }
 
 /// Reads a shared upstream body into its flight, to its end or until nobody needs it.
 async fn pump(
-    flight: Arc<Flight>,
+    mut hold: Ended,
     mut body: ProxyBody,
     finish: Finish,
     commit: Box<dyn FnOnce(Bytes) + Send>,
 ) {
     use http_body_util::BodyExt;
+    let flight = hold.flight.clone();
     loop {
         if flight.abandoned() {
             // Too large to store and every client gone: the upstream connection is dropped
@@ -666,7 +711,9 @@ async fn pump(
             }
         }
     }
-    if let Some(bytes) = flight.end(End::Complete) {
+    let whole = flight.end(End::Complete);
+    hold.ended = true;
+    if let Some(bytes) = whole {
         commit(bytes);
     }
     drop(finish);
@@ -850,12 +897,25 @@ impl Gateway {
                     return;
                 }
                 if status.is_server_error() {
-                    // Never replaces the good copy; read and dropped.
-                    let _ = body.collect().await;
+                    // Never replaces the good copy. Dropped unread (its connection closes), and
+                    // the waiting requests are let go at once.
+                    drop(lookup);
+                    drop(body);
                     return;
                 }
-                let resp = self.cache_fill(lookup, Response::from_parts(parts, body));
-                let _ = resp.into_body().collect().await;
+                // Read to its end (a storable answer goes into the store as it is read),
+                // nothing kept here; a body past what may be stored is let go.
+                let limit = lookup.cache.config.max_object;
+                let mut body = self
+                    .cache_fill(lookup, Response::from_parts(parts, body))
+                    .into_body();
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > limit {
+                        break;
+                    }
+                }
             }
         }
     }

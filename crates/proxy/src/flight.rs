@@ -137,7 +137,9 @@ impl Leader {
     pub(crate) fn set_background(&self) {
         let mut st = self.flight.lock();
         st.background = true;
-        st.wake();
+        let wake = st.wake();
+        drop(st);
+        wake.now();
     }
 
     /// The leader's answer is storable: the followers take it. Returns the flight, for the task
@@ -148,8 +150,9 @@ impl Leader {
         st.head = Some(Arc::new(head));
         st.outcome = Outcome::Shared;
         st.storing = true;
-        st.wake();
+        let wake = st.wake();
         drop(st);
+        wake.now();
         let finish = Finish {
             flights: self.flights.clone(),
             key: self.key.clone(),
@@ -167,7 +170,9 @@ impl Drop for Leader {
         self.flights.remove(&self.key, &self.flight);
         let mut st = self.flight.lock();
         st.outcome = Outcome::Alone;
-        st.wake();
+        let wake = st.wake();
+        drop(st);
+        wake.now();
     }
 }
 
@@ -242,11 +247,24 @@ struct State {
     background: bool,
 }
 
-impl State {
-    fn wake(&mut self) {
-        for w in self.waiting.drain(..) {
+/// Wakers taken out of the state, woken once its lock is released (a woken task on another
+/// worker would otherwise run straight into the held lock).
+#[must_use]
+struct Wake(Vec<Waker>);
+
+impl Wake {
+    fn now(self) {
+        for w in self.0 {
             w.wake();
         }
+    }
+}
+
+impl State {
+    fn wake(&mut self) -> Wake {
+        let mut all = std::mem::take(&mut self.waiting);
+        all.extend(self.pump.take());
+        Wake(all)
     }
 
     fn wait(&mut self, cx: &mut Context<'_>) {
@@ -255,10 +273,11 @@ impl State {
         }
     }
 
-    /// Once nothing more will be stored, lets go of what every reader has read.
-    fn trim(&mut self) {
+    /// Once nothing more will be stored, lets go of what every reader has read; the reading
+    /// task is to be woken when that made room.
+    fn trim(&mut self) -> Option<Waker> {
         if self.storing {
-            return;
+            return None;
         }
         let low = self
             .cursors
@@ -275,10 +294,9 @@ impl State {
             self.base += 1;
         }
         if self.held < self.cap {
-            if let Some(w) = self.pump.take() {
-                w.wake();
-            }
+            return self.pump.take();
         }
+        None
     }
 }
 
@@ -348,20 +366,31 @@ impl Flight {
         if st.storing && st.total > st.cap {
             st.storing = false;
         }
-        st.trim();
-        st.wake();
+        let _ = st.trim();
+        let wake = st.wake();
+        drop(st);
+        wake.now();
     }
 
     /// The body has ended. When it ended complete and within `max_object`, the whole of it.
     pub(crate) fn end(&self, end: End) -> Option<Bytes> {
         let mut st = self.lock();
-        st.end = Some(end);
-        st.wake();
-        if end != End::Complete || !st.storing {
+        if st.end.is_some() {
             return None;
         }
-        let mut all = bytes::BytesMut::with_capacity(st.total);
-        for c in &st.chunks {
+        st.end = Some(end);
+        let wake = st.wake();
+        let whole = (end == End::Complete && st.storing)
+            .then(|| (st.total, st.chunks.iter().cloned().collect::<Vec<Bytes>>()));
+        drop(st);
+        wake.now();
+        // Joined outside the lock: the readers need it meanwhile.
+        let (total, chunks) = whole?;
+        if chunks.len() == 1 {
+            return chunks.into_iter().next();
+        }
+        let mut all = bytes::BytesMut::with_capacity(total);
+        for c in &chunks {
             all.extend_from_slice(c);
         }
         Some(all.freeze())
@@ -391,7 +420,11 @@ impl Reader {
         if at < st.base + st.chunks.len() {
             let chunk = st.chunks[at - st.base].clone();
             st.cursors[self.id] = Some(at + 1);
-            st.trim();
+            let pump = st.trim();
+            drop(st);
+            if let Some(w) = pump {
+                w.wake();
+            }
             return Poll::Ready(Some(Ok(chunk)));
         }
         match st.end {
@@ -416,6 +449,10 @@ impl Drop for Reader {
     fn drop(&mut self) {
         let mut st = self.flight.lock();
         st.cursors[self.id] = None;
-        st.trim();
+        let pump = st.trim();
+        drop(st);
+        if let Some(w) = pump {
+            w.wake();
+        }
     }
 }
