@@ -65,6 +65,20 @@ async fn fresh_copies_answer_and_private_ones_never_do() {
         })
         .await;
     assert_eq!(hit["status"], 200);
+    // A range of the stored body, from the cache.
+    let whole = first.text();
+    let req = common::get(gw.addr, "/page?cc=max-age%3D60")
+        .header("range", "bytes=0-4")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let part = common::send(gw.addr, req).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.text(), whole[..5]);
+    assert_eq!(
+        part.header("content-range"),
+        format!("bytes 0-4/{}", whole.len())
+    );
+    assert_eq!(requests(), 1, "the range came from the cache");
 
     // Never from the cache: private, Set-Cookie, no-store, and a client's no-cache.
     for (path, why) in [

@@ -806,6 +806,76 @@ pub fn not_modified_for(req: &HeaderMap, stored: &HeaderMap) -> bool {
     modified <= since
 }
 
+/// What a request's `Range` asks of a stored complete body of `len` bytes (RFC 9110 §14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeAsked {
+    /// No range to honour (none, several, not bytes, `If-Range`, or not parsable): the whole
+    /// body answers, as RFC 9110 §14.2 allows.
+    Whole,
+    /// Bytes `start..=end` of it: a 206.
+    Part { start: u64, end: u64 },
+    /// A range that starts past its end: a 416.
+    Unsatisfiable,
+}
+
+/// The single byte range a request asks of a body of `len` bytes.
+pub fn range_asked(req: &HeaderMap, len: u64) -> RangeAsked {
+    let mut ranges = req.get_all(header::RANGE).iter();
+    let (Some(v), None) = (ranges.next(), ranges.next()) else {
+        return RangeAsked::Whole;
+    };
+    if req.contains_key(header::IF_RANGE) {
+        return RangeAsked::Whole;
+    }
+    let Some(spec) = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return RangeAsked::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAsked::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAsked::Whole;
+    };
+    let number = |t: &str| parse_delta(t.trim()).filter(|_| t.trim().len() <= 18);
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        // `-N`: the last N bytes.
+        (true, false) => match number(last) {
+            Some(0) => RangeAsked::Unsatisfiable,
+            Some(n) if len > 0 => RangeAsked::Part {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
+            Some(_) => RangeAsked::Unsatisfiable,
+            None => RangeAsked::Whole,
+        },
+        // `A-` or `A-B`.
+        (false, open) => {
+            let Some(start) = number(first) else {
+                return RangeAsked::Whole;
+            };
+            let end = match open {
+                true => u64::MAX,
+                false => match number(last) {
+                    Some(e) if e >= start => e,
+                    _ => return RangeAsked::Whole,
+                },
+            };
+            if start >= len {
+                return RangeAsked::Unsatisfiable;
+            }
+            RangeAsked::Part {
+                start,
+                end: end.min(len - 1),
+            }
+        }
+        (true, true) => RangeAsked::Whole,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -875,6 +945,30 @@ pub(crate) mod tests {
         assert_eq!(d.delta("max-age"), None);
         assert_eq!(parse_delta("0003600"), Some(3600));
         assert_eq!(parse_delta("99999999999999999999"), Some(DELTA_MAX));
+    }
+
+    #[test]
+    fn ranges_of_a_stored_body() {
+        let r = |v: &str| range_asked(&headers(&[("range", v)]), 11);
+        assert_eq!(r("bytes=0-1"), RangeAsked::Part { start: 0, end: 1 });
+        assert_eq!(r("bytes=5-"), RangeAsked::Part { start: 5, end: 10 });
+        assert_eq!(r("bytes=-3"), RangeAsked::Part { start: 8, end: 10 });
+        assert_eq!(r("bytes=-30"), RangeAsked::Part { start: 0, end: 10 });
+        assert_eq!(r("bytes=3-99"), RangeAsked::Part { start: 3, end: 10 });
+        assert_eq!(r("bytes=11-"), RangeAsked::Unsatisfiable);
+        assert_eq!(r("bytes=-0"), RangeAsked::Unsatisfiable);
+        for whole in [
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=5-2",
+            "bytes=x-1",
+            "bytes=-",
+        ] {
+            assert_eq!(r(whole), RangeAsked::Whole, "{whole}");
+        }
+        assert_eq!(range_asked(&headers(&[]), 11), RangeAsked::Whole);
+        let with_if_range = headers(&[("range", "bytes=0-1"), ("if-range", "\"v1\"")]);
+        assert_eq!(range_asked(&with_if_range, 11), RangeAsked::Whole);
     }
 
     #[test]

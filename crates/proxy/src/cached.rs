@@ -497,6 +497,28 @@ impl Gateway {
             status = StatusCode::NOT_MODIFIED;
             body = Bytes::new();
             headers.remove(http::header::CONTENT_LENGTH);
+        } else if entry.status == StatusCode::OK {
+            // A range of the stored whole body (RFC 9110 §14).
+            let len = body.len() as u64;
+            match policy::range_asked(&lookup.headers, len) {
+                policy::RangeAsked::Whole => {}
+                policy::RangeAsked::Part { start, end } => {
+                    status = StatusCode::PARTIAL_CONTENT;
+                    body = body.slice(start as usize..=end as usize);
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                        headers.insert(http::header::CONTENT_RANGE, v);
+                    }
+                    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                }
+                policy::RangeAsked::Unsatisfiable => {
+                    status = StatusCode::RANGE_NOT_SATISFIABLE;
+                    body = Bytes::new();
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                        headers.insert(http::header::CONTENT_RANGE, v);
+                    }
+                    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(0));
+                }
+            }
         }
         if lookup.method == Method::HEAD {
             body = Bytes::new();
