@@ -360,9 +360,19 @@ async fn head_and_some(
     path: &str,
     body: usize,
 ) -> (String, tokio::net::TcpStream) {
+    head_and_some_with(addr, path, "", body).await
+}
+
+/// [`head_and_some`] with extra header lines (`extra` ends each with CRLF).
+async fn head_and_some_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    extra: &str,
+    body: usize,
+) -> (String, tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: cache.test\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: cache.test\r\n{extra}\r\n").as_bytes())
         .await
         .unwrap();
     let mut got = Vec::new();
@@ -587,6 +597,49 @@ async fn the_admin_api_purges_one_url_or_a_prefix() {
         })
         .await;
     assert_eq!(warn["purged"], 1);
+    gw.stop().await;
+    lab.shutdown().await;
+}
+
+#[tokio::test]
+async fn copies_taken_at_once_are_bounded() {
+    // Requests with `Cache-Control: no-cache` do not coalesce: each takes its own copy of the
+    // body as it streams. The lab's stall keeps 64 of them in progress; the 65th streams
+    // through unstored.
+    let lab = Lab::start(
+        &[(Fault::Stall, 0)],
+        "127.0.0.1".parse().unwrap(),
+        LabOptions::default(),
+    )
+    .await
+    .unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n[cache]\nsize = \"16MiB\"\nmax_object = \"2MiB\"\n[upstream.app]\nendpoints = [\"{}\"]\nbody_timeout = \"5s\"\n[[route]]\nupstream = \"app\"\ncache = true\n",
+        lab.addr(Fault::Stall).unwrap()
+    );
+    let gw = common::gateway(&text).await;
+    let mut open = Vec::new();
+    for i in 0..64 {
+        let path = format!("/f{i}?cc=max-age%3D60");
+        let (head, conn) =
+            head_and_some_with(gw.addr, &path, "Cache-Control: no-cache\r\n", 1000).await;
+        assert!(head.contains("fwd=uri-miss; stored"), "{i}: {head}");
+        open.push(conn);
+    }
+    let metrics = gw.gateway.metrics_text();
+    assert!(
+        metrics.contains("cleargate_cache_fills_in_flight 64"),
+        "{metrics}"
+    );
+    let (head, _conn) = head_and_some_with(
+        gw.addr,
+        "/f64?cc=max-age%3D60",
+        "Cache-Control: no-cache\r\n",
+        1000,
+    )
+    .await;
+    assert!(head.contains("fwd=uri-miss; detail=busy"), "{head}");
+    drop(open);
     gw.stop().await;
     lab.shutdown().await;
 }

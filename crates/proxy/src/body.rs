@@ -126,15 +126,37 @@ pub(crate) struct Fill {
     size: usize,
     limit: usize,
     commit: Option<Box<dyn FnOnce(Bytes) + Send>>,
+    _count: FillCount,
+}
+
+/// One fill counted in the cache's gauge while it lives.
+pub(crate) struct FillCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl FillCount {
+    pub(crate) fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> FillCount {
+        count.fetch_add(1, Ordering::Relaxed);
+        FillCount(count.clone())
+    }
+}
+
+impl Drop for FillCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Fill {
-    pub(crate) fn new(limit: usize, commit: Box<dyn FnOnce(Bytes) + Send>) -> Fill {
+    pub(crate) fn new(
+        limit: usize,
+        commit: Box<dyn FnOnce(Bytes) + Send>,
+        count: FillCount,
+    ) -> Fill {
         Fill {
             chunks: Vec::new(),
             size: 0,
             limit,
             commit: Some(commit),
+            _count: count,
         }
     }
 

@@ -18,7 +18,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::{Fill, ProxyBody, RequestLog};
+use crate::body::{Fill, FillCount, ProxyBody, RequestLog};
 use crate::flight::{End, Finish, Flight, Flights, Head, Joined, Leader, Waited};
 use crate::forward::{Outgoing, Routed};
 use crate::headers::X_REQUEST_ID;
@@ -54,6 +54,8 @@ pub(crate) struct ResponseCache {
     stale_causes: std::sync::Mutex<Vec<(&'static str, u64)>>,
     /// Concurrent misses for one key, coalesced.
     pub flights: Arc<Flights>,
+    /// Copies being taken by requests that do not coalesce (`body.rs`'s `Fill`).
+    pub fills: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ResponseCache {
@@ -76,6 +78,7 @@ impl ResponseCache {
             collapsed: AtomicU64::new(0),
             while_revalidating: AtomicU64::new(0),
             stale_causes: std::sync::Mutex::new(Vec::new()),
+            fills: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             flights,
         }
     }
@@ -133,7 +136,7 @@ impl ResponseCache {
         let _ = writeln!(
             out,
             "cleargate_cache_fills_in_flight {}",
-            self.flights.running()
+            self.flights.running() + self.fills.load(Ordering::Relaxed)
         );
     }
 
@@ -606,6 +609,11 @@ impl Gateway {
                 let body = self.share_body(flight, finish, body, length, Box::new(commit));
                 (format!("cleargate; fwd={fwd}; stored"), body)
             }
+            Ok(()) if cache.fills.load(Ordering::Relaxed) >= cache.flights.limit => {
+                // As many copies are being taken as flights may run: this one streams through
+                // unstored, so that fills in progress stay bounded in memory.
+                (format!("cleargate; fwd={fwd}; detail=busy"), body)
+            }
             Ok(()) => {
                 let mut headers = parts.headers.clone();
                 headers.remove(X_REQUEST_ID);
@@ -622,7 +630,11 @@ impl Gateway {
                     let entry = Entry::new(code, headers, bytes, stored, &req);
                     store.store.insert(key, entry);
                 };
-                let fill = Fill::new(cache.store.max_object(), Box::new(commit));
+                let fill = Fill::new(
+                    cache.store.max_object(),
+                    Box::new(commit),
+                    FillCount::new(&cache.fills),
+                );
                 (
                     format!("cleargate; fwd={fwd}; stored"),
                     body.with_fill(fill),
