@@ -779,7 +779,7 @@ impl Gateway {
             return None;
         }
         let entry = entry.clone();
-        self.spawn_refresh(lookup, routed, outgoing);
+        self.spawn_refresh(lookup, routed, outgoing, false);
         let status = format!(
             "cleargate; hit; ttl={}; detail=stale-while-revalidate",
             entry.stored.ttl(now)
@@ -801,6 +801,7 @@ impl Gateway {
         lookup: &mut Lookup,
         routed: &Routed<'_>,
         outgoing: &Outgoing,
+        slow: bool,
     ) {
         let Some(forwarded) = outgoing.parts.as_ref() else {
             return;
@@ -812,7 +813,12 @@ impl Gateway {
                 _ => return,
             },
         };
-        leader.set_background();
+        if slow {
+            // The upstream is slow: requests with a copy to fall back on take it instead of
+            // waiting for this refresh. (A `stale-while-revalidate` refresh is waited for like
+            // any leader by requests outside that window.)
+            leader.set_background();
+        }
         let mut req = Request::new(());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = forwarded.uri.clone();

@@ -231,7 +231,7 @@ impl Gateway {
                             // The copy answers this client; the upstream's answer is fetched
                             // in the background, with the upstream's own timeouts, for the
                             // next ones.
-                            self.spawn_refresh(l, &routed, &outgoing);
+                            self.spawn_refresh(l, &routed, &outgoing, true);
                             Err(
                                 Failure::new(Cause::Timeout, Phase::ReadHead).with_detail(format!(
                                     "no answer within {:?} while a stored copy could answer",
