@@ -370,11 +370,23 @@ impl Gateway {
         // back into the runtime's timer wheel; only an earlier one (a head started) re-arms it.
         let timer = tokio::time::sleep_until(self.next_check(state).into());
         tokio::pin!(timer);
+        // Made once: `select!` evaluates every branch's expression on each turn, even a
+        // disabled one, and a new `cancelled()` registers with the process-wide token each time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let wake = tokio::time::Instant::from_std(self.next_check(state));
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }
+            let holding = held.is_some();
+            // Built only while a head is held: no clock read or timer on an ordinary turn.
+            let held_tick = async move {
+                match holding {
+                    true => tokio::time::sleep(Duration::from_millis(5)).await,
+                    false => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -382,7 +394,7 @@ impl Gateway {
                     }
                     return;
                 }
-                _ = shutdown.cancelled(), if !shutting_down => {
+                _ = &mut cancelled, if !shutting_down => {
                     shutting_down = true;
                     // A head that has begun to arrive is let through (within a grace), so
                     // that the request it carries is answered, not cut off unanswered.
@@ -395,7 +407,7 @@ impl Gateway {
                 }
                 // Shutdown only: looks every few milliseconds whether the held head has become
                 // a request (hyper disables keep-alive for it) or the grace is over.
-                _ = tokio::time::sleep(Duration::from_millis(5)), if held.is_some() => {
+                _ = held_tick, if holding => {
                     let started = state.head_started.lock().unwrap().is_none();
                     if started || held.is_some_and(|t| Instant::now() >= t) {
                         held = None;
