@@ -321,6 +321,15 @@ fn understood(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200..=599) && !matches!(status.as_u16(), 206 | 304)
 }
 
+/// Statuses whose caching rules this cache implements, for `must-understand`: those defined
+/// by RFC 9110 that it stores.
+fn understands_caching_of(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
 /// Statuses that may be given a heuristic lifetime (RFC 9110 §15.1).
 fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
@@ -430,7 +439,13 @@ pub fn storable(
     }
     let rcc = Directives::of(req, &header::CACHE_CONTROL);
     let cc = response_directives(resp);
-    if rcc.has("no-store") || cc.has("no-store") {
+    // `must-understand` (RFC 9111 §5.2.2.3): a status whose caching rules the cache knows may
+    // be stored despite the response's `no-store`; any other status may not be stored at all.
+    let understood_here = cc.has("must-understand") && understands_caching_of(status);
+    if cc.has("must-understand") && !understood_here {
+        return Err(NotStored::Status);
+    }
+    if rcc.has("no-store") || (cc.has("no-store") && !understood_here) {
         return Err(NotStored::NoStore);
     }
     // `private="Set-Cookie"` (a list of fields) still lets the rest be shared in theory; the
@@ -945,6 +960,22 @@ pub(crate) mod tests {
         assert_eq!(d.delta("max-age"), None);
         assert_eq!(parse_delta("0003600"), Some(3600));
         assert_eq!(parse_delta("99999999999999999999"), Some(DELTA_MAX));
+    }
+
+    #[test]
+    fn must_understand_stores_known_statuses_only() {
+        let cc = [("cache-control", "max-age=3600, no-store, must-understand")];
+        assert_eq!(store(&[], 200, &cc), Ok(()));
+        assert_eq!(store(&[], 599, &cc), Err(NotStored::Status));
+        assert_eq!(
+            store(&[], 200, &[("cache-control", "max-age=3600, no-store")]),
+            Err(NotStored::NoStore)
+        );
+        // The client's no-store still wins.
+        assert_eq!(
+            store(&[("cache-control", "no-store")], 200, &cc),
+            Err(NotStored::NoStore)
+        );
     }
 
     #[test]
