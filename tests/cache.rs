@@ -353,6 +353,23 @@ async fn concurrent_misses_for_one_url_make_one_upstream_request() {
     lab.shutdown().await;
 }
 
+/// A gateway caching in front of the lab's `stall` (a head promising 1,000,000 bytes, 1,000 of
+/// them sent, then silence), with the upstream's body timeout `body_timeout`.
+async fn stall_lab(body_timeout: &str) -> (Lab, String) {
+    let lab = Lab::start(
+        &[(Fault::Stall, 0)],
+        "127.0.0.1".parse().unwrap(),
+        LabOptions::default(),
+    )
+    .await
+    .unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n[cache]\nsize = \"16MiB\"\nmax_object = \"2MiB\"\n[upstream.app]\nendpoints = [\"{}\"]\nbody_timeout = \"{body_timeout}\"\n[[route]]\nupstream = \"app\"\ncache = true\n",
+        lab.addr(Fault::Stall).unwrap()
+    );
+    (lab, text)
+}
+
 /// Sends a GET on a new connection and reads until the head and `body` bytes of the body
 /// have arrived; returns the head and the connection, still open.
 async fn head_and_some(
@@ -393,17 +410,7 @@ async fn head_and_some_with(
 async fn followers_are_fed_as_the_body_streams_and_a_broken_fill_stores_nothing() {
     use tokio::io::AsyncReadExt;
     // The lab's `stall` sends a head promising 1,000,000 bytes, 1,000 of them, and goes quiet.
-    let lab = Lab::start(
-        &[(Fault::Stall, 0)],
-        "127.0.0.1".parse().unwrap(),
-        LabOptions::default(),
-    )
-    .await
-    .unwrap();
-    let text = format!(
-        "listen = [\"127.0.0.1:0\"]\n[cache]\nsize = \"16MiB\"\nmax_object = \"2MiB\"\n[upstream.app]\nendpoints = [\"{}\"]\nbody_timeout = \"3s\"\n[[route]]\nupstream = \"app\"\ncache = true\n",
-        lab.addr(Fault::Stall).unwrap()
-    );
+    let (lab, text) = stall_lab("3s").await;
     let gw = common::gateway(&text).await;
     let path = "/big?cc=max-age%3D60";
     // The leader has its head and the first 1,000 bytes while the body is still open.
@@ -606,17 +613,7 @@ async fn copies_taken_at_once_are_bounded() {
     // Requests with `Cache-Control: no-cache` do not coalesce: each takes its own copy of the
     // body as it streams. The lab's stall keeps 64 of them in progress; the 65th streams
     // through unstored.
-    let lab = Lab::start(
-        &[(Fault::Stall, 0)],
-        "127.0.0.1".parse().unwrap(),
-        LabOptions::default(),
-    )
-    .await
-    .unwrap();
-    let text = format!(
-        "listen = [\"127.0.0.1:0\"]\n[cache]\nsize = \"16MiB\"\nmax_object = \"2MiB\"\n[upstream.app]\nendpoints = [\"{}\"]\nbody_timeout = \"5s\"\n[[route]]\nupstream = \"app\"\ncache = true\n",
-        lab.addr(Fault::Stall).unwrap()
-    );
+    let (lab, text) = stall_lab("5s").await;
     let gw = common::gateway(&text).await;
     let mut open = Vec::new();
     for i in 0..64 {

@@ -578,20 +578,11 @@ impl Gateway {
                 let Some(leader) = lookup.leader.take() else {
                     unreachable!("checked just above");
                 };
-                let mut headers = parts.headers.clone();
-                headers.remove(X_REQUEST_ID);
-                let code = parts.status;
-                let stored = Stored::new(
-                    lookup.request_time,
-                    SystemTime::now(),
-                    code,
-                    &headers,
-                    &cache.options,
-                );
+                let commit = commit_for(&lookup, &parts);
                 let mut shared = parts.headers.clone();
                 shared.remove(X_REQUEST_ID);
                 let head = Head {
-                    status: code,
+                    status: parts.status,
                     headers: shared,
                     request: lookup.headers.clone(),
                 };
@@ -601,12 +592,7 @@ impl Gateway {
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
-                let (store, key, req) = (cache.clone(), lookup.key.clone(), lookup.headers);
-                let commit = move |bytes: Bytes| {
-                    let entry = Entry::new(code, headers, bytes, stored, &req);
-                    store.store.insert(key, entry);
-                };
-                let body = self.share_body(flight, finish, body, length, Box::new(commit));
+                let body = self.share_body(flight, finish, body, length, commit);
                 (format!("cleargate; fwd={fwd}; stored"), body)
             }
             Ok(()) if cache.fills.load(Ordering::Relaxed) >= cache.flights.limit => {
@@ -615,24 +601,9 @@ impl Gateway {
                 (format!("cleargate; fwd={fwd}; detail=busy"), body)
             }
             Ok(()) => {
-                let mut headers = parts.headers.clone();
-                headers.remove(X_REQUEST_ID);
-                let code = parts.status;
-                let stored = Stored::new(
-                    lookup.request_time,
-                    SystemTime::now(),
-                    code,
-                    &headers,
-                    &cache.options,
-                );
-                let (store, key, req) = (cache.clone(), lookup.key.clone(), lookup.headers);
-                let commit = move |bytes: Bytes| {
-                    let entry = Entry::new(code, headers, bytes, stored, &req);
-                    store.store.insert(key, entry);
-                };
                 let fill = Fill::new(
                     cache.store.max_object(),
-                    Box::new(commit),
+                    commit_for(&lookup, &parts),
                     FillCount::new(&cache.fills),
                 );
                 (
@@ -753,6 +724,27 @@ async fn pump(
     drop(finish);
 }
 
+/// What stores the upstream's answer once its whole body is there: the response's fields
+/// (without this request's id) and the facts the rules judge it by, taken now, at its head.
+fn commit_for(lookup: &Lookup, parts: &http::response::Parts) -> Box<dyn FnOnce(Bytes) + Send> {
+    let mut headers = parts.headers.clone();
+    headers.remove(X_REQUEST_ID);
+    let code = parts.status;
+    let cache = &lookup.cache;
+    let stored = Stored::new(
+        lookup.request_time,
+        SystemTime::now(),
+        code,
+        &headers,
+        &cache.options,
+    );
+    let (store, key, req) = (cache.clone(), lookup.key.clone(), lookup.headers.clone());
+    Box::new(move |bytes: Bytes| {
+        let entry = Entry::new(code, headers, bytes, stored, &req);
+        store.store.insert(key, entry);
+    })
+}
+
 /// A request the gateway makes itself to refresh a stored copy, as the spawned task carries it.
 struct Refresh {
     lookup: Lookup,
@@ -850,7 +842,6 @@ impl Gateway {
             revalidating: false,
             leader: Some(leader),
         };
-        refresh_lookup.revalidating = false;
         if let Some(entry) = &refresh_lookup.entry {
             let validators = entry.stored.validators();
             refresh_lookup.revalidating = !validators.is_empty();
