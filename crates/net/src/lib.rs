@@ -545,10 +545,42 @@ impl BodyProgress {
     }
 }
 
-type InnerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// A request body: in memory (most requests, whose bodies are read whole or are empty), or
+/// streamed from the client. The one in memory is not boxed.
+enum InnerBody {
+    Full(http_body_util::Full<Bytes>),
+    Boxed(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
+}
 
-/// The body of a request on its way upstream: tracks when it ended and whether the client broke
-/// it off, so that the phase of a failure and its side are known.
+impl InnerBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            InnerBody::Full(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            InnerBody::Boxed(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InnerBody::Full(b) => b.is_end_stream(),
+            InnerBody::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            InnerBody::Full(b) => b.size_hint(),
+            InnerBody::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The request body as it goes upstream, with its progress shared with the exchange.
 pub struct RequestBody {
     inner: InnerBody,
     progress: Arc<BodyProgress>,
@@ -561,8 +593,16 @@ impl RequestBody {
         B::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt;
+        RequestBody::with(InnerBody::Boxed(body.map_err(Into::into).boxed_unsync()))
+    }
+
+    /// A body held whole in memory (empty for most requests).
+    pub fn full(bytes: Bytes) -> RequestBody {
+        RequestBody::with(InnerBody::Full(http_body_util::Full::new(bytes)))
+    }
+
+    fn with(inner: InnerBody) -> RequestBody {
         let progress = Arc::new(BodyProgress::default());
-        let inner = body.map_err(Into::into).boxed_unsync();
         if inner.is_end_stream() {
             progress.finish();
         }
@@ -570,7 +610,7 @@ impl RequestBody {
     }
 
     pub fn empty() -> RequestBody {
-        RequestBody::new(http_body_util::Empty::<Bytes>::new())
+        RequestBody::full(Bytes::new())
     }
 
     pub fn progress(&self) -> &Arc<BodyProgress> {
@@ -586,7 +626,7 @@ impl Body for RequestBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let r = self.inner.poll_frame(cx);
         match &r {
             std::task::Poll::Ready(None) => self.progress.finish(),
             std::task::Poll::Ready(Some(Ok(frame))) => {

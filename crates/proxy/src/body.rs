@@ -7,7 +7,7 @@
 //! client never sees a response that looks complete but is not.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -107,8 +107,8 @@ struct Streamed {
     lease: Option<PoolLease>,
     exchange: Exchange,
     attempt_started: Instant,
-    sent: Arc<AtomicU64>,
-    done: Arc<AtomicBool>,
+    sent: u64,
+    done: bool,
     /// What a look at the body before the head went out found: a first frame to send, or
     /// (`Some(None)`) the end of the body.
     early: Option<Option<Frame<Bytes>>>,
@@ -231,8 +231,8 @@ impl ProxyBody {
                 lease: Some(lease),
                 exchange,
                 attempt_started,
-                sent: Arc::new(AtomicU64::new(0)),
-                done: Arc::new(AtomicBool::new(false)),
+                sent: 0,
+                done: false,
                 early: None,
                 deferred: None,
                 fill: None,
@@ -322,7 +322,7 @@ impl Drop for ProxyBody {
         if let Kind::Stream(s) = &mut self.kind {
             // An empty body (`Content-Length: 0`) is never polled: hyper sees its end from
             // `is_end_stream` and drops it. It was complete all the same.
-            if !s.done.load(Ordering::Relaxed) && s.early.is_none() && s.incoming.is_end_stream() {
+            if !s.done && s.early.is_none() && s.incoming.is_end_stream() {
                 s.finish();
             }
         }
@@ -334,8 +334,8 @@ impl Drop for ProxyBody {
             }
         }
         if let (Kind::Stream(s), Some(log)) = (&mut self.kind, &mut self.log) {
-            log.record.bytes_out = s.sent.load(Ordering::Relaxed);
-            if !s.done.load(Ordering::Relaxed) && log.record.cause.is_none() {
+            log.record.bytes_out = s.sent;
+            if !s.done && log.record.cause.is_none() {
                 // Dropped before its end without an upstream failure: the client went away.
                 log.record.cause = Some(Cause::ClientAborted);
                 log.record.phase = Some(Phase::ReadBody);
@@ -400,7 +400,7 @@ impl Body for ProxyBody {
                 return Poll::Ready(None);
             };
             if let Some(d) = frame.data_ref() {
-                s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+                s.sent += d.len() as u64;
                 if let Some(fill) = &mut s.fill {
                     fill.take(d);
                 }
@@ -413,7 +413,7 @@ impl Body for ProxyBody {
         match Pin::new(&mut s.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    s.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    s.sent += d.len() as u64;
                     if let Some(fill) = &mut s.fill {
                         fill.take(d);
                     }
@@ -490,7 +490,7 @@ use std::future::Future;
 impl Streamed {
     /// The body was read to its end: the connection may serve another request.
     fn finish(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        self.done = true;
         if let Some(fill) = &mut self.fill {
             fill.end();
         }

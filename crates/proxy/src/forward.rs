@@ -603,11 +603,10 @@ impl Gateway {
                 .unwrap_or("localhost");
             let uri = format!("http://{authority}{path_and_query}").parse::<Uri>();
             parts.headers.remove(HOST);
-            uri
+            uri.unwrap_or_else(|_| Uri::from_static("/"))
         } else {
-            path_and_query.parse::<Uri>()
-        }
-        .unwrap_or_else(|_| Uri::from_static("/"));
+            origin_form(&parts.uri)
+        };
         parts.version = if h2 {
             Version::HTTP_2
         } else {
@@ -934,9 +933,7 @@ pub(crate) enum PreparedBody {
 impl PreparedBody {
     pub(crate) fn take_for_attempt(&mut self) -> Option<net::RequestBody> {
         match self {
-            PreparedBody::Buffered(b) => {
-                Some(net::RequestBody::new(http_body_util::Full::new(b.clone())))
-            }
+            PreparedBody::Buffered(b) => Some(net::RequestBody::full(b.clone())),
             PreparedBody::Streaming(s) => s.take().map(net::RequestBody::new),
         }
     }
@@ -948,6 +945,21 @@ impl PreparedBody {
             PreparedBody::Buffered(_) | PreparedBody::Streaming(Some(_))
         )
     }
+}
+
+/// The request target as an HTTP/1.1 upstream gets it: the path and query alone. A target in
+/// origin form (nearly all of them) is kept as it is, without a copy.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// The `timeout=` of a `Keep-Alive` response header, in seconds.

@@ -503,7 +503,7 @@ fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
         o.push_str("null");
         return;
     };
-    let micros = (d.as_secs_f64() * 1_000_000.0).round() as u64;
+    let micros = micros(d);
     push_uint(o, micros / 1000);
     let mut frac = micros % 1000;
     if frac != 0 {
@@ -599,7 +599,12 @@ fn text_attempt(a: &Value) -> String {
 }
 
 fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    micros(d) as f64 / 1000.0
+}
+
+/// `d` rounded to the microsecond, in integers (exact however long `d` is).
+fn micros(d: Duration) -> u64 {
+    d.as_secs() * 1_000_000 + u64::from((d.subsec_nanos() + 500) / 1000)
 }
 
 fn quote_if_needed(s: &str) -> String {

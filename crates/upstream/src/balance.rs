@@ -15,6 +15,67 @@ use config::Balance;
 
 use crate::{Endpoint, Upstream};
 
+/// A short list of endpoints, on the stack up to `FEW` of them and on the heap past that.
+struct Few<'a> {
+    inline: [&'a Arc<Endpoint>; FEW],
+    len: usize,
+    spilled: Vec<&'a Arc<Endpoint>>,
+}
+
+const FEW: usize = 8;
+
+impl<'a> Few<'a> {
+    /// `filler` only fills the unused slots; it is not in the list.
+    fn new(filler: &'a Arc<Endpoint>) -> Few<'a> {
+        Few {
+            inline: [filler; FEW],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, e: &'a Arc<Endpoint>) {
+        if self.len < FEW {
+            self.inline[self.len] = e;
+        } else {
+            if self.len == FEW {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(e);
+        }
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[&'a Arc<Endpoint>] {
+        match self.len <= FEW {
+            true => &self.inline[..self.len],
+            false => &self.spilled,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a Arc<Endpoint>> + '_ {
+        self.as_slice().iter().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Endpoint) -> bool) {
+        let mut kept = Few::new(self.inline[0]);
+        for e in self.iter() {
+            if keep(e) {
+                kept.push(e);
+            }
+        }
+        *self = kept;
+    }
+}
+
 /// The endpoint chosen for an attempt.
 pub struct Choice {
     pub endpoint: Arc<Endpoint>,
@@ -27,19 +88,32 @@ impl Upstream {
     /// request's hash key for the `hash` policy.
     pub fn select(&self, tried: &[usize], key: Option<u64>) -> Result<Choice, Failure> {
         let now = Instant::now();
-        let in_rotation = self.endpoints.iter().filter(|e| !e.is_draining());
-        let active: Vec<&Arc<Endpoint>> = in_rotation.filter(|e| self.active_up(e)).collect();
-        if active.is_empty() && self.endpoints.iter().all(|e| e.is_draining()) {
+        let Some(first) = self.endpoints.first() else {
+            return Err(self.no_healthy("the upstream has no endpoints"));
+        };
+        // Gathered on the stack: choosing an endpoint allocates nothing.
+        let mut active = Few::new(first);
+        let mut not_ejected = Few::new(first);
+        let mut draining = 0;
+        for e in &self.endpoints {
+            if e.is_draining() {
+                draining += 1;
+                continue;
+            }
+            if !self.active_up(e) {
+                continue;
+            }
+            active.push(e);
+            if !self.is_ejected(e, now) {
+                not_ejected.push(e);
+            }
+        }
+        if active.is_empty() && draining == self.endpoints.len() {
             return Err(self.no_healthy("every endpoint is drained by the operator"));
         }
         if active.is_empty() {
             return Err(self.no_healthy("every endpoint fails its active health checks"));
         }
-        let not_ejected: Vec<&Arc<Endpoint>> = active
-            .iter()
-            .copied()
-            .filter(|e| !self.is_ejected(e, now))
-            .collect();
         let panic = (not_ejected.len() as u64) * 100
             < (active.len() as u64) * self.config.panic_threshold as u64;
         let mut candidates = if panic { active } else { not_ejected };
@@ -49,13 +123,14 @@ impl Upstream {
         if candidates.iter().any(|e| !tried.contains(&e.index)) {
             candidates.retain(|e| !tried.contains(&e.index));
         }
+        let candidates = candidates.as_slice();
         let endpoint = match &self.config.balance {
-            Balance::RoundRobin => self.round_robin(&candidates, now),
-            Balance::Weighted => self.weighted(&candidates, now),
-            Balance::LeastRequest => self.least_request(&candidates, now),
+            Balance::RoundRobin => self.round_robin(candidates, now),
+            Balance::Weighted => self.weighted(candidates, now),
+            Balance::LeastRequest => self.least_request(candidates, now),
             Balance::Hash(_) => match key {
-                Some(k) => rendezvous(&candidates, k),
-                None => self.round_robin(&candidates, now),
+                Some(k) => rendezvous(candidates, k),
+                None => self.round_robin(candidates, now),
             },
         };
         Ok(Choice { endpoint, panic })

@@ -159,3 +159,27 @@ async fn retries_prefer_endpoints_not_yet_tried() {
     // When every endpoint was tried, any may be chosen again.
     assert!(up.select(&[0, 1, 2], None).is_ok());
 }
+
+#[tokio::test]
+async fn a_large_pool_is_chosen_from_whole_with_ejections_and_retries() {
+    // More endpoints than the selection keeps on the stack: every one is still chosen, an
+    // ejected one is skipped, and a retry avoids what was tried.
+    let (up, _) = pool(20, |c| c.panic_threshold = 0);
+    let mut seen: Vec<usize> = (0..200)
+        .map(|_| up.select(&[], None).unwrap().endpoint.index)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    fail(&up, 13, 2);
+    let mut seen: Vec<usize> = (0..200)
+        .map(|_| up.select(&[], None).unwrap().endpoint.index)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, (0..20).filter(|&i| i != 13).collect::<Vec<_>>());
+    let tried: Vec<usize> = (0..19).collect();
+    for _ in 0..20 {
+        assert_eq!(up.select(&tried, None).unwrap().endpoint.index, 19);
+    }
+}
