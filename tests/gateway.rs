@@ -691,3 +691,77 @@ async fn an_empty_upstream_body_is_complete_not_a_client_leaving() {
     assert_eq!(line["status"], 200);
     h.stop().await;
 }
+
+/// Reads one response (head and `Content-Length` body) from `s`, leaving the connection open.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_gets_the_head_deadline_for_its_next_request_and_the_idle_one_after(
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The idle timeout is far longer than the head timeout: a head that starts on a connection
+    // that already served a request must move the watchdog's deadline earlier.
+    let top = "[limits]\nrequest_header_timeout = \"300ms\"\nclient_idle_timeout = \"60s\"\n";
+    let h = start(top).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /f/ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:.300}");
+    s.write_all(b"GET /f/ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "no answer to the stalled head within 10 s (its deadline is 300 ms)"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:.300}");
+    h.stop().await;
+
+    // And a kept-alive connection with nothing more to send is closed after the idle timeout.
+    let top = "[limits]\nrequest_header_timeout = \"60s\"\nclient_idle_timeout = \"300ms\"\n";
+    let h = start(top).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    for _ in 0..3 {
+        s.write_all(b"GET /f/ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the idle connection was not closed within 10 s (its timeout is 300 ms)"
+    );
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    h.stop().await;
+}

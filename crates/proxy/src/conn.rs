@@ -36,7 +36,11 @@ pub struct ConnState {
     /// The number of the first request head over the size limit, or `u64::MAX`, and its size.
     pub(crate) oversized: AtomicU64,
     pub(crate) oversized_bytes: AtomicUsize,
+    /// Woken when a request ends outside the connection's own poll (an upgraded connection).
     pub(crate) wake: tokio::sync::Notify,
+    /// Set while the watchdog polls the connection: it looks at this state right after, so
+    /// what changes during the poll needs no wake-up.
+    pub(crate) polling: AtomicBool,
     pub(crate) edge: Arc<Edge>,
 }
 
@@ -53,6 +57,7 @@ impl ConnState {
             oversized: AtomicU64::new(u64::MAX),
             oversized_bytes: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
+            polling: AtomicBool::new(false),
         }
     }
 
@@ -79,7 +84,7 @@ impl ConnState {
     pub fn request_done(&self) {
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
             *self.idle_since.lock().unwrap() = Instant::now();
-            self.wake.notify_one();
+            self.wake_watchdog();
         }
     }
 
@@ -88,8 +93,17 @@ impl ConnState {
             let mut head = self.head_started.lock().unwrap();
             if head.is_none() {
                 *head = Some(Instant::now());
-                self.wake.notify_one();
+                drop(head);
+                self.wake_watchdog();
             }
+        }
+    }
+
+    /// The watchdog looks at the state after each poll of the connection; from anywhere else
+    /// (another task), it is woken.
+    fn wake_watchdog(&self) {
+        if !self.polling.load(Ordering::SeqCst) {
+            self.wake.notify_one();
         }
     }
 }

@@ -11,6 +11,7 @@
 //! answers by itself (malformed requests) are logged here.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -365,57 +366,89 @@ impl Gateway {
         let mut shutting_down = false;
         // During shutdown: until when a request head that had begun may still become a request.
         let mut held: Option<Instant> = None;
+        let mut held_tick: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // One timer for the connection's life. Moved to a later deadline (the usual case: a
         // request ended, the idle deadline moves on) it is changed in place, without going
         // back into the runtime's timer wheel; only an earlier one (a head started) re-arms it.
-        let timer = tokio::time::sleep_until(self.next_check(state).into());
+        let first = self
+            .next_check(state)
+            .unwrap_or_else(|| Instant::now() + self.config.limits.client_idle_timeout);
+        let timer = tokio::time::sleep_until(first.into());
         tokio::pin!(timer);
-        // Made once: `select!` evaluates every branch's expression on each turn, even a
-        // disabled one, and a new `cancelled()` registers with the process-wide token each time.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // Woken by what ends a request outside this task (an upgraded connection's tunnel);
+        // what happens inside the connection's own poll is looked at right after it.
+        let notified = state.wake.notified();
+        tokio::pin!(notified);
         loop {
-            let wake = tokio::time::Instant::from_std(self.next_check(state));
-            if timer.deadline() != wake {
-                timer.as_mut().reset(wake);
-            }
-            let holding = held.is_some();
-            // Built only while a head is held: no clock read or timer on an ordinary turn.
-            let held_tick = async move {
-                match holding {
-                    true => tokio::time::sleep(Duration::from_millis(5)).await,
-                    false => std::future::pending().await,
+            let turn = std::future::poll_fn(|cx| {
+                state.polling.store(true, Ordering::SeqCst);
+                let polled = conn.as_mut().poll(cx);
+                state.polling.store(false, Ordering::SeqCst);
+                if let Poll::Ready(r) = polled {
+                    return Poll::Ready(Turn::Ended(r));
                 }
-            };
-            tokio::select! {
-                r = conn.as_mut() => {
+                // The bytes and requests of this poll moved the deadline: the timer follows,
+                // without a wake-up of its own. While a request is in flight there is none.
+                if let Some(wake) = self.next_check(state) {
+                    let wake = tokio::time::Instant::from_std(wake);
+                    if timer.deadline() != wake {
+                        timer.as_mut().reset(wake);
+                    }
+                }
+                if !shutting_down && cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Turn::Shutdown);
+                }
+                if let Some(tick) = held_tick.as_mut() {
+                    if tick.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Turn::HeldTick);
+                    }
+                }
+                if notified.as_mut().poll(cx).is_ready() {
+                    notified.set(state.wake.notified());
+                    return Poll::Ready(Turn::Woken);
+                }
+                if !shutting_down && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Turn::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match turn {
+                Turn::Ended(r) => {
                     if let Err(e) = r {
                         self.log_connection_error(&e, client);
                     }
                     return;
                 }
-                _ = &mut cancelled, if !shutting_down => {
+                Turn::Shutdown => {
                     shutting_down = true;
                     // A head that has begun to arrive is let through (within a grace), so
                     // that the request it carries is answered, not cut off unanswered.
                     if state.head_started.lock().unwrap().is_some() {
-                        let grace = SHUTDOWN_HEAD_GRACE.min(self.config.limits.request_header_timeout);
+                        let grace =
+                            SHUTDOWN_HEAD_GRACE.min(self.config.limits.request_header_timeout);
                         held = Some(Instant::now() + grace);
+                        held_tick = Some(Box::pin(tokio::time::sleep(HELD_TICK)));
                     } else {
                         graceful(conn.as_mut());
                     }
                 }
                 // Shutdown only: looks every few milliseconds whether the held head has become
                 // a request (hyper disables keep-alive for it) or the grace is over.
-                _ = held_tick, if holding => {
+                Turn::HeldTick => {
                     let started = state.head_started.lock().unwrap().is_none();
                     if started || held.is_some_and(|t| Instant::now() >= t) {
                         held = None;
+                        held_tick = None;
                         graceful(conn.as_mut());
+                    } else if let Some(tick) = held_tick.as_mut() {
+                        tick.as_mut().reset(tokio::time::Instant::now() + HELD_TICK);
                     }
                 }
-                _ = state.wake.notified() => {}
-                _ = &mut timer, if !shutting_down => {
+                Turn::Woken => {}
+                Turn::Timer => {
                     match self.check(state) {
                         Verdict::Fine => {}
                         Verdict::Idle => {
@@ -436,30 +469,38 @@ impl Gateway {
                             return;
                         }
                     }
+                    if !shutting_down {
+                        // In flight, or fired early: look again when the connection's deadline
+                        // comes, or after another idle period.
+                        let now = Instant::now();
+                        let next = match self.next_check(state) {
+                            Some(t) if t > now => t,
+                            _ => now + self.config.limits.client_idle_timeout,
+                        };
+                        timer.as_mut().reset(next.into());
+                    }
                 }
             }
         }
     }
 
-    /// When the watchdog should next look at the connection.
-    fn next_check(&self, state: &ConnState) -> Instant {
+    /// When the watchdog should next look at the connection; `None` while a request is in
+    /// flight (its own deadlines apply) and on HTTP/2 (hyper keeps its streams).
+    fn next_check(&self, state: &ConnState) -> Option<Instant> {
         let limits = &self.config.limits;
-        if state.h2.load(Ordering::Relaxed) {
-            return Instant::now() + limits.client_idle_timeout;
+        if state.h2.load(Ordering::Relaxed) || state.inflight.load(Ordering::Acquire) > 0 {
+            return None;
         }
         if let Some(t) = *state.head_started.lock().unwrap() {
-            return t + limits.request_header_timeout;
-        }
-        if state.inflight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + limits.client_idle_timeout;
+            return Some(t + limits.request_header_timeout);
         }
         let idle_since = *state.idle_since.lock().unwrap();
         // A connection that never sent a byte gets the head deadline, not the keep-alive one.
-        if state.requests.load(Ordering::Relaxed) == 0 {
+        Some(if state.requests.load(Ordering::Relaxed) == 0 {
             idle_since + limits.request_header_timeout
         } else {
             idle_since + limits.client_idle_timeout
-        }
+        })
     }
 
     fn check(&self, state: &ConnState) -> Verdict {
@@ -475,7 +516,7 @@ impl Gateway {
             }
             return Verdict::Fine;
         }
-        if state.inflight.load(Ordering::Acquire) == 0 && now >= self.next_check(state) {
+        if self.next_check(state).is_some_and(|t| now >= t) {
             return Verdict::Idle;
         }
         Verdict::Fine
@@ -593,6 +634,19 @@ pub(crate) struct RawAnswer {
     pub bytes: Vec<u8>,
     pub request_id: String,
 }
+
+/// What woke a connection's watchdog.
+enum Turn {
+    /// The connection is over.
+    Ended(Result<(), hyper::Error>),
+    Shutdown,
+    HeldTick,
+    Woken,
+    Timer,
+}
+
+/// During shutdown, how often a held request head is looked at.
+const HELD_TICK: Duration = Duration::from_millis(5);
 
 enum Verdict {
     Fine,
