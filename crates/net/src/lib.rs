@@ -345,13 +345,14 @@ impl Conn {
     ) -> Result<(Response<UpstreamBody>, Conn, Exchange), (Failure, Exchange)> {
         let reused = self.uses > 0;
         self.uses += 1;
-        self.last_used = Instant::now();
+        let now = Instant::now();
+        self.last_used = now;
         let progress = body.progress.clone();
         let exchange = Exchange {
             reused,
             read_at_start: self.stats.read(),
             written_at_start: self.stats.written(),
-            started: Instant::now(),
+            started: now,
             stats: self.stats.clone(),
         };
         let mut last_written = exchange.stats.written();

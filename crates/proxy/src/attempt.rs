@@ -288,11 +288,13 @@ impl Gateway {
             Ok(c) => c,
             Err(f) => return Ok(Tried::Failed(f, None)),
         };
+        // One clock read for what the checkout took, the connection's age and the deadline.
+        let now = Instant::now();
         attempt.reused = checkout.conn.uses > 0;
-        attempt.connect = Some(attempt_started.elapsed());
+        attempt.connect = Some(now.saturating_duration_since(attempt_started));
         attempt.idle = checkout.idle_for;
         attempt.conn_uses = checkout.conn.uses;
-        attempt.conn_age = Some(checkout.conn.created.elapsed());
+        attempt.conn_age = Some(now.saturating_duration_since(checkout.conn.created));
         let idle_for = checkout.idle_for;
         // The head is lent to the attempt, never copied for HTTP/1.1: a retry sends it again.
         let (Some(head), Some(req_body)) =
@@ -312,7 +314,7 @@ impl Gateway {
         // No attempt runs past the route's deadline.
         deadlines.response = deadlines
             .response
-            .min(routed.deadline.saturating_duration_since(Instant::now()));
+            .min(routed.deadline.saturating_duration_since(now));
         let (resp, conn, exchange) = match checkout.conn.send(head, req_body, &deadlines).await {
             Ok(sent) => sent,
             Err((f, _)) => return Ok(Tried::Failed(f, idle_for)),

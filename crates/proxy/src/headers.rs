@@ -288,20 +288,28 @@ impl Default for IpText {
 
 /// Appends this hop to `Via`.
 pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
-    let value = match headers.get(http::header::VIA).map(|v| v.as_bytes()) {
-        Some(prev) => {
+    use http::header::Entry;
+    // One lookup of the name, whether it is there or not.
+    match headers.entry(http::header::VIA) {
+        // The common case: a clone of a value made once, no copy.
+        Entry::Vacant(e) => {
+            e.insert(via.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let prev = e.get().as_bytes();
             let mut joined = Vec::with_capacity(prev.len() + 2 + via.len());
             joined.extend_from_slice(prev);
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(via.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
+            match HeaderValue::from_bytes(&joined) {
+                Ok(v) => {
+                    e.insert(v);
+                }
+                Err(_) => {
+                    e.remove();
+                }
+            }
         }
-        // The common case: a clone of a value made once, no copy.
-        None => Some(via.clone()),
-    };
-    headers.remove(http::header::VIA);
-    if let Some(v) = value {
-        headers.insert(http::header::VIA, v);
     }
 }
 
