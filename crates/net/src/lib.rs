@@ -347,7 +347,9 @@ impl Conn {
         self.uses += 1;
         let now = Instant::now();
         self.last_used = now;
+        // An empty body is sent with the head: the response deadline runs from the start.
         let progress = body.progress.clone();
+        let sent_whole_at = progress.is_none().then_some(now);
         let exchange = Exchange {
             reused,
             read_at_start: self.stats.read(),
@@ -382,8 +384,15 @@ impl Conn {
             let mut fut = std::pin::pin!(fut);
             loop {
                 let response_deadline = progress
-                    .finished_at()
+                    .as_ref()
+                    .map_or(sent_whole_at, |p| p.finished_at())
                     .map(|at| tokio::time::Instant::from_std(at) + deadlines.response);
+                let body_sent = async {
+                    match &progress {
+                        Some(p) => p.done.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let wake = match response_deadline {
                     Some(d) => d,
                     None => send_deadline,
@@ -393,12 +402,13 @@ impl Conn {
                 }
                 tokio::select! {
                     // The body was sent whole: from now on the response deadline applies.
-                    _ = progress.done.notified(), if response_deadline.is_none() => continue,
+                    _ = body_sent, if response_deadline.is_none() => continue,
                     r = &mut fut => break r.map_err(|e| {
-                        let phase = if progress.is_finished() { Phase::ReadHead } else { Phase::SendRequest };
-                        if progress.client_failed() {
+                        let finished = progress.as_ref().is_none_or(|p| p.is_finished());
+                        let phase = if finished { Phase::ReadHead } else { Phase::SendRequest };
+                        if let Some(p) = progress.as_ref().filter(|p| p.client_failed()) {
                             // The client's body broke off; the upstream is not to blame.
-                            return progress.client_failure();
+                            return p.client_failure();
                         }
                         let mut f = match &e {
                             SendError::H1(e) => classify::h1_error(e, phase, reused),
@@ -430,10 +440,10 @@ impl Conn {
                         }
                         // Nothing moved: either the client stopped sending its body (its fault, 408)
                         // or the upstream stopped reading it (timeout in send_request).
-                        if progress.client_failed() {
-                            break Err(progress.client_failure());
+                        if let Some(p) = progress.as_ref().filter(|p| p.client_failed()) {
+                            break Err(p.client_failure());
                         }
-                        if progress.waiting_on_client() {
+                        if progress.as_ref().is_some_and(|p| p.waiting_on_client()) {
                             break Err(Failure::client(
                                 cause::ClientFault::Slow,
                                 format!("the client sent no request body bytes for {:?}", deadlines.send),
@@ -584,7 +594,7 @@ impl InnerBody {
 /// The request body as it goes upstream, with its progress shared with the exchange.
 pub struct RequestBody {
     inner: InnerBody,
-    progress: Arc<BodyProgress>,
+    progress: Option<Arc<BodyProgress>>,
 }
 
 impl RequestBody {
@@ -603,10 +613,8 @@ impl RequestBody {
     }
 
     fn with(inner: InnerBody) -> RequestBody {
-        let progress = Arc::new(BodyProgress::default());
-        if inner.is_end_stream() {
-            progress.finish();
-        }
+        // An empty body is sent whole the moment its head is: it has no progress to share.
+        let progress = (!inner.is_end_stream()).then(|| Arc::new(BodyProgress::default()));
         RequestBody { inner, progress }
     }
 
@@ -614,8 +622,9 @@ impl RequestBody {
         RequestBody::full(Bytes::new())
     }
 
-    pub fn progress(&self) -> &Arc<BodyProgress> {
-        &self.progress
+    /// How far the body has been sent; `None` for an empty body.
+    pub fn progress(&self) -> Option<&Arc<BodyProgress>> {
+        self.progress.as_ref()
     }
 }
 
@@ -628,31 +637,27 @@ impl Body for RequestBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = self.inner.poll_frame(cx);
+        let Some(progress) = &self.progress else {
+            return r;
+        };
         match &r {
-            std::task::Poll::Ready(None) => self.progress.finish(),
+            std::task::Poll::Ready(None) => progress.finish(),
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    self.progress
-                        .bytes
-                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                    progress.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
                 if self.inner.is_end_stream() {
-                    self.progress.finish();
+                    progress.finish();
                 }
             }
             std::task::Poll::Ready(Some(Err(e))) => {
-                *self.progress.client_error.lock().unwrap() = Some(error_chain(e.as_ref()));
-                self.progress.client_failed.store(true, Ordering::Release)
+                *progress.client_error.lock().unwrap() = Some(error_chain(e.as_ref()));
+                progress.client_failed.store(true, Ordering::Release)
             }
-            std::task::Poll::Pending => self
-                .progress
-                .waiting_on_client
-                .store(true, Ordering::Release),
+            std::task::Poll::Pending => progress.waiting_on_client.store(true, Ordering::Release),
         }
         if r.is_ready() {
-            self.progress
-                .waiting_on_client
-                .store(false, Ordering::Release);
+            progress.waiting_on_client.store(false, Ordering::Release);
         }
         r
     }

@@ -305,7 +305,7 @@ impl Gateway {
                 .with_detail("a streamed request body cannot be sent twice"));
         };
         if log.bytes_in.is_none() {
-            log.bytes_in = Some(req_body.progress().clone());
+            log.bytes_in = req_body.progress().cloned();
         }
         let mut deadlines = self.deadlines[routed.upstream_index];
         if let Some(per_try) = routed.retry.per_try_timeout {

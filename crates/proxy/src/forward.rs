@@ -483,7 +483,7 @@ impl Gateway {
         let upstream = &self.upstreams[route.upstream];
         let retry = &self.retries[route.index];
         log.record.upstream = Some(upstream.name.clone());
-        upstream.budget.record_request();
+        upstream.budget.record_request(log.started);
         let method = req.method();
         let keyed = req.headers().contains_key(&IDEMPOTENCY_KEY);
         let idempotent = keyed

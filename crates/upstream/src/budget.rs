@@ -29,11 +29,12 @@ impl RetryBudget {
         }
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Window> {
+    /// The window `now` falls in, a new one when the last is over.
+    fn current(&self, now: Instant) -> std::sync::MutexGuard<'_, Window> {
         let mut w = self.window.lock().unwrap();
-        if w.started.elapsed() >= Duration::from_secs(1) {
+        if now.saturating_duration_since(w.started) >= Duration::from_secs(1) {
             *w = Window {
-                started: Instant::now(),
+                started: now,
                 requests: 0,
                 retries: 0,
             };
@@ -41,14 +42,15 @@ impl RetryBudget {
         w
     }
 
-    /// Counts one request (not its retries).
-    pub fn record_request(&self) {
-        self.current().requests += 1;
+    /// Counts one request (not its retries) that started at `now` (the request's own clock
+    /// reading: counting it reads no clock).
+    pub fn record_request(&self, now: Instant) {
+        self.current(now).requests += 1;
     }
 
     /// Takes one retry from the budget; `false` when the budget is spent.
     pub fn try_retry(&self) -> bool {
-        let mut w = self.current();
+        let mut w = self.current(Instant::now());
         let allowed = (w.requests * self.percent / 100).max(self.min_per_second);
         if w.retries < allowed {
             w.retries += 1;
@@ -67,12 +69,12 @@ mod tests {
     fn retries_stay_within_share_and_floor() {
         let b = RetryBudget::new(20, 3);
         for _ in 0..100 {
-            b.record_request();
+            b.record_request(Instant::now());
         }
         let granted = (0..100).filter(|_| b.try_retry()).count();
         assert_eq!(granted, 20);
         let floor = RetryBudget::new(20, 3);
-        floor.record_request();
+        floor.record_request(Instant::now());
         assert_eq!((0..10).filter(|_| floor.try_retry()).count(), 3);
     }
 }

@@ -102,7 +102,6 @@ impl Upstream {
     /// Records how an attempt on `e` ended; ejects the endpoint when it keeps failing.
     pub fn report(&self, e: &Endpoint, outcome: Outcome<'_>) {
         let o = &self.config.outlier;
-        let now = Instant::now();
         let mut h = e.health.lock().unwrap();
         let reason = match outcome {
             Outcome::Answered(status) if status >= 500 => {
@@ -120,8 +119,9 @@ impl Upstream {
                 h.consecutive_failures = 0;
                 h.consecutive_5xx = 0;
                 h.cap_reported = false;
+                // The clock is read only for an endpoint back from an ejection.
                 if h.recovered_at
-                    .is_some_and(|at| now.saturating_duration_since(at) > o.max_ejection)
+                    .is_some_and(|at| at.elapsed() > o.max_ejection)
                 {
                     // Healthy long enough: the next ejection starts short again.
                     h.ejections = 0;
@@ -155,6 +155,7 @@ impl Upstream {
                 }
             }
         };
+        let now = Instant::now();
         if h.ejected_until.is_some_and(|u| now < u) {
             return;
         }
