@@ -574,8 +574,7 @@ impl Gateway {
         };
         let (mut parts, body) = req.into_parts();
         let host_header = admitted.host_value;
-        let request_id =
-            HeaderValue::from_str(&log.record.request_id).unwrap_or(HeaderValue::from_static("-"));
+        let request_id = request_id_value(parts.headers.get(&X_REQUEST_ID), &log.record.request_id);
         forward_request_headers(
             &mut parts.headers,
             &Forwarding {
@@ -945,6 +944,42 @@ impl PreparedBody {
             PreparedBody::Buffered(_) | PreparedBody::Streaming(Some(_))
         )
     }
+}
+
+/// The request id as a header value, for the upstream request and the response: the client's
+/// own value when the id is the client's (shared with the request's bytes), else one made once
+/// and then cloned without a copy.
+fn request_id_value(sent: Option<&HeaderValue>, id: &str) -> HeaderValue {
+    if let Some(v) = sent.filter(|v| v.as_bytes() == id.as_bytes()) {
+        return v.clone();
+    }
+    /// An id's bytes in one allocation that clones share (a copied value would be copied again
+    /// when first cloned).
+    struct Id {
+        buf: [u8; 128],
+        len: usize,
+    }
+    impl AsRef<[u8]> for Id {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+    // What a header value may hold (checked here: a checking constructor would copy).
+    if !id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
+        return HeaderValue::from_static("-");
+    }
+    let bytes = match id.len() <= 128 {
+        true => {
+            let mut owned = Id {
+                buf: [0; 128],
+                len: id.len(),
+            };
+            owned.buf[..id.len()].copy_from_slice(id.as_bytes());
+            Bytes::from_owner(owned)
+        }
+        false => Bytes::copy_from_slice(id.as_bytes()),
+    };
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The request target as an HTTP/1.1 upstream gets it: the path and query alone. A target in
