@@ -109,20 +109,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|name| {
+        let names_more = |v: &HeaderValue| {
+            v.as_bytes().split(|&b| b == b',').any(|name| {
                 // `Connection: keep-alive` or `close` names nothing beyond the list below.
-                !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+                let name = name.trim_ascii();
+                !name.is_empty()
+                    && !name.eq_ignore_ascii_case(b"keep-alive")
+                    && !name.eq_ignore_ascii_case(b"close")
             })
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(&name);
+        };
+        // Nearly always the header says only `keep-alive` or `close`: nothing to gather then.
+        if headers.get_all(CONNECTION).iter().any(names_more) {
+            let named: Vec<HeaderName> = headers
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|name| {
+                    !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+                })
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(&name);
+            }
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -396,6 +407,35 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name}");
         }
+    }
+
+    #[test]
+    fn headers_named_by_connection_go_with_it() {
+        let strip = |connection: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in connection {
+                h.append(CONNECTION, HeaderValue::from_static(v));
+            }
+            for name in ["x-secret", "x-other", "x-kept", "close-ish"] {
+                h.insert(name, HeaderValue::from_static("1"));
+            }
+            strip_hop_by_hop(&mut h);
+            let mut left: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            left.sort();
+            left
+        };
+        let all = ["close-ish", "x-kept", "x-other", "x-secret"];
+        assert_eq!(strip(&["keep-alive"]), all);
+        assert_eq!(strip(&["Close"]), all);
+        assert_eq!(strip(&[" , keep-alive ,"]), all);
+        assert_eq!(
+            strip(&["keep-alive, X-Secret"]),
+            ["close-ish", "x-kept", "x-other"]
+        );
+        assert_eq!(
+            strip(&["close", "x-other ,x-secret"]),
+            ["close-ish", "x-kept"]
+        );
     }
 
     #[test]

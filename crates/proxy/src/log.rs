@@ -503,18 +503,37 @@ fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
         o.push_str("null");
         return;
     };
+    // Written right to left into a buffer on the stack, then copied once: the milliseconds,
+    // and the microseconds after a point without trailing zeros.
     let micros = micros(d);
-    push_uint(o, micros / 1000);
+    let mut buf = [0u8; 24];
+    let mut i = buf.len();
     let mut frac = micros % 1000;
     if frac != 0 {
-        o.push('.');
         let mut width = 3;
         while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }
-        push_padded(o, frac, width);
+        for _ in 0..width {
+            i -= 1;
+            buf[i] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        i -= 1;
+        buf[i] = b'.';
     }
+    let mut whole = micros / 1000;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (whole % 10) as u8;
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    // SAFETY: only ASCII digits and a point were written into `buf[i..]`.
+    o.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
 }
 
 /// `,"key":"escaped"`, `null` when absent.
