@@ -199,6 +199,7 @@ impl H1 {
     pub(crate) async fn exchange(
         &mut self,
         parts: &http::request::Parts,
+        extra: &[(&HeaderName, &HeaderValue)],
         mut body: RequestBody,
     ) -> Result<Response<H1Body>, H1Error> {
         let Some(mut wire) = self.wire.take() else {
@@ -208,7 +209,7 @@ impl H1 {
         *self.idle.at.lock().unwrap() = None;
         wire.out.clear();
         let mut writer = Writer {
-            framing: encode_head(parts, &body, &mut wire.out),
+            framing: encode_head(parts, extra, &body, &mut wire.out),
             written: 0,
             body_done: false,
             flushed: false,
@@ -375,8 +376,14 @@ impl Writer {
 
 /// Writes the request line and the header section into `out` and decides the body's framing,
 /// as hyper's client did: a body of known size gets a length, one of unknown size chunks
-/// (none at all for GET, HEAD and CONNECT), an explicit `Transfer-Encoding` is kept.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> ReqFraming {
+/// (none at all for GET, HEAD and CONNECT), an explicit `Transfer-Encoding` is kept. The
+/// header lines are `parts`', then `extra`'s (lines the gateway adds, never framing ones).
+fn encode_head(
+    parts: &http::request::Parts,
+    extra: &[(&HeaderName, &HeaderValue)],
+    body: &RequestBody,
+    out: &mut Vec<u8>,
+) -> ReqFraming {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     match (parts.uri.scheme(), parts.uri.path_and_query()) {
@@ -416,6 +423,12 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
         if skip {
             continue;
         }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in extra {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

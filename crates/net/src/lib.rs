@@ -338,8 +338,20 @@ impl Conn {
     /// On success the connection is handed back with the response body, which releases it when
     /// the body has been read to its end.
     pub async fn send(
+        self,
+        head: &http::request::Parts,
+        body: RequestBody,
+        deadlines: &Deadlines,
+    ) -> Result<(Response<UpstreamBody>, Conn, Exchange), (Failure, Exchange)> {
+        self.send_with(head, &[], body, deadlines).await
+    }
+
+    /// [`Conn::send`], with `extra` header lines after those of `head`: what the gateway adds
+    /// to every request goes out without being put into the request's header map.
+    pub async fn send_with(
         mut self,
         head: &http::request::Parts,
+        extra: &[(&http::HeaderName, &http::HeaderValue)],
         body: RequestBody,
         deadlines: &Deadlines,
     ) -> Result<(Response<UpstreamBody>, Conn, Exchange), (Failure, Exchange)> {
@@ -368,13 +380,17 @@ impl Conn {
             use tokio_util::either::Either;
             let fut = match &mut self.sender {
                 Sender::H1(c) => Either::Left(async move {
-                    let resp = c.exchange(head, body).await.map_err(SendError::H1)?;
+                    let resp = c.exchange(head, extra, body).await.map_err(SendError::H1)?;
                     Ok(resp.map(|b| UpstreamBody {
                         inner: BodyInner::H1(b),
                     }))
                 }),
                 Sender::H2(s) => Either::Right(async move {
-                    let req = Request::from_parts(head.clone(), body);
+                    let mut head = head.clone();
+                    for (name, value) in extra {
+                        head.headers.append(*name, (*value).clone());
+                    }
+                    let req = Request::from_parts(head, body);
                     let resp = s.send_request(req).await.map_err(SendError::H2)?;
                     Ok(resp.map(|b| UpstreamBody {
                         inner: BodyInner::H2(b),

@@ -320,3 +320,78 @@ async fn a_head_over_the_limit_is_too_large_and_one_at_the_limit_is_read() {
         server.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn added_lines_go_after_the_heads_own_on_both_protocols() {
+    use http::{HeaderName, HeaderValue};
+    let (xff, id) = (
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-request-id"),
+    );
+    let (client, request) = (
+        HeaderValue::from_static("192.0.2.1"),
+        HeaderValue::from_static("abc123"),
+    );
+    let extra = [(&xff, &client), (&id, &request)];
+    // HTTP/1.1: on the wire, after the head's own lines and before the framing.
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_request(&mut s, 0).await;
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (head, body) = get("/x").into_parts();
+    let (resp, _, _) = conn
+        .send_with(&head, &extra, body, &DEADLINES)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let wire = server.await.unwrap();
+    assert_eq!(
+        wire,
+        "GET /x HTTP/1.1\r\nhost: test\r\nx-forwarded-for: 192.0.2.1\r\nx-request-id: abc123\r\n\r\n"
+    );
+
+    // HTTP/2: among the request's headers.
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(req.headers().clone());
+                }
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        Bytes,
+                    >::new(
+                    )))
+                }
+            });
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), service);
+        tokio::spawn(conn);
+        rx.await.unwrap()
+    });
+    let opts = ConnectOptions { h2: true, ..OPTS };
+    let conn = net::connect(addr, &opts).await.unwrap();
+    let (head, body) = http::Request::get("http://test/x")
+        .version(http::Version::HTTP_2)
+        .body(RequestBody::empty())
+        .unwrap()
+        .into_parts();
+    let (resp, _, _) = conn
+        .send_with(&head, &extra, body, &DEADLINES)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = server.await.unwrap();
+    assert_eq!(seen["x-forwarded-for"], "192.0.2.1");
+    assert_eq!(seen["x-request-id"], "abc123");
+}

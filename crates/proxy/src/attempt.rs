@@ -315,7 +315,16 @@ impl Gateway {
         deadlines.response = deadlines
             .response
             .min(routed.deadline.saturating_duration_since(now));
-        let (resp, conn, exchange) = match checkout.conn.send(head, req_body, &deadlines).await {
+        let sent = checkout
+            .conn
+            .send_with(
+                head,
+                outgoing.added.lines(&outgoing.request_id).as_slice(),
+                req_body,
+                &deadlines,
+            )
+            .await;
+        let (resp, conn, exchange) = match sent {
             Ok(sent) => sent,
             Err((f, _)) => return Ok(Tried::Failed(f, idle_for)),
         };

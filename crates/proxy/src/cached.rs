@@ -831,7 +831,9 @@ impl Gateway {
         }
         let request_id = crate::headers::new_request_id();
         let id_value = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
-        parts.headers.insert(X_REQUEST_ID, id_value.clone());
+        parts.headers.remove(X_REQUEST_ID);
+        // The refresh's own id goes out with the lines added to the client's request.
+        let added = outgoing.added.clone();
         let mut refresh_lookup = Lookup {
             cache: lookup.cache.clone(),
             key: lookup.key.clone(),
@@ -882,6 +884,7 @@ impl Gateway {
                 body: crate::forward::PreparedBody::Buffered(Bytes::new()),
                 too_large: None,
                 request_id: id_value,
+                added,
                 upgrade: None,
             },
             log,

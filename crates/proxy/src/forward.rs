@@ -112,6 +112,9 @@ pub(crate) struct Outgoing {
     /// Set when a streamed body went over the size limit.
     pub too_large: Option<Arc<AtomicBool>>,
     pub request_id: HeaderValue,
+    /// The lines the gateway adds to the head (`X-Forwarded-*`, `Via`, `X-Request-Id`),
+    /// written after `parts`' own.
+    pub added: crate::headers::Added,
     /// The protocol the client asked to switch to, and its side of the switch.
     pub upgrade: Option<Upgrade>,
 }
@@ -575,14 +578,13 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         let host_header = admitted.host_value;
         let request_id = request_id_value(parts.headers.get(&X_REQUEST_ID), &log.record.request_id);
-        forward_request_headers(
+        let added = forward_request_headers(
             &mut parts.headers,
             &Forwarding {
                 client_ip: client.ip(),
                 proto: if tls { "https" } else { "http" },
                 host: host_header.as_ref(),
                 via: self.via_for(version),
-                request_id: &request_id,
             },
         );
         if let Some(u) = &upgrade {
@@ -640,6 +642,7 @@ impl Gateway {
             body,
             too_large,
             request_id,
+            added,
             upgrade,
         })
     }

@@ -178,17 +178,18 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a HeaderValue>,
     /// This hop, as `Via` says it (`1.1 cleargate`).
     pub via: &'a HeaderValue,
-    pub request_id: &'a HeaderValue,
 }
 
-/// Rewrites the client's headers into the upstream request's headers.
-pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    // Room for the six fields added below, so that the map grows at most once.
-    headers.reserve(6);
+/// Rewrites the client's headers into the upstream request's headers, and returns the lines
+/// the gateway adds to them.
+pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) -> Added {
     strip_hop_by_hop(headers);
     strip_look_alikes(headers);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
+    // What the client sent of the fields the gateway sets is taken out of the map; the
+    // gateway's own lines go beside it (`Added`), so the map never grows for them.
+    let xff = match headers.remove(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.to_str().unwrap_or("").trim().is_empty() => {
+            let prev = prev.to_str().unwrap_or("");
             HeaderValue::from_str(&format!("{prev}, {}", f.client_ip)).ok()
         }
         _ => {
@@ -198,19 +199,87 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             HeaderValue::from_bytes(buf.as_bytes()).ok()
         }
     };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if f.proto == "https" { "https" } else { "http" }),
-    );
-    if let Some(host) = f.host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+    headers.remove(&X_FORWARDED_PROTO);
+    let host = f.host.map(|host| {
+        headers.remove(&X_FORWARDED_HOST);
+        // In place: the client's Host line is replaced where it stands.
         headers.insert(HOST, host.clone());
+        host.clone()
+    });
+    let via = match headers.remove(http::header::VIA) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + f.via.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(f.via.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        None => Some(f.via.clone()),
+    };
+    headers.remove(&X_REQUEST_ID);
+    Added {
+        xff,
+        https: f.proto == "https",
+        host,
+        via,
     }
-    append_via(headers, f.via);
-    headers.insert(X_REQUEST_ID, f.request_id.clone());
+}
+
+/// The header lines the gateway adds to a request, kept beside its header map and written
+/// after it: `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `Via` (and the
+/// request's `X-Request-Id`, kept with the request).
+#[derive(Clone, Default)]
+pub struct Added {
+    xff: Option<HeaderValue>,
+    https: bool,
+    host: Option<HeaderValue>,
+    via: Option<HeaderValue>,
+}
+
+static XFF_NAME: HeaderName = X_FORWARDED_FOR;
+static XFP_NAME: HeaderName = X_FORWARDED_PROTO;
+static XFH_NAME: HeaderName = X_FORWARDED_HOST;
+static VIA_NAME: HeaderName = http::header::VIA;
+static REQUEST_ID_NAME: HeaderName = X_REQUEST_ID;
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The added lines of one request, borrowed, as the HTTP client takes them.
+pub struct Lines<'a> {
+    lines: [(&'a HeaderName, &'a HeaderValue); 5],
+    len: usize,
+}
+
+impl Lines<'_> {
+    pub fn as_slice(&self) -> &[(&HeaderName, &HeaderValue)] {
+        &self.lines[..self.len]
+    }
+}
+
+impl Added {
+    /// The lines in the order they are written, `request_id` last.
+    pub fn lines<'a>(&'a self, request_id: &'a HeaderValue) -> Lines<'a> {
+        let mut out = Lines {
+            lines: [(&REQUEST_ID_NAME, request_id); 5],
+            len: 0,
+        };
+        let mut push = |name: &'a HeaderName, value: &'a HeaderValue| {
+            out.lines[out.len] = (name, value);
+            out.len += 1;
+        };
+        if let Some(v) = &self.xff {
+            push(&XFF_NAME, v);
+        }
+        push(&XFP_NAME, if self.https { &HTTPS } else { &HTTP });
+        if let Some(v) = &self.host {
+            push(&XFH_NAME, v);
+        }
+        if let Some(v) = &self.via {
+            push(&VIA_NAME, v);
+        }
+        push(&REQUEST_ID_NAME, request_id);
+        out
+    }
 }
 
 /// An address written as text on the stack, without `fmt` for IPv4 (the common case: `fmt`
