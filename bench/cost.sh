@@ -23,7 +23,7 @@ N=${N:-20000}
 KEEP=${KEEP:-}
 PROXIES=${PROXIES:-nginx haproxy cleargate}
 CONNS=${CONNS:-64}
-BIN=target/release/cleargate
+BIN=${BIN:-target/release/cleargate}
 PATH=$PATH:/usr/sbin:/sbin
 
 need=()

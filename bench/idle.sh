@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10000}
-BIN=target/release/cleargate
+BIN=${BIN:-target/release/cleargate}
 [ -x "$BIN" ] || cargo build --release
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/cleargate-idle.XXXXXX")
 PIDS=()

@@ -32,7 +32,7 @@ WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-1 2}
-BIN=target/release/cleargate
+BIN=${BIN:-target/release/cleargate}
 PATH=$PATH:/usr/sbin:/sbin
 
 need=()

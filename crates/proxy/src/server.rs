@@ -256,8 +256,10 @@ impl Gateway {
         // request on the way: it gets a short grace to send it, and that request is served.
         let grace = SHUTDOWN_HEAD_GRACE.min(limits.request_header_timeout);
         let mut stream = if tls {
+            // Boxed, like the first read below: the task of every connection keeps room for
+            // its largest wait for as long as the connection lives, idle or not.
             let handshake = Box::pin(self.tls_handshake(stream, client));
-            match until_shutdown_then_grace(handshake, &shutdown, grace).await {
+            match Box::pin(until_shutdown_then_grace(handshake, &shutdown, grace)).await {
                 Some(Some(s)) => ClientStream::Tls(Box::new(s)),
                 _ => return,
             }
@@ -270,7 +272,7 @@ impl Gateway {
             limits.request_header_timeout,
             read_first(&mut stream, &state),
         );
-        let first = match until_shutdown_then_grace(read, &shutdown, grace).await {
+        let first = match Box::pin(until_shutdown_then_grace(read, &shutdown, grace)).await {
             Some(Ok(Some(first))) => first,
             _ => return,
         };
@@ -306,8 +308,10 @@ impl Gateway {
             // The configuration in use when the request starts, to its end.
             let gw = live.current();
             let st = svc_state.clone();
-            // Boxed: hyper keeps room for the request future in every connection, idle or not.
-            async move { Ok::<_, Infallible>(Box::pin(gw.handle(req, client, Some((st, n)))).await) }
+            // Boxed before hyper sees it: hyper keeps room for the request future in every
+            // connection, idle or not, and a box is all that room then holds.
+            let handling = Box::pin(gw.handle(req, client, Some((st, n))));
+            async move { Ok::<_, Infallible>(handling.await) }
         });
         if h2 {
             let conn = http2::Builder::new(TokioExecutor::new())
