@@ -75,7 +75,9 @@ pub struct PoolLease {
 /// A response body towards the client.
 pub struct ProxyBody {
     kind: Kind,
-    log: Option<RequestLog>,
+    /// Boxed: a response is moved a dozen times on its way through hyper, and the log is most
+    /// of its size.
+    log: Option<Box<RequestLog>>,
 }
 
 enum Kind {
@@ -282,13 +284,13 @@ impl ProxyBody {
         if let Kind::Full(b) = &self.kind {
             log.record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
         }
-        self.log = Some(log);
+        self.log = Some(Box::new(log));
         self
     }
 
     /// Takes the request log back out (the body then ends unlogged).
     pub(crate) fn take_log(&mut self) -> Option<RequestLog> {
-        self.log.take()
+        self.log.take().map(|log| *log)
     }
 
     fn fail(&mut self, failure: Failure) -> BoxError {
