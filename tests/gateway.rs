@@ -217,6 +217,9 @@ async fn header_semantics() {
         .header("te", "trailers")
         .header("proxy-authorization", "Basic c2VjcmV0")
         .header("x-forwarded-for", "203.0.113.9")
+        // Set by the gateway alone: what a client says of them does not reach the upstream.
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.test")
         .header("via", "1.1 cdn")
         .header("x-request-id", "client-chosen-42")
         .header("x-app", "kept")

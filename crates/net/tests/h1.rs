@@ -297,6 +297,51 @@ async fn failures_are_classified_with_their_phase() {
 }
 
 #[tokio::test]
+async fn header_values_hold_only_what_a_header_value_may_hold() {
+    // The values are taken from the head without a second check: the parser's rules must be
+    // the same as `HeaderValue`'s. A control byte is refused; tabs and obs-text pass intact.
+    let refused: [&[u8]; 4] = [b"a\x00b", b"a\x7fb", b"a\x01b", b"a\rb"];
+    for value in refused {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_request(&mut s, 0).await;
+            let mut head = b"HTTP/1.1 200 OK\r\nX-Value: ".to_vec();
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+            let _ = s.write_all(&head).await;
+        });
+        let conn = net::connect(addr, &OPTS).await.unwrap();
+        match send(conn, get("/")).await {
+            Err((f, _)) => assert_eq!(
+                (f.cause, f.phase),
+                (Cause::InvalidResponse, Phase::ReadHead),
+                "{value:?}"
+            ),
+            Ok((resp, _, _)) => panic!("{value:?} was accepted as {:?}", resp.headers()),
+        }
+        server.await.unwrap();
+    }
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_request(&mut s, 0).await;
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nX-Value: caf\xe9\tau lait \x80~\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    });
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (resp, _, _) = send(conn, get("/")).await.unwrap();
+    assert_eq!(
+        resp.headers()["x-value"].as_bytes(),
+        b"caf\xe9\tau lait \x80~"
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
 async fn a_head_over_the_limit_is_too_large_and_one_at_the_limit_is_read() {
     for (extra, cause) in [(0usize, None), (1, Some(Cause::ResponseTooLarge))] {
         let (l, addr) = listener().await;

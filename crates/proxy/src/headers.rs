@@ -109,6 +109,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    strip_present_hop_by_hop(headers, present);
+}
+
+/// [`strip_hop_by_hop`] once the names there are known: bit `i` of `present` stands for
+/// `HOP_BY_HOP[i]`.
+fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
@@ -187,11 +193,40 @@ pub struct Forwarding<'a> {
 /// Rewrites the client's headers into the upstream request's headers, and returns the lines
 /// the gateway adds to them.
 pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) -> Added {
-    strip_hop_by_hop(headers);
-    strip_look_alikes(headers);
+    // One pass over the names says which of those handled here are present; nothing is looked
+    // up or removed by a name that is absent (most requests carry none of them).
+    let mut hop_by_hop = 0u16;
+    let (mut look_alikes, mut xff, mut xfp, mut xfh, mut via, mut id) =
+        (false, false, false, false, false, false);
+    for k in headers.keys() {
+        if let Some(i) = hop_by_hop_index(k) {
+            hop_by_hop |= 1 << i;
+        } else if *k == X_FORWARDED_FOR {
+            xff = true;
+        } else if *k == X_FORWARDED_PROTO {
+            xfp = true;
+        } else if *k == X_FORWARDED_HOST {
+            xfh = true;
+        } else if *k == http::header::VIA {
+            via = true;
+        } else if *k == X_REQUEST_ID {
+            id = true;
+        } else if look_alike(k.as_str()) {
+            look_alikes = true;
+        }
+    }
+    strip_present_hop_by_hop(headers, hop_by_hop);
+    if look_alikes {
+        strip_look_alikes(headers);
+    }
     // What the client sent of the fields the gateway sets is taken out of the map; the
     // gateway's own lines go beside it (`Added`), so the map never grows for them.
-    let xff = match headers.remove(&X_FORWARDED_FOR) {
+    let sent_xff = if xff {
+        headers.remove(&X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let xff = match sent_xff {
         Some(prev) if !prev.to_str().unwrap_or("").trim().is_empty() => {
             let prev = prev.to_str().unwrap_or("");
             HeaderValue::from_str(&format!("{prev}, {}", f.client_ip)).ok()
@@ -203,9 +238,13 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) -> A
             HeaderValue::from_bytes(buf.as_bytes()).ok()
         }
     };
-    headers.remove(&X_FORWARDED_PROTO);
+    if xfp {
+        headers.remove(&X_FORWARDED_PROTO);
+    }
     let host = f.host.map(|host| {
-        headers.remove(&X_FORWARDED_HOST);
+        if xfh {
+            headers.remove(&X_FORWARDED_HOST);
+        }
         // In place: the client's Host line is replaced where it stands.
         headers.insert(HOST, host.clone());
         // A copy, not a clone: kept beside the map, a clone of the client's bytes measurably
@@ -213,7 +252,12 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) -> A
         // 16.7 KiB each in bench/idle.sh).
         HeaderValue::from_bytes(host.as_bytes()).unwrap_or_else(|_| host.clone())
     });
-    let via = match headers.remove(http::header::VIA) {
+    let sent_via = if via {
+        headers.remove(http::header::VIA)
+    } else {
+        None
+    };
+    let via = match sent_via {
         Some(prev) => {
             let mut joined = Vec::with_capacity(prev.len() + 2 + f.via.len());
             joined.extend_from_slice(prev.as_bytes());
@@ -223,7 +267,9 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) -> A
         }
         None => Some(f.via.clone()),
     };
-    headers.remove(&X_REQUEST_ID);
+    if id {
+        headers.remove(&X_REQUEST_ID);
+    }
     Added {
         xff,
         https: f.proto == "https",
