@@ -268,6 +268,22 @@ async fn header_semantics() {
 }
 
 #[tokio::test]
+async fn timings_that_span_a_wait_are_measured_in_full() {
+    // Within one poll of a connection the clock is read once (`net::clock`); what spans a wait,
+    // like the lab's `slow` answering after 100 ms, is measured between polls and keeps its
+    // length in the access line.
+    let h = start("").await;
+    let seen = get_fault_at(h.addr, Fault::Slow).await;
+    assert_eq!(seen.status, 200);
+    let line = h.access_line(seen.header("x-request-id")).await;
+    let duration = line["duration_ms"].as_f64().unwrap();
+    let first_byte = line["attempts"][0]["first_byte_ms"].as_f64().unwrap();
+    assert!(first_byte >= 100.0, "first byte after {first_byte} ms: {line}");
+    assert!(duration >= first_byte, "{line}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn h2c_clients_are_served() {
     let h = start("").await;
     let ok = send_h2(

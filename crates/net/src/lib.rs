@@ -10,6 +10,7 @@
 
 pub mod certs;
 mod classify;
+pub mod clock;
 pub mod dns;
 mod h1;
 mod io;
@@ -357,7 +358,7 @@ impl Conn {
     ) -> Result<(Response<UpstreamBody>, Conn, Exchange), (Failure, Exchange)> {
         let reused = self.uses > 0;
         self.uses += 1;
-        let now = Instant::now();
+        let now = clock::now();
         self.last_used = now;
         // An empty body is sent with the head: the response deadline runs from the start.
         let progress = body.progress.clone();

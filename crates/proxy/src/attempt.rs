@@ -117,7 +117,7 @@ impl Retries {
                     && (race
                         || (routed.retry.on.contains(&f.cause)
                             && (!timed_out || routed.repeatable)))));
-        if !allowed || Instant::now() >= routed.deadline {
+        if !allowed || net::clock::now() >= routed.deadline {
             return Err(f);
         }
         self.tried.push(endpoint.index);
@@ -186,7 +186,7 @@ impl Gateway {
         let upstream = routed.upstream;
         let mut retries = Retries::new(routed);
         loop {
-            let attempt_started = Instant::now();
+            let attempt_started = net::clock::now();
             // Choosing an endpoint and waiting for a slot are not attempts: nothing reached the
             // upstream if they fail, and the attempt count says so.
             let choice = upstream
@@ -222,7 +222,7 @@ impl Gateway {
                 .await?;
             match tried {
                 Tried::Answered(answered) => {
-                    attempt.first_byte = Some(attempt_started.elapsed());
+                    attempt.first_byte = Some(net::clock::since(attempt_started));
                     attempt.status = Some(answered.parts.status.as_u16());
                     log.record.attempts.push(attempt);
                     upstream.report(
@@ -250,7 +250,7 @@ impl Gateway {
                     }
                     attempt.cause = Some(f.cause);
                     attempt.phase = Some(f.phase);
-                    attempt.total = Some(attempt_started.elapsed());
+                    attempt.total = Some(net::clock::since(attempt_started));
                     log.record.attempts.push(attempt);
                     let failed = Failed {
                         failure: f,
@@ -289,7 +289,7 @@ impl Gateway {
             Err(f) => return Ok(Tried::Failed(f, None)),
         };
         // One clock read for what the checkout took, the connection's age and the deadline.
-        let now = Instant::now();
+        let now = net::clock::now();
         attempt.reused = checkout.conn.uses > 0;
         attempt.connect = Some(now.saturating_duration_since(attempt_started));
         attempt.idle = checkout.idle_for;

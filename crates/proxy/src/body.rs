@@ -51,7 +51,7 @@ impl Drop for RequestLog {
         if let Some(p) = &self.bytes_in {
             self.record.bytes_in = p.bytes();
         }
-        self.record.duration = self.started.elapsed();
+        self.record.duration = net::clock::since(self.started);
         self.logger.access(&self.record);
         if let Some(state) = &self.inflight {
             state.request_done();
@@ -343,7 +343,7 @@ impl Drop for ProxyBody {
                 log.record.phase = Some(Phase::ReadBody);
             }
             if let Some(a) = log.record.attempts.last_mut() {
-                a.total = Some(s.attempt_started.elapsed());
+                a.total = Some(net::clock::since(s.attempt_started));
             }
         }
     }

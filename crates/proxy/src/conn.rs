@@ -83,7 +83,7 @@ impl ConnState {
     /// Called when a request's response is over (sent, aborted or abandoned).
     pub fn request_done(&self) {
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.idle_since.lock().unwrap() = Instant::now();
+            *self.idle_since.lock().unwrap() = net::clock::now();
             self.wake_watchdog();
         }
     }
@@ -92,7 +92,7 @@ impl ConnState {
         if self.inflight.load(Ordering::Acquire) == 0 {
             let mut head = self.head_started.lock().unwrap();
             if head.is_none() {
-                *head = Some(Instant::now());
+                *head = Some(net::clock::now());
                 drop(head);
                 self.wake_watchdog();
             }

@@ -301,7 +301,7 @@ impl Gateway {
         client: SocketAddr,
         conn: Option<(Arc<ConnState>, u64)>,
     ) -> (Result<Admitted, Failure>, RequestLog) {
-        let started = Instant::now();
+        let started = net::clock::now();
         let request_id = req
             .headers()
             .get(&X_REQUEST_ID)

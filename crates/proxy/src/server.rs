@@ -388,7 +388,11 @@ impl Gateway {
         loop {
             let turn = std::future::poll_fn(|cx| {
                 state.polling.store(true, Ordering::SeqCst);
-                let polled = conn.as_mut().poll(cx);
+                let polled = {
+                    // One clock read for all the work of this poll (`net::clock`).
+                    let _turn = net::clock::Turn::start();
+                    conn.as_mut().poll(cx)
+                };
                 state.polling.store(false, Ordering::SeqCst);
                 if let Poll::Ready(r) = polled {
                     return Poll::Ready(Turn::Ended(r));

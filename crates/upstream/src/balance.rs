@@ -87,7 +87,7 @@ impl Upstream {
     /// Picks an endpoint, avoiding those in `tried` when another candidate exists. `key` is the
     /// request's hash key for the `hash` policy.
     pub fn select(&self, tried: &[usize], key: Option<u64>) -> Result<Choice, Failure> {
-        let now = Instant::now();
+        let now = net::clock::now();
         let Some(first) = self.endpoints.first() else {
             return Err(self.no_healthy("the upstream has no endpoints"));
         };

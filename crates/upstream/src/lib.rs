@@ -466,7 +466,7 @@ impl Upstream {
                     let mut idle = pool.lock().unwrap();
                     let too_idle = idle
                         .front()
-                        .is_some_and(|c| cautious && c.last_used.elapsed() > fresh_enough);
+                        .is_some_and(|c| cautious && net::clock::since(c.last_used) > fresh_enough);
                     if too_idle {
                         None
                     } else {
@@ -474,7 +474,7 @@ impl Upstream {
                     }
                 };
                 let Some(mut conn) = next else { break };
-                let idle_for = conn.last_used.elapsed();
+                let idle_for = net::clock::since(conn.last_used);
                 if let Some(closed) = conn.closed_at() {
                     // The upstream closed it while idle: learn how long it keeps idle connections.
                     let lasted = closed.saturating_duration_since(conn.last_used);
