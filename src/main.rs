@@ -1,7 +1,11 @@
 //! `cleargate`: the command-line entry point. It parses arguments, dispatches to one module per
 //! subcommand and picks the exit code in one place; the work itself lives in `crates/`.
 
+mod alloc;
 mod cmd;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 use std::process::ExitCode;
 
