@@ -208,21 +208,26 @@ impl H1 {
         self.idle.fired.store(false, Ordering::Release);
         *self.idle.at.lock().unwrap() = None;
         wire.out.clear();
+        let (framing, named) = encode_head(parts, extra, &body, &mut wire.out);
         let mut writer = Writer {
-            framing: encode_head(parts, extra, &body, &mut wire.out),
+            framing,
             written: 0,
             body_done: false,
             flushed: false,
         };
         writer.body_done = body.is_end_stream() || writer.framing == ReqFraming::None;
-        let close_asked = parts
-            .headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
+        // Looked up only when the names are there (after the hop-by-hop headers went, nearly
+        // never).
+        let close_asked = named.connection
+            && parts
+                .headers
+                .get_all(CONNECTION)
+                .iter()
+                .any(|v| has_token(v.as_bytes(), b"close"));
         let head_method = parts.method == Method::HEAD;
         let connect = parts.method == Method::CONNECT;
-        let upgrade = parts.headers.contains_key(UPGRADE)
+        let upgrade = named.upgrade
+            && named.connection
             && parts
                 .headers
                 .get_all(CONNECTION)
@@ -378,12 +383,19 @@ impl Writer {
 /// as hyper's client did: a body of known size gets a length, one of unknown size chunks
 /// (none at all for GET, HEAD and CONNECT), an explicit `Transfer-Encoding` is kept. The
 /// header lines are `parts`', then `extra`'s (lines the gateway adds, never framing ones).
+/// Which of the names that decide an exchange a request head holds.
+#[derive(Clone, Copy, Default)]
+struct Named {
+    connection: bool,
+    upgrade: bool,
+}
+
 fn encode_head(
     parts: &http::request::Parts,
     extra: &[(&HeaderName, &HeaderValue)],
     body: &RequestBody,
     out: &mut Vec<u8>,
-) -> ReqFraming {
+) -> (ReqFraming, Named) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     match (parts.uri.scheme(), parts.uri.path_and_query()) {
@@ -397,8 +409,19 @@ fn encode_head(
         b" HTTP/1.1\r\n"
     });
     let empty = body.is_end_stream();
-    let has_te = parts.headers.contains_key(TRANSFER_ENCODING);
-    let has_cl = parts.headers.contains_key(CONTENT_LENGTH);
+    // One pass over the names instead of a lookup by each.
+    let (mut has_te, mut has_cl, mut named) = (false, false, Named::default());
+    for name in parts.headers.keys() {
+        if name == TRANSFER_ENCODING {
+            has_te = true;
+        } else if name == CONTENT_LENGTH {
+            has_cl = true;
+        } else if name == CONNECTION {
+            named.connection = true;
+        } else if name == UPGRADE {
+            named.upgrade = true;
+        }
+    }
     let mut framing = if empty {
         ReqFraming::None
     } else if has_te {
@@ -458,7 +481,7 @@ fn encode_head(
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
-    framing
+    (framing, named)
 }
 
 fn push_hex(out: &mut Vec<u8>, n: usize) {
