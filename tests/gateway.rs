@@ -278,7 +278,10 @@ async fn timings_that_span_a_wait_are_measured_in_full() {
     let line = h.access_line(seen.header("x-request-id")).await;
     let duration = line["duration_ms"].as_f64().unwrap();
     let first_byte = line["attempts"][0]["first_byte_ms"].as_f64().unwrap();
-    assert!(first_byte >= 100.0, "first byte after {first_byte} ms: {line}");
+    assert!(
+        first_byte >= 100.0,
+        "first byte after {first_byte} ms: {line}"
+    );
     assert!(duration >= first_byte, "{line}");
     h.stop().await;
 }
