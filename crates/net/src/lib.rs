@@ -145,8 +145,13 @@ impl Body for UpstreamBody {
 }
 
 /// One connection to an upstream endpoint: HTTP/1.1 (one request at a time) or HTTP/2 (shared by
-/// many requests at once, see [`Conn::share`]).
-pub struct Conn {
+/// many requests at once, see [`Conn::share`]). Boxed: a request moves its connection half a
+/// dozen times (checkout, exchange, response body, pool), and a pointer moves for less than
+/// its 160 bytes.
+pub struct Conn(Box<ConnFields>);
+
+/// What a [`Conn`] holds.
+pub struct ConnFields {
     sender: Sender,
     stats: Arc<IoStats>,
     /// HTTP/2: when the connection task ended (the upstream or the gateway closed it).
@@ -163,6 +168,19 @@ pub struct Conn {
     /// The send and response deadlines of this connection's exchanges: one timer for its
     /// life, moved on in place from one exchange to the next (made at the first).
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = ConnFields;
+    fn deref(&self) -> &ConnFields {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ConnFields {
+        &mut self.0
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -240,7 +258,7 @@ where
         ))
     };
     let now = Instant::now();
-    Ok(Conn {
+    Ok(Conn(Box::new(ConnFields {
         sender,
         stats,
         closed_at,
@@ -251,7 +269,7 @@ where
         uses: 0,
         last_used: now,
         timer: None,
-    })
+    })))
 }
 
 impl Conn {
@@ -286,7 +304,7 @@ impl Conn {
     /// Another handle on a shared HTTP/2 connection; `None` for HTTP/1.1.
     pub fn share(&self) -> Option<Conn> {
         match &self.sender {
-            Sender::H2(s) => Some(Conn {
+            Sender::H2(s) => Some(Conn(Box::new(ConnFields {
                 sender: Sender::H2(s.clone()),
                 stats: self.stats.clone(),
                 closed_at: self.closed_at.clone(),
@@ -297,7 +315,7 @@ impl Conn {
                 uses: self.uses,
                 last_used: self.last_used,
                 timer: None,
-            }),
+            }))),
             Sender::H1(_) => None,
         }
     }
@@ -376,6 +394,7 @@ impl Conn {
             .timer
             .take()
             .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(send_deadline)));
+        let (head_limit, header_lines) = (self.head_limit, self.header_lines);
         let result = {
             // Either protocol's future, pinned in place: no allocation per exchange.
             use tokio_util::either::Either;
@@ -434,8 +453,8 @@ impl Conn {
                         if f.cause == Cause::ResponseTooLarge {
                             f.detail = Some(format!(
                                 "the upstream's response head exceeds the limit of {} bytes or {} header lines (max_response_header_bytes, max_response_headers)",
-                                self.head_limit,
-                                self.header_lines
+                                head_limit,
+                                header_lines
                             ));
                         }
                         f
