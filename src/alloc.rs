@@ -153,6 +153,22 @@ unsafe impl GlobalAlloc for Allocator {
         }
     }
 
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !cached(&layout) {
+            // calloc: large zeroed blocks come from fresh pages, which need no writing (and
+            // stay out of the resident set until used).
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // SAFETY: `alloc` returns a block of at least `layout.size()` bytes, or null.
+        unsafe {
+            let p = self.alloc(layout);
+            if !p.is_null() {
+                ptr::write_bytes(p, 0, layout.size());
+            }
+            p
+        }
+    }
+
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller guarantees `new_size` with `layout.align()` is a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
@@ -249,6 +265,17 @@ mod tests {
         })
         .join()
         .unwrap();
+        // Zeroed blocks are zero, a reused one too.
+        for size in [64, 8192, 1 << 20] {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let p = unsafe { a.alloc(layout) };
+            unsafe { ptr::write_bytes(p, 0xFF, size) };
+            unsafe { a.dealloc(p, layout) };
+            let z = unsafe { a.alloc_zeroed(layout) };
+            let bytes = unsafe { std::slice::from_raw_parts(z, size) };
+            assert!(bytes.iter().all(|&b| b == 0), "{size}");
+            unsafe { a.dealloc(z, layout) };
+        }
         // Alignments beyond malloc's are the system's, and still honoured.
         let layout = Layout::from_size_align(100, 64).unwrap();
         let p = unsafe { a.alloc(layout) };

@@ -1,9 +1,13 @@
 //! `cleargate`: the command-line entry point. It parses arguments, dispatches to one module per
 //! subcommand and picks the exit code in one place; the work itself lives in `crates/`.
 
+// Where glibc's malloc is what `System` calls: the lists rely on its alignment, and on the
+// thread-exit hooks it offers (registering one allocates nothing through this allocator).
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 mod alloc;
 mod cmd;
 
+#[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
