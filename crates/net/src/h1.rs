@@ -379,10 +379,6 @@ impl Writer {
     }
 }
 
-/// Writes the request line and the header section into `out` and decides the body's framing,
-/// as hyper's client did: a body of known size gets a length, one of unknown size chunks
-/// (none at all for GET, HEAD and CONNECT), an explicit `Transfer-Encoding` is kept. The
-/// header lines are `parts`', then `extra`'s (lines the gateway adds, never framing ones).
 /// Which of the names that decide an exchange a request head holds.
 #[derive(Clone, Copy, Default)]
 struct Named {
@@ -390,6 +386,11 @@ struct Named {
     upgrade: bool,
 }
 
+/// Writes the request line and the header section into `out` and decides the body's framing,
+/// as hyper's client did: a body of known size gets a length, one of unknown size chunks
+/// (none at all for GET, HEAD and CONNECT), an explicit `Transfer-Encoding` is kept. The
+/// header lines are `parts`', then `extra`'s (lines the gateway adds, never framing ones).
+/// Also says whether the head has `Connection` and `Upgrade` lines, found in the same pass.
 fn encode_head(
     parts: &http::request::Parts,
     extra: &[(&HeaderName, &HeaderValue)],
