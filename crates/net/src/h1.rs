@@ -36,6 +36,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
+use crate::hop::{self, HeadFacts, Scan};
 use crate::RequestBody;
 
 /// The byte stream under a connection: TCP, or TLS over TCP.
@@ -201,7 +202,7 @@ impl H1 {
         parts: &http::request::Parts,
         extra: &[(&HeaderName, &HeaderValue)],
         mut body: RequestBody,
-    ) -> Result<Response<H1Body>, H1Error> {
+    ) -> Result<(Response<H1Body>, HeadFacts), H1Error> {
         let Some(mut wire) = self.wire.take() else {
             return Err(H1Error::Closed { mid_head: false });
         };
@@ -255,9 +256,10 @@ impl H1 {
             headers,
             reason,
             keep_alive,
+            scan,
         } = head;
         let switched = status == StatusCode::SWITCHING_PROTOCOLS;
-        let state = match decoder(status, version, &headers, head_method, connect)? {
+        let state = match decoder(status, version, &headers, &scan, head_method, connect)? {
             _ if switched => Decode::Done,
             Decode::Length(0) => Decode::Done,
             d => d,
@@ -279,7 +281,7 @@ impl H1 {
         if let Some(reason) = reason {
             resp.extensions_mut().insert(reason);
         }
-        Ok(resp)
+        Ok((resp, scan.done()))
     }
 }
 
@@ -515,6 +517,8 @@ struct Head {
     headers: HeaderMap,
     reason: Option<hyper::ext::ReasonPhrase>,
     keep_alive: bool,
+    /// What the one pass over the lines found (framing, hop-by-hop names).
+    scan: Scan,
 }
 
 /// Reads until a final response head is whole (1xx heads are skipped).
@@ -616,28 +620,35 @@ fn parse_head(
         // Where each name and value sits in the head, so that the values share its bytes.
         let base = buf.as_ptr() as usize;
         let count = res.headers.len();
-        let mut on_stack = [(0u32, 0u32, 0u32, 0u32); 100];
+        type Span = (u32, u32, u32, u32);
+        // Uninitialised too: only the head's own lines are written, then read.
+        let mut on_stack = [const { MaybeUninit::<Span>::uninit() }; 100];
         let mut on_heap;
-        let spans: &mut [(u32, u32, u32, u32)] = if count > on_stack.len() {
-            on_heap = vec![(0, 0, 0, 0); count];
+        let room: &mut [MaybeUninit<Span>] = if count > on_stack.len() {
+            on_heap = Vec::with_capacity(count);
+            on_heap.resize_with(count, MaybeUninit::uninit);
             &mut on_heap
         } else {
             &mut on_stack[..count]
         };
         // A head is at most the limit long, far below 4 GiB.
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            *span = (
+        for (span, h) in room.iter_mut().zip(res.headers.iter()) {
+            span.write((
                 (h.name.as_ptr() as usize - base) as u32,
                 h.name.len() as u32,
                 (h.value.as_ptr() as usize - base) as u32,
                 h.value.len() as u32,
-            );
+            ));
         }
+        // SAFETY: `res.headers` has exactly `count` lines, so every slot of `room` was written.
+        let spans: &[Span] =
+            unsafe { std::slice::from_raw_parts(room.as_ptr().cast::<Span>(), count) };
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut said_close = false;
-        for &mut (ns, nl, vs, vl) in spans {
+        let mut scan = Scan::default();
+        for &(ns, nl, vs, vl) in spans {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
             let name = HeaderName::from_bytes(&head[ns..ns + nl])
                 .map_err(|_| H1Error::Invalid("a header name is not a token".into()))?;
@@ -645,6 +656,7 @@ fn parse_head(
             // (HTAB, 0x20-0x7E and 0x80-0xFF), so checking them again would find nothing.
             let value =
                 unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..vs + vl)) };
+            scan.line(&name, value.as_bytes());
             if name == CONNECTION {
                 if said_close || has_token(value.as_bytes(), b"close") {
                     said_close = true;
@@ -661,6 +673,7 @@ fn parse_head(
             headers,
             reason,
             keep_alive,
+            scan,
         }));
     }
 }
@@ -693,6 +706,7 @@ fn decoder(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    scan: &Scan,
     head_method: bool,
     connect: bool,
 ) -> Result<Decode, H1Error> {
@@ -703,6 +717,14 @@ fn decoder(
         return Err(H1Error::Invalid(
             "a tunnel through the upstream was not asked for".into(),
         ));
+    }
+    // Nearly every head: no `Transfer-Encoding` and at most one plain length, already read.
+    if scan.hop_by_hop & hop::BIT_TRANSFER_ENCODING == 0 {
+        match (scan.lengths, scan.length) {
+            (0, _) => return Ok(Decode::Eof),
+            (1, Some(n)) => return Ok(Decode::Length(n)),
+            _ => {}
+        }
     }
     if headers.contains_key(TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
@@ -728,7 +750,7 @@ fn decoder(
     for value in headers.get_all(CONTENT_LENGTH) {
         any = true;
         for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii());
+            let n = hop::parse_decimal(part.trim_ascii());
             match (n, length) {
                 (None, _) => return Err(H1Error::Invalid("Content-Length is not a number".into())),
                 (Some(n), Some(l)) if n != l => {
@@ -742,15 +764,6 @@ fn decoder(
         Some(n) => Decode::Length(n),
         None if any => return Err(H1Error::Invalid("Content-Length is empty".into())),
         None => Decode::Eof,
-    })
-}
-
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add((d - b'0') as u64)
     })
 }
 
@@ -1147,13 +1160,27 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        decoder(
-            StatusCode::from_u16(status).unwrap(),
-            version,
-            &h,
-            head,
-            false,
-        )
+        let scan = {
+            let mut scan = Scan::default();
+            for (k, v) in &h {
+                scan.line(k, v.as_bytes());
+            }
+            scan
+        };
+        let status = StatusCode::from_u16(status).unwrap();
+        let decided = decoder(status, version, &h, &scan, head, false);
+        // The shortcut the scan allows decides as the full reading of the lines does.
+        let read_whole = Scan {
+            hop_by_hop: hop::BIT_TRANSFER_ENCODING,
+            ..Scan::default()
+        };
+        let whole = decoder(status, version, &h, &read_whole, head, false);
+        assert_eq!(
+            decided.as_ref().map_err(|e| e.to_string()),
+            whole.as_ref().map_err(|e| e.to_string()),
+            "{fields:?}"
+        );
+        decided
     }
 
     #[test]

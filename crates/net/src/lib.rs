@@ -13,6 +13,7 @@ mod classify;
 pub mod clock;
 pub mod dns;
 mod h1;
+pub mod hop;
 mod io;
 pub mod probe;
 pub mod resolver;
@@ -387,6 +388,7 @@ impl Conn {
             written_at_start: self.stats.written(),
             started: now,
             stats: self.stats.clone(),
+            head: hop::HeadFacts::default(),
         };
         let mut last_written = exchange.stats.written();
         let mut send_deadline = tokio::time::Instant::now() + deadlines.send;
@@ -400,10 +402,14 @@ impl Conn {
             use tokio_util::either::Either;
             let fut = match &mut self.sender {
                 Sender::H1(c) => Either::Left(async move {
-                    let resp = c.exchange(head, extra, body).await.map_err(SendError::H1)?;
-                    Ok(resp.map(|b| UpstreamBody {
-                        inner: BodyInner::H1(b),
-                    }))
+                    let (resp, facts) =
+                        c.exchange(head, extra, body).await.map_err(SendError::H1)?;
+                    Ok((
+                        resp.map(|b| UpstreamBody {
+                            inner: BodyInner::H1(b),
+                        }),
+                        facts,
+                    ))
                 }),
                 Sender::H2(s) => Either::Right(async move {
                     let mut head = head.clone();
@@ -412,9 +418,13 @@ impl Conn {
                     }
                     let req = Request::from_parts(head, body);
                     let resp = s.send_request(req).await.map_err(SendError::H2)?;
-                    Ok(resp.map(|b| UpstreamBody {
-                        inner: BodyInner::H2(b),
-                    }))
+                    let facts = hop::HeadFacts::of(resp.headers());
+                    Ok((
+                        resp.map(|b| UpstreamBody {
+                            inner: BodyInner::H2(b),
+                        }),
+                        facts,
+                    ))
                 }),
             };
             let mut fut = std::pin::pin!(fut);
@@ -493,7 +503,11 @@ impl Conn {
         };
         self.timer = Some(timer);
         match result {
-            Ok(resp) => Ok((resp, self, exchange)),
+            Ok((resp, facts)) => {
+                let mut exchange = exchange;
+                exchange.head = facts;
+                Ok((resp, self, exchange))
+            }
             Err(mut f) => {
                 exchange.fill(&mut f);
                 f.endpoint = Some(self.addr.to_string());
@@ -517,6 +531,8 @@ pub struct Exchange {
     written_at_start: u64,
     pub started: Instant,
     stats: Arc<IoStats>,
+    /// What the response head holds of framing and hop-by-hop names, once it has arrived.
+    pub head: hop::HeadFacts,
 }
 
 impl Exchange {

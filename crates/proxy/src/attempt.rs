@@ -331,7 +331,7 @@ impl Gateway {
         // The response head arrived; is its body framed so that it can be relayed, and is its
         // start readable?
         let (mut parts, mut incoming) = resp.into_parts();
-        let checked = match response_framing(&mut parts.headers) {
+        let checked = match response_framing(&mut parts.headers, &exchange.head) {
             Ok(framing) => match first_frame(&mut incoming).await {
                 Ok(early) => Ok((framing, early)),
                 Err(e) => Err(net::body_failure(e, &exchange)),

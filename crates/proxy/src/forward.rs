@@ -40,7 +40,7 @@ use crate::body::{LimitedBody, PoolLease, ProxyBody, RequestLog};
 use crate::conn::ConnState;
 use crate::headers::{
     append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
-    upgrade_token, Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE, X_REQUEST_ID,
+    strip_present_hop_by_hop, upgrade_token, Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE, X_REQUEST_ID,
 };
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
@@ -786,8 +786,14 @@ impl Gateway {
             slot,
             attempt_started,
         } = answered;
-        let keep_alive = keep_alive_timeout(&parts.headers);
-        strip_hop_by_hop(&mut parts.headers);
+        // The parse of the head said which hop-by-hop names it has: none is looked up in vain.
+        let hop_by_hop = exchange.head.hop_by_hop;
+        let keep_alive = if hop_by_hop & net::hop::BIT_KEEP_ALIVE != 0 {
+            keep_alive_timeout(&parts.headers)
+        } else {
+            None
+        };
+        strip_present_hop_by_hop(&mut parts.headers, hop_by_hop);
         parts.headers.reserve(2);
         append_via(&mut parts.headers, &self.via);
         parts.headers.insert(X_REQUEST_ID, request_id.clone());

@@ -22,9 +22,16 @@ pub(crate) struct Framing {
     pub close_upstream: bool,
 }
 
-/// Checks and normalises the framing headers of an upstream response, in place.
-pub(crate) fn response_framing(headers: &mut HeaderMap) -> Result<Framing, Failure> {
+/// Checks and normalises the framing headers of an upstream response, in place. `facts`
+/// are what the parse of the head found of them: most heads need no lookup at all.
+pub(crate) fn response_framing(
+    headers: &mut HeaderMap,
+    facts: &net::hop::HeadFacts,
+) -> Result<Framing, Failure> {
     let mut framing = Framing::default();
+    if facts.hop_by_hop & net::hop::BIT_TRANSFER_ENCODING == 0 && facts.plain_length {
+        return Ok(framing);
+    }
     let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_some() {
         let mut listed = Vec::new();
@@ -76,6 +83,12 @@ pub(crate) fn response_framing(headers: &mut HeaderMap) -> Result<Framing, Failu
 mod tests {
     use super::*;
 
+    /// The framing of `h`, with the facts a parse of the head would have found.
+    fn framing_of(h: &mut HeaderMap) -> Result<Framing, Failure> {
+        let facts = net::hop::HeadFacts::of(h);
+        response_framing(h, &facts)
+    }
+
     fn headers(fields: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in fields {
@@ -91,7 +104,7 @@ mod tests {
     fn framing_cases() {
         let mut h = headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
         assert_eq!(
-            response_framing(&mut h),
+            framing_of(&mut h),
             Ok(Framing {
                 close_upstream: true
             })
@@ -100,16 +113,16 @@ mod tests {
         for bad in ["gzip", "gzip, chunked", "chunked, chunked"] {
             let mut h = headers(&[("transfer-encoding", bad)]);
             assert_eq!(
-                response_framing(&mut h).unwrap_err().cause,
+                framing_of(&mut h).unwrap_err().cause,
                 Cause::InvalidResponse,
                 "{bad}"
             );
         }
         let mut h = headers(&[("content-length", "5, 5")]);
-        response_framing(&mut h).unwrap();
+        framing_of(&mut h).unwrap();
         assert_eq!(h.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
         let mut h = headers(&[("content-length", "5"), ("content-length", "5")]);
-        response_framing(&mut h).unwrap();
+        framing_of(&mut h).unwrap();
         assert_eq!(h.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
     }
 
@@ -158,7 +171,21 @@ mod tests {
                 .flat_map(|(_, v)| v.split(',').map(|c| c.trim().to_ascii_lowercase()))
                 .collect();
             let has_cl = fields.iter().any(|(k, _)| k == "content-length");
-            match response_framing(&mut h) {
+            // The shortcut the parse's facts allow decides as the full reading of the lines.
+            let mut read_whole = h.clone();
+            let without_facts = net::hop::HeadFacts {
+                hop_by_hop: 0,
+                plain_length: false,
+            };
+            let whole = response_framing(&mut read_whole, &without_facts).map_err(|f| f.cause);
+            let framed = framing_of(&mut h);
+            assert_eq!(
+                framed.as_ref().map_err(|f| f.cause),
+                whole.as_ref().map_err(|c| *c),
+                "{fields:?}"
+            );
+            assert_eq!(h, read_whole, "{fields:?}");
+            match framed {
                 Ok(f) => {
                     assert!(te.is_empty() || te == ["chunked"], "{fields:?}");
                     let cls: Vec<_> = h.get_all(CONTENT_LENGTH).iter().collect();

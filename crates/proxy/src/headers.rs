@@ -1,29 +1,12 @@
 //! Proxy header semantics: hop-by-hop headers stay on their hop, forwarding headers are added,
 //! and every request carries a request id from the client to the upstream and back.
 
-use http::header::{
-    HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::HeaderMap;
 
-pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub use net::hop::KEEP_ALIVE;
+use net::hop::{index as hop_by_hop_index, HOP_BY_HOP};
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
-/// Headers that describe one connection and never cross the gateway (RFC 9110 7.6.1).
-/// Compared as names, not strings: a standard name is an enum, so the check costs little.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-];
 
 /// True for a request header name that a backend could read as another header: any name with
 /// an underscore (CGI-style environments read `X_Forwarded_For` as `X-Forwarded-For`, and
@@ -51,21 +34,6 @@ pub fn strip_look_alikes(headers: &mut HeaderMap) {
     for name in names {
         headers.remove(&name);
     }
-}
-
-/// The place of `name` in [`HOP_BY_HOP`]: its length picks the one or two candidates.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    let candidates: &[usize] = match name.as_str().len() {
-        2 => &[5],
-        7 => &[6, 8],
-        10 => &[0, 1],
-        16 => &[2],
-        17 => &[7],
-        18 => &[3],
-        19 => &[4],
-        _ => return None,
-    };
-    candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == *name)
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to, when it may be forwarded: `Connection`
@@ -110,8 +78,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// [`strip_hop_by_hop`] once the names there are known: bit `i` of `present` stands for
-/// `HOP_BY_HOP[i]`.
-fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
+/// `HOP_BY_HOP[i]` (an upstream response's [`net::hop::HeadFacts`] has them).
+pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
@@ -501,15 +469,6 @@ mod tests {
             t.push_ip(a.ip());
             assert_eq!(t.as_bytes(), a.ip().to_string().as_bytes());
         }
-    }
-
-    #[test]
-    fn every_hop_by_hop_name_is_found_by_its_length() {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
-        }
-        assert_eq!(hop_by_hop_index(&X_FORWARDED_FOR), None);
-        assert_eq!(hop_by_hop_index(&http::header::CONTENT_TYPE), None);
     }
 
     #[test]

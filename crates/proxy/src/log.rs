@@ -59,6 +59,10 @@ pub enum Format {
 /// large batches and no request pays for a thread wake-up.
 struct Pending {
     buf: Mutex<Vec<u8>>,
+    /// The buffer last written out, kept empty with its capacity for the next swap: the two
+    /// trade places at every drain, so that once they have grown to the traffic's batch size
+    /// a line never reallocates (and copies) the buffer it joins.
+    spare: Mutex<Vec<u8>>,
     wake: Condvar,
     /// Lines dropped because the writer could not keep up (the buffer is bounded).
     dropped: AtomicU64,
@@ -101,13 +105,18 @@ impl Pending {
         // The writer lock is taken first, so a batch taken out is written before another drain
         // (a `flush`) can return.
         let mut w = self.writer.lock().unwrap();
-        // The buffer handed over is replaced by one as large, so that requests do not pay for
-        // growing it again from nothing.
-        let batch = std::mem::replace(&mut *self.buf.lock().unwrap(), Vec::with_capacity(BATCH));
+        // The buffer handed over is replaced by the spare, as large as the batches have needed.
+        let mut batch = {
+            let mut spare = self.spare.lock().unwrap();
+            let spare = std::mem::take(&mut *spare);
+            std::mem::replace(&mut *self.buf.lock().unwrap(), spare)
+        };
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if !batch.is_empty() {
             let _ = w.write_all(&batch);
         }
+        batch.clear();
+        *self.spare.lock().unwrap() = batch;
         if dropped > 0 {
             let _ = writeln!(
                 w,
@@ -154,7 +163,8 @@ impl Logger {
                     Sink::Memory(_) => unreachable!(),
                 };
                 let pending = Arc::new(Pending {
-                    buf: Mutex::new(Vec::with_capacity(BATCH)),
+                    buf: Mutex::new(Vec::with_capacity(2 * BATCH)),
+                    spare: Mutex::new(Vec::with_capacity(2 * BATCH)),
                     wake: Condvar::new(),
                     dropped: AtomicU64::new(0),
                     writer: Mutex::new(writer),
