@@ -127,7 +127,7 @@ pub(crate) struct H1 {
 impl H1 {
     pub(crate) fn new(io: Box<dyn Io>, head_limit: usize, header_lines: usize) -> H1 {
         let idle = Arc::new(IdleMark::default());
-        H1 {
+        let mut h1 = H1 {
             wire: Some(Box::new(Wire {
                 io,
                 buf: BytesMut::new(),
@@ -137,7 +137,11 @@ impl H1 {
             idle,
             head_limit,
             header_lines,
-        }
+        };
+        // Watched from the start, like a connection back from an exchange: one that waits
+        // unused (in the pool) is seen to close.
+        h1.watch_idle();
+        h1
     }
 
     /// When the upstream closed this idle connection, if it did.
@@ -155,10 +159,11 @@ impl H1 {
         self.wire.is_some() && !self.idle.fired.load(Ordering::Acquire)
     }
 
-    /// Looks at the idle socket once more (a close that arrived since the runtime last looked
-    /// is seen here), then says whether a request can be sent.
+    /// Says whether a request can be sent. The idle socket needs no look of its own here: the
+    /// waker [`H1::rejoin`] registered on it has set `fired` if the runtime saw a close or
+    /// stray bytes, and a read now would see no more than the runtime has (it would only find
+    /// the readiness the runtime recorded, without asking the kernel).
     pub(crate) fn check(&mut self) -> bool {
-        self.watch_idle();
         self.is_open()
     }
 

@@ -443,7 +443,10 @@ impl Conn {
                     Some(d) => d,
                     None => send_deadline,
                 };
-                if timer.deadline() != wake {
+                // A later deadline than the timer's (the usual case: the connection's last
+                // exchange armed it) leaves it in place; it fires early, is found early below,
+                // and only then moves. Re-arming costs a trip into the timer wheel.
+                if wake < timer.deadline() || timer.is_elapsed() {
                     timer.as_mut().reset(wake);
                 }
                 tokio::select! {
@@ -471,6 +474,10 @@ impl Conn {
                     }),
                     _ = timer.as_mut() => {
                         let now = tokio::time::Instant::now();
+                        if now < wake {
+                            // Armed for an earlier exchange: set to this one's deadline above.
+                            continue;
+                        }
                         if let Some(d) = response_deadline {
                             if now >= d {
                                 break Err(Failure::new(Cause::Timeout, Phase::ReadHead)

@@ -371,9 +371,11 @@ impl Gateway {
         // During shutdown: until when a request head that had begun may still become a request.
         let mut held: Option<Instant> = None;
         let mut held_tick: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        // One timer for the connection's life. Moved to a later deadline (the usual case: a
-        // request ended, the idle deadline moves on) it is changed in place, without going
-        // back into the runtime's timer wheel; only an earlier one (a head started) re-arms it.
+        // One timer for the connection's life. A later deadline (the usual case: a request
+        // ended, the idle deadline moves on) leaves it where it is: it fires early, the check
+        // finds the connection fine and sets it to the deadline of then, so a busy connection
+        // re-arms it about once an idle period rather than once a request. Only an earlier
+        // deadline (a head started) or a timer that has fired re-arms it at once.
         let first = self
             .next_check(state)
             .unwrap_or_else(|| Instant::now() + self.config.limits.client_idle_timeout);
@@ -401,7 +403,7 @@ impl Gateway {
                 // without a wake-up of its own. While a request is in flight there is none.
                 if let Some(wake) = self.next_check(state) {
                     let wake = tokio::time::Instant::from_std(wake);
-                    if timer.deadline() != wake {
+                    if wake < timer.deadline() || timer.is_elapsed() {
                         timer.as_mut().reset(wake);
                     }
                 }
