@@ -138,6 +138,44 @@ async fn a_connection_is_reused_after_a_whole_body_and_its_idle_close_is_seen_wh
     server.await.unwrap();
 }
 
+/// A reused connection keeps the timer its last exchange armed; the next exchange's later
+/// deadline does not move it, so it fires early. That early fire is not a timeout: the
+/// second answer comes after the first exchange's deadline and within its own, and is read.
+#[tokio::test]
+async fn a_timer_left_from_the_last_exchange_is_not_this_ones_deadline() {
+    let deadlines = Deadlines {
+        response: Duration::from_millis(1000),
+        ..DEADLINES
+    };
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // The first answer comes half way to its deadline; the second 800 ms after it was
+        // asked: 1.3 s after the first exchange began, 0.8 s into its own second.
+        for (delay, body) in [(500, "one"), (800, "two")] {
+            read_request(&mut s, 0).await;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{body}");
+            s.write_all(resp.as_bytes()).await.unwrap();
+        }
+    });
+    let conn = net::connect(addr, &OPTS).await.unwrap();
+    let (head, body) = get("/x").into_parts();
+    let (resp, mut conn, _) = conn.send(&head, body, &deadlines).await.unwrap();
+    let (mut body, data) = body_of(resp).await;
+    assert_eq!(data.unwrap(), "one");
+    conn.rejoin(&mut body);
+    assert!(conn.is_ready());
+    let (head, body) = get("/x").into_parts();
+    let (resp, _conn, exchange) = match conn.send(&head, body, &deadlines).await {
+        Ok(sent) => sent,
+        Err((f, _)) => panic!("the second exchange failed: {f:?}"),
+    };
+    assert!(exchange.reused);
+    assert_eq!(body_of(resp).await.1.unwrap(), "two");
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_body_of_unknown_length_goes_in_chunks() {
     let (l, addr) = listener().await;
