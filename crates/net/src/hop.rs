@@ -51,6 +51,9 @@ pub struct HeadFacts {
     pub hop_by_hop: u16,
     /// At most one `Content-Length` line, of digits only: nothing about the length to rewrite.
     pub plain_length: bool,
+    /// A `Connection` line names a header besides `keep-alive` and `close` (that header is
+    /// hop-by-hop too).
+    pub connection_names_more: bool,
 }
 
 impl HeadFacts {
@@ -72,12 +75,16 @@ pub(crate) struct Scan {
     pub(crate) lengths: u32,
     /// The last `Content-Length` line's number, when it is only digits.
     pub(crate) length: Option<u64>,
+    pub(crate) connection_names_more: bool,
 }
 
 impl Scan {
     pub(crate) fn line(&mut self, name: &HeaderName, value: &[u8]) {
         if let Some(i) = index(name) {
             self.hop_by_hop |= 1 << i;
+            if i == 0 {
+                self.connection_names_more |= names_more(value);
+            }
         } else if *name == CONTENT_LENGTH {
             self.lengths += 1;
             self.length = parse_decimal(value);
@@ -88,8 +95,20 @@ impl Scan {
         HeadFacts {
             hop_by_hop: self.hop_by_hop,
             plain_length: self.lengths == 0 || (self.lengths == 1 && self.length.is_some()),
+            connection_names_more: self.connection_names_more,
         }
     }
+}
+
+/// True when a `Connection` value names something besides `keep-alive` and `close` (which
+/// name nothing beyond [`HOP_BY_HOP`]).
+pub fn names_more(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|name| {
+        let name = name.trim_ascii();
+        !name.is_empty()
+            && !name.eq_ignore_ascii_case(b"keep-alive")
+            && !name.eq_ignore_ascii_case(b"close")
+    })
 }
 
 /// A decimal number of at most 19 digits and nothing else.
@@ -136,12 +155,16 @@ mod tests {
             facts(&[("content-type", "text/plain"), ("content-length", "6")]),
             HeadFacts {
                 hop_by_hop: 0,
-                plain_length: true
+                plain_length: true,
+                connection_names_more: false,
             }
         );
         let f = facts(&[("connection", "keep-alive"), ("keep-alive", "timeout=5")]);
         assert_eq!(f.hop_by_hop, BIT_CONNECTION | BIT_KEEP_ALIVE);
-        assert!(f.plain_length);
+        assert!(f.plain_length && !f.connection_names_more);
+        assert!(facts(&[("connection", "close, x-trace")]).connection_names_more);
+        assert!(facts(&[("connection", "Keep-Alive"), ("connection", "x")]).connection_names_more);
+        assert!(!facts(&[("connection", "Close , ,keep-alive")]).connection_names_more);
         let f = facts(&[("transfer-encoding", "chunked"), ("upgrade", "x")]);
         assert_eq!(f.hop_by_hop, BIT_TRANSFER_ENCODING | 1 << 8);
         assert!(!facts(&[("content-length", "6"), ("content-length", "6")]).plain_length);

@@ -40,7 +40,8 @@ use crate::body::{LimitedBody, PoolLease, ProxyBody, RequestLog};
 use crate::conn::ConnState;
 use crate::headers::{
     append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
-    strip_present_hop_by_hop, upgrade_token, Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE, X_REQUEST_ID,
+    strip_response_hop_by_hop, upgrade_token, Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE,
+    X_REQUEST_ID,
 };
 use crate::log::AccessRecord;
 use crate::page::{self, PageContext};
@@ -787,13 +788,12 @@ impl Gateway {
             attempt_started,
         } = answered;
         // The parse of the head said which hop-by-hop names it has: none is looked up in vain.
-        let hop_by_hop = exchange.head.hop_by_hop;
-        let keep_alive = if hop_by_hop & net::hop::BIT_KEEP_ALIVE != 0 {
+        let keep_alive = if exchange.head.hop_by_hop & net::hop::BIT_KEEP_ALIVE != 0 {
             keep_alive_timeout(&parts.headers)
         } else {
             None
         };
-        strip_present_hop_by_hop(&mut parts.headers, hop_by_hop);
+        strip_response_hop_by_hop(&mut parts.headers, &exchange.head);
         parts.headers.reserve(2);
         append_via(&mut parts.headers, &self.via);
         parts.headers.insert(X_REQUEST_ID, request_id.clone());

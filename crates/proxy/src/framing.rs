@@ -176,6 +176,7 @@ mod tests {
             let without_facts = net::hop::HeadFacts {
                 hop_by_hop: 0,
                 plain_length: false,
+                connection_names_more: false,
             };
             let whole = response_framing(&mut read_whole, &without_facts).map_err(|f| f.cause);
             let framed = framing_of(&mut h);

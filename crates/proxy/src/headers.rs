@@ -79,38 +79,51 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// [`strip_hop_by_hop`] once the names there are known: bit `i` of `present` stands for
 /// `HOP_BY_HOP[i]` (an upstream response's [`net::hop::HeadFacts`] has them).
-pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
+fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
-        let names_more = |v: &HeaderValue| {
-            v.as_bytes().split(|&b| b == b',').any(|name| {
-                // `Connection: keep-alive` or `close` names nothing beyond the list below.
-                let name = name.trim_ascii();
-                !name.is_empty()
-                    && !name.eq_ignore_ascii_case(b"keep-alive")
-                    && !name.eq_ignore_ascii_case(b"close")
-            })
-        };
-        // Nearly always the header says only `keep-alive` or `close`: nothing to gather then.
-        if headers.get_all(CONNECTION).iter().any(names_more) {
-            let named: Vec<HeaderName> = headers
-                .get_all(CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|name| {
-                    !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
-                })
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(&name);
-            }
-        }
+    // Nearly always the header says only `keep-alive` or `close`: nothing to gather then.
+    if present & 1 != 0
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| net::hop::names_more(v.as_bytes()))
+    {
+        strip_connection_named(headers);
     }
+    strip_named_hop_by_hop(headers, present);
+}
+
+/// Removes the hop-by-hop headers of an upstream response, as the parse of its head found
+/// them: no lookup for a name it does not have.
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, facts: &net::hop::HeadFacts) {
+    if facts.connection_names_more {
+        strip_connection_named(headers);
+    }
+    strip_named_hop_by_hop(headers, facts.hop_by_hop);
+}
+
+/// Removes the headers that `Connection` names (besides `keep-alive` and `close`).
+fn strip_connection_named(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| {
+            !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+}
+
+/// Removes the [`HOP_BY_HOP`] names whose bits are set in `present`.
+fn strip_named_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
@@ -484,6 +497,54 @@ mod tests {
             h.insert("x-kept", HeaderValue::from_static("1"));
             strip_hop_by_hop(&mut h);
             assert_eq!(h.len(), 1, "{name}");
+        }
+    }
+
+    /// Generated heads: stripping by what the parse found leaves the same headers as the
+    /// full strip that looks at every name.
+    #[test]
+    fn a_response_stripped_by_its_facts_keeps_what_the_full_strip_keeps() {
+        let mut rng = fastrand::Rng::with_seed(0x5e1f);
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "content-length",
+            "x-trace",
+            "server",
+        ];
+        let connection = [
+            "keep-alive",
+            "close",
+            "x-trace",
+            "Keep-Alive, x-trace",
+            "close,",
+            "server",
+        ];
+        for _ in 0..2000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..rng.usize(0..6) {
+                let name = names[rng.usize(..names.len())];
+                let value = if name == "connection" {
+                    connection[rng.usize(..connection.len())]
+                } else {
+                    "1"
+                };
+                h.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            let mut full = h.clone();
+            strip_hop_by_hop(&mut full);
+            let facts = net::hop::HeadFacts::of(&h);
+            let before = h.clone();
+            strip_response_hop_by_hop(&mut h, &facts);
+            assert_eq!(h, full, "{before:?}");
         }
     }
 

@@ -458,6 +458,8 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
 }
 
 /// A key made by [`key!`].
+// Inlined, so that each key is a constant and its copy needs no call.
+#[inline(always)]
 fn json_key(o: &mut String, key: &str) {
     o.push_str(key);
 }
@@ -492,6 +494,8 @@ fn push_padded(o: &mut String, v: u64, width: usize) {
     push_uint(o, v);
 }
 
+// Inlined, so that each key is a constant and its copy needs no call.
+#[inline(always)]
 fn json_uint(o: &mut String, key: &str, v: Option<u64>) {
     json_key(o, key);
     match v {
@@ -500,6 +504,8 @@ fn json_uint(o: &mut String, key: &str, v: Option<u64>) {
     }
 }
 
+// Inlined, so that each key is a constant and its copy needs no call.
+#[inline(always)]
 fn json_bool(o: &mut String, key: &str, v: bool) {
     json_key(o, key);
     o.push_str(if v { "true" } else { "false" });
@@ -507,6 +513,8 @@ fn json_bool(o: &mut String, key: &str, v: bool) {
 
 /// Milliseconds rounded to the microsecond, as the shortest decimal: `12`, `0.5`, `3.142`
 /// (what `ms(d)` prints through `fmt`).
+// Inlined, so that each key is a constant and its copy needs no call.
+#[inline(always)]
 fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
     json_key(o, key);
     let Some(d) = d else {
@@ -547,6 +555,8 @@ fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
 }
 
 /// `,"key":"escaped"`, `null` when absent.
+// Inlined, so that each key is a constant and its copy needs no call.
+#[inline(always)]
 fn json_str(o: &mut String, key: &str, v: Option<&str>) {
     json_key(o, key);
     match v {
