@@ -655,7 +655,7 @@ fn parse_head(
         let mut scan = Scan::default();
         for &(ns, nl, vs, vl) in spans {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-            let name = HeaderName::from_bytes(&head[ns..ns + nl])
+            let name = header_name(&head[ns..ns + nl])
                 .map_err(|_| H1Error::Invalid("a header name is not a token".into()))?;
             // SAFETY: httparse accepts in a value exactly the bytes a `HeaderValue` may hold
             // (HTAB, 0x20-0x7E and 0x80-0xFF), so checking them again would find nothing.
@@ -681,6 +681,28 @@ fn parse_head(
             scan,
         }));
     }
+}
+
+/// The names nearly every response has, as servers spell them: compared whole, they are found
+/// without the case folding and table walk of [`HeaderName::from_bytes`].
+static COMMON: [(&[u8], HeaderName); 7] = [
+    (b"Date", http::header::DATE),
+    (b"Server", http::header::SERVER),
+    (b"Connection", CONNECTION),
+    (b"Content-Type", http::header::CONTENT_TYPE),
+    (b"Content-Length", CONTENT_LENGTH),
+    (b"Last-Modified", http::header::LAST_MODIFIED),
+    (b"ETag", http::header::ETAG),
+];
+
+/// The header name `raw` spells: a common one by one comparison, any other as `http` reads it.
+fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    for (spelled, name) in &COMMON {
+        if raw.len() == spelled.len() && raw == *spelled {
+            return Ok(name.clone());
+        }
+    }
+    HeaderName::from_bytes(raw)
 }
 
 /// How the response body is read.
@@ -1186,6 +1208,37 @@ mod tests {
             "{fields:?}"
         );
         decided
+    }
+
+    #[test]
+    fn common_names_are_read_as_http_reads_them() {
+        for spelled in [
+            "Date",
+            "date",
+            "DATE",
+            "Server",
+            "Connection",
+            "connection",
+            "Content-Type",
+            "content-type",
+            "Content-Length",
+            "Content-length",
+            "Last-Modified",
+            "ETag",
+            "Etag",
+            "X-Custom",
+            "Set-Cookie",
+            "Dates",
+            "Dat",
+        ] {
+            assert_eq!(
+                header_name(spelled.as_bytes()).unwrap(),
+                HeaderName::from_bytes(spelled.as_bytes()).unwrap(),
+                "{spelled}"
+            );
+        }
+        assert!(header_name(b"Bad Name").is_err());
+        assert!(header_name(b"").is_err());
     }
 
     #[test]
