@@ -36,7 +36,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
-use crate::hop::{self, HeadFacts, Scan};
+use crate::hop::{self, has_token, HeadFacts, Scan};
 use crate::RequestBody;
 
 /// The byte stream under a connection: TCP, or TLS over TCP.
@@ -260,7 +260,6 @@ impl H1 {
             version,
             headers,
             reason,
-            keep_alive,
             scan,
         } = head;
         let switched = status == StatusCode::SWITCHING_PROTOCOLS;
@@ -271,6 +270,7 @@ impl H1 {
         };
         // A response that came before the request was written whole leaves the connection in
         // an unknown state: it is closed after this response. A switched one is never reused.
+        let keep_alive = scan.keeps_alive(version == Version::HTTP_11);
         let reusable =
             keep_alive && !close_asked && writer.done() && state != Decode::Eof && !switched;
         let body = H1Body {
@@ -508,21 +508,13 @@ fn push_hex(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// True when the comma-separated header value lists `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// A parsed response head.
 struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
     reason: Option<hyper::ext::ReasonPhrase>,
-    keep_alive: bool,
-    /// What the one pass over the lines found (framing, hop-by-hop names).
+    /// What the one pass over the lines found (framing, hop-by-hop names, keep-alive).
     scan: Scan,
 }
 
@@ -650,8 +642,6 @@ fn parse_head(
             unsafe { std::slice::from_raw_parts(room.as_ptr().cast::<Span>(), count) };
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
-        let mut keep_alive = version == Version::HTTP_11;
-        let mut said_close = false;
         let mut scan = Scan::default();
         for &(ns, nl, vs, vl) in spans {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
@@ -662,14 +652,6 @@ fn parse_head(
             let value =
                 unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..vs + vl)) };
             scan.line(&name, value.as_bytes());
-            if name == CONNECTION {
-                if said_close || has_token(value.as_bytes(), b"close") {
-                    said_close = true;
-                    keep_alive = false;
-                } else if !keep_alive {
-                    keep_alive = has_token(value.as_bytes(), b"keep-alive");
-                }
-            }
             headers.append(name, value);
         }
         return Ok(Some(Head {
@@ -677,7 +659,6 @@ fn parse_head(
             version,
             headers,
             reason,
-            keep_alive,
             scan,
         }));
     }
@@ -1140,12 +1121,18 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.status, 200);
-        assert!(!h.keep_alive);
+        assert!(!h.scan.keeps_alive(h.version == Version::HTTP_11));
         assert_eq!(h.reason.unwrap().as_bytes(), b"Fine");
         let h = head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(h.keep_alive && h.reason.is_none());
+        assert!(h.scan.keeps_alive(h.version == Version::HTTP_11) && h.reason.is_none());
+        let h = head("HTTP/1.0 200 OK\r\nA: 1\r\n\r\n").unwrap().unwrap();
+        assert!(!h.scan.keeps_alive(h.version == Version::HTTP_11));
+        let h = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.scan.keeps_alive(h.version == Version::HTTP_11));
         assert!(head("HTTP/1.1 200 OK\r\nA: 1\r\n").unwrap().is_none());
         assert!(matches!(
             head("HTTP/1.1 101 Switching\r\n\r\n"),
@@ -1187,13 +1174,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let scan = {
-            let mut scan = Scan::default();
-            for (k, v) in &h {
-                scan.line(k, v.as_bytes());
-            }
-            scan
-        };
+        let scan = Scan::of(&h);
         let status = StatusCode::from_u16(status).unwrap();
         let decided = decoder(status, version, &h, &scan, head, false);
         // The shortcut the scan allows decides as the full reading of the lines does.

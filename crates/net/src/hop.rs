@@ -59,11 +59,7 @@ pub struct HeadFacts {
 impl HeadFacts {
     /// The facts of `headers`, found by one pass over them.
     pub fn of(headers: &HeaderMap) -> HeadFacts {
-        let mut facts = Scan::default();
-        for (name, value) in headers {
-            facts.line(name, value.as_bytes());
-        }
-        facts.done()
+        Scan::of(headers).done()
     }
 }
 
@@ -76,19 +72,45 @@ pub(crate) struct Scan {
     /// The last `Content-Length` line's number, when it is only digits.
     pub(crate) length: Option<u64>,
     pub(crate) connection_names_more: bool,
+    /// `Connection` said `close`; said `keep-alive`.
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
 }
 
 impl Scan {
+    /// The scan of a whole header map.
+    pub(crate) fn of(headers: &HeaderMap) -> Scan {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            scan.line(name, value.as_bytes());
+        }
+        scan
+    }
+
     pub(crate) fn line(&mut self, name: &HeaderName, value: &[u8]) {
         if let Some(i) = index(name) {
             self.hop_by_hop |= 1 << i;
             if i == 0 {
-                self.connection_names_more |= names_more(value);
+                for token in connection_tokens(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else {
+                        self.connection_names_more = true;
+                    }
+                }
             }
         } else if *name == CONTENT_LENGTH {
             self.lengths += 1;
             self.length = parse_decimal(value);
         }
+    }
+
+    /// Whether the connection stays open after this response: HTTP/1.1 unless `close` was
+    /// said, HTTP/1.0 only when `keep-alive` was (and `close` was not).
+    pub(crate) fn keeps_alive(&self, http11: bool) -> bool {
+        !self.close && (http11 || self.keep_alive)
     }
 
     pub(crate) fn done(&self) -> HeadFacts {
@@ -100,15 +122,24 @@ impl Scan {
     }
 }
 
-/// True when a `Connection` value names something besides `keep-alive` and `close` (which
-/// name nothing beyond [`HOP_BY_HOP`]).
-pub fn names_more(value: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|name| {
-        let name = name.trim_ascii();
-        !name.is_empty()
-            && !name.eq_ignore_ascii_case(b"keep-alive")
-            && !name.eq_ignore_ascii_case(b"close")
-    })
+/// The options a `Connection` value lists, trimmed, empty ones left out.
+pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// The header names a `Connection` value lists besides `keep-alive` and `close` (which name
+/// nothing beyond [`HOP_BY_HOP`]): they are hop-by-hop too.
+pub fn named_by(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    connection_tokens(value)
+        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+}
+
+/// Whether `value` lists `token` (options compare without regard to case).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    connection_tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// A decimal number of at most 19 digits and nothing else.

@@ -88,7 +88,7 @@ fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
         && headers
             .get_all(CONNECTION)
             .iter()
-            .any(|v| net::hop::names_more(v.as_bytes()))
+            .any(|v| net::hop::named_by(v.as_bytes()).next().is_some())
     {
         strip_connection_named(headers);
     }
@@ -109,13 +109,8 @@ fn strip_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| {
-            !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
-        })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .flat_map(|v| net::hop::named_by(v.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named {
         headers.remove(&name);
