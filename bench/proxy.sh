@@ -5,8 +5,9 @@
 # hit: /cached (the origin's /hello with `Cache-Control: max-age=3600`) answered from nginx's
 # proxy_cache, HAProxy's cache and cleargate's cache, beside the proxied /hello.
 #
-#   bench/proxy.sh                    (about 5 minutes)
-#   DURATION=5 bench/proxy.sh         (seconds measured per target and response; default 10)
+#   bench/proxy.sh                    (about 9 minutes)
+#   DURATION=8 bench/proxy.sh         (seconds measured per target, response and round; default 5)
+#   ROUNDS=1 bench/proxy.sh           (rounds per response; default 3)
 #   WORKERS=1 bench/proxy.sh          (only these worker counts: nginx workers, HAProxy threads,
 #                                      cleargate workers; default "1 2")
 #
@@ -19,7 +20,12 @@
 # upstream connections and an access log written to a file. For each response, `wrk` runs against
 # the origin directly (the baseline), then through each proxy in turn, never two at a time: a 2 s
 # warm-up, then the measurement, with the same parameters. wrk, the proxy and the origin share
-# the machine's cores. Ports are free ones picked by the kernel; everything lives in a temporary
+# the machine's cores. Each response is measured in ROUNDS rounds, every proxy once a round, the
+# order turned by one each round (so that no proxy always runs first, or right after another): a
+# shared VM's speed drifts by tens of percent over minutes, and a single 5 s sample of each proxy
+# can fall on either side of a drift. The table gives each figure's median over the rounds, and
+# the lowest and highest of the per-round ratios to nginx (each round's figure over nginx's figure
+# in the same round). Ports are free ones picked by the kernel; everything lives in a temporary
 # directory that is removed at exit, and every process started here is stopped by a trap.
 #
 # Prints a table (req/s, p50, p99, ratio to nginx, proxy CPU per request, upstream connections
@@ -27,7 +33,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
@@ -252,13 +259,13 @@ stop() { # PID
 
 # One measurement: a warm-up, then the run, with the proxy's CPU time and the origin's accepted
 # connections counted around it. Appends a line to $RESULTS.
-measure() { # WORKERS PROTO PATH NAME PORT PID
-  local w=$1 proto=$2 path=$3 name=$4 port=$5 pid=$6
-  local url=http://127.0.0.1:$port/$path out=$DIR/run-$w-$proto-$name-$path.txt
+measure() { # WORKERS PROTO PATH NAME PORT PID ROUND
+  local w=$1 proto=$2 path=$3 name=$4 port=$5 pid=$6 round=$7
+  local url=http://127.0.0.1:$port/$path out=$DIR/run-$w-$proto-$name-$path-$round.txt
   if [ "$proto" = h1 ]; then
-    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >"$DIR/warmup-$name-$w-$proto-$path.txt"
+    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "$url" >"$DIR/warmup-$name-$w-$proto-$path-$round.txt"
   else
-    h2load -t"$THREADS" -c"$CONNS" -m10 -D"$WARMUP" "$url" >"$DIR/warmup-$name-$w-$proto-$path.txt"
+    h2load -t"$THREADS" -c"$CONNS" -m10 -D"$WARMUP" "$url" >"$DIR/warmup-$name-$w-$proto-$path-$round.txt"
   fi
   local accepts_before cpu_before cpu_after accepts_after
   accepts_before=$(origin_accepts)
@@ -271,12 +278,25 @@ measure() { # WORKERS PROTO PATH NAME PORT PID
   cpu_after=$(cpu_of "$pid")
   accepts_after=$(origin_accepts)
   # The origin's own /status request opens one connection; it is not the proxy's.
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$proto" "$path" "$name" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$proto" "$path" "$name" "$round" \
     "$(python3 -c "print($cpu_after - $cpu_before)")" \
     "$((accepts_after - accepts_before - 1))" "$out" >>"$RESULTS"
-  echo "measured $name /$path ($proto, $w worker(s))"
+  echo "measured $name /$path ($proto, $w worker(s), round $round)"
 }
 
+# ROUNDS rounds of every proxy (with $w workers), the order turned by one each round.
+rounds() { # PROTO PATH TARGET... (each NAME:PORT:PID)
+  local proto=$1 path=$2 round i n
+  shift 2
+  local targets=("$@")
+  n=${#targets[@]}
+  for round in $(seq 1 "$ROUNDS"); do
+    for i in $(seq 0 $((n - 1))); do
+      IFS=: read -r name port pid <<<"${targets[$(((i + round - 1) % n))]}"
+      measure "$w" "$proto" "$path" "$name" "$port" "$pid" "$round"
+    done
+  done
+}
 RESULTS=$DIR/results.tsv
 : >"$RESULTS"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -311,14 +331,12 @@ for w in $WORKERS; do
   echo "check ($w worker(s)): every target answers 200 with the right body on /hello, /16k and /cached, HTTP/1.1 and h2c"
 
   for path in hello 16k cached; do
-    [ "$first" = 1 ] && measure "$w" h1 "$path" origin "$ORIGIN_PORT" "$ORIGIN_PID"
-    measure "$w" h1 "$path" nginx "$NGINX_PORT" "$NGINX_PID"
-    measure "$w" h1 "$path" haproxy "$HAPROXY_PORT" "$HAPROXY_PID"
-    measure "$w" h1 "$path" cleargate "$CLEARGATE_PORT" "$CLEARGATE_PID"
+    [ "$first" = 1 ] && measure "$w" h1 "$path" origin "$ORIGIN_PORT" "$ORIGIN_PID" 1
+    rounds h1 "$path" "nginx:$NGINX_PORT:$NGINX_PID" "haproxy:$HAPROXY_PORT:$HAPROXY_PID" \
+      "cleargate:$CLEARGATE_PORT:$CLEARGATE_PID"
   done
-  measure "$w" h2c hello nginx "$NGINX_H2_PORT" "$NGINX_PID"
-  measure "$w" h2c hello haproxy "$HAPROXY_H2_PORT" "$HAPROXY_PID"
-  measure "$w" h2c hello cleargate "$CLEARGATE_PORT" "$CLEARGATE_PID"
+  rounds h2c hello "nginx:$NGINX_H2_PORT:$NGINX_PID" "haproxy:$HAPROXY_H2_PORT:$HAPROXY_PID" \
+    "cleargate:$CLEARGATE_PORT:$CLEARGATE_PID"
   stop "$NGINX_PID"
   stop "$HAPROXY_PID"
   stop "$CLEARGATE_PID"
@@ -344,22 +362,22 @@ CLEARGATE_LINES=$(lines "$DIR/cleargate.log" '"kind":"access"' cleargate)
 echo
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print "wrk " $2}'), $(h2load --version | head -1), $("$BIN" --version 2>/dev/null || echo cleargate)"
-echo "HTTP/1.1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; h2c: h2load -t$THREADS -c$CONNS -m10 -D$DURATION; each after a ${WARMUP}s warm-up, one target at a time; the load tool, proxy and origin share the cores"
+echo "HTTP/1.1: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency; h2c: h2load -t$THREADS -c$CONNS -m10 -D$DURATION; each after a ${WARMUP}s warm-up, one target at a time, $ROUNDS round(s) of every proxy (medians below); the load tool, proxy and origin share the cores"
 echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
 echo "access logs: nginx $NGINX_LINES; haproxy $HAPROXY_LINES; cleargate $CLEARGATE_LINES"
 echo
 
 python3 - "$RESULTS" <<'PY'
-import re, sys
+import re, statistics, sys
 
 def ms(text):
     m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
     v, unit = float(m.group(1)), m.group(2)
     return v * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
-rows = []
+runs = []
 for line in open(sys.argv[1]):
-    workers, proto, path, name, cpu, conns, out_file = line.rstrip("\n").split("\t")
+    workers, proto, path, name, rnd, cpu, conns, out_file = line.rstrip("\n").split("\t")
     out = open(out_file).read()
     problems = []
     if proto == "h1":
@@ -385,32 +403,66 @@ for line in open(sys.argv[1]):
         codes = re.search(r"status codes: (\d+) 2xx", out)
         if not codes or int(codes.group(1)) != total:
             problems.append("not every answer was 2xx")
-    rows.append(dict(workers=workers, proto=proto, path=path, name=name, rps=rps, p50=p50,
-                     p99=p99, cpu_us=float(cpu) / total * 1e6 if total else 0.0,
-                     conns=int(conns), problems="; ".join(problems) or "-"))
+    runs.append(dict(workers=workers, proto=proto, path=path, name=name, round=rnd, rps=rps,
+                     p50=p50, p99=p99, cpu_us=float(cpu) / total * 1e6 if total else 0.0,
+                     conns=int(conns), problems=problems))
+
+# One row per target: the median of its rounds, and beside each ratio to nginx the lowest and
+# highest of the per-round ratios (the same round's nginx figure as the divisor).
+def key(r):
+    return (r["workers"], r["proto"], r["path"], r["name"])
+
+groups = {}
+for r in runs:
+    groups.setdefault(key(r), []).append(r)
+
+def med(rs, field):
+    vals = [r[field] for r in rs if r[field] is not None]
+    return statistics.median(vals) if vals else None
+
+def nginx_of(r):
+    if r["name"] == "origin":
+        return [x for x in runs if x["path"] == r["path"] and x["name"] == "nginx"
+                and x["proto"] == "h1" and x["workers"] == runs[0]["workers"]]
+    return groups[(r["workers"], r["proto"], r["path"], "nginx")]
 
 def fmt_ms(v):
     if v is None:
         return "-"
     return f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms"
 
+def ratio(rs, base, field):
+    """The ratio of medians, and the range of the per-round ratios."""
+    a, b = med(rs, field), med(base, field)
+    if a is None or not b:
+        return "-"
+    if rs is base:
+        return "1.00x"
+    text = f"{a / b:.2f}x"
+    by_round = {x["round"]: x[field] for x in base}
+    each = [r[field] / by_round[r["round"]] for r in rs
+            if r[field] is not None and by_round.get(r["round"])]
+    if len(each) > 1:
+        text += f" ({min(each):.2f}–{max(each):.2f})"
+    return text
+
 header = ["workers", "protocol", "response", "target", "req/s", "p50 (h2c: mean)", "p99",
           "ratio to nginx (req/s)", "proxy CPU per request", "ratio to nginx (CPU)",
-          "upstream conns opened", "errors"]
+          "ratio to nginx (p99)", "upstream conns opened", "errors"]
 table = []
-for r in rows:
-    nginx = next(x for x in rows if x["path"] == r["path"] and x["name"] == "nginx"
-                 and x["proto"] == r["proto"] and x["workers"] == r["workers"]) \
-        if r["name"] != "origin" else next(x for x in rows if x["path"] == r["path"]
-                                           and x["name"] == "nginx" and x["proto"] == "h1")
-    name = "origin (direct, baseline)" if r["name"] == "origin" else r["name"]
+for k, rs in groups.items():
+    r = rs[0]
+    base = nginx_of(r)
     proxy = r["name"] != "origin"
-    cpu = f"{r['cpu_us']:.1f} µs" if proxy else "-"
-    cpu_ratio = f"{r['cpu_us'] / nginx['cpu_us']:.2f}x" if proxy and nginx["cpu_us"] else "-"
-    conns = str(r["conns"]) if proxy else "-"
+    name = "origin (direct, baseline)" if not proxy else r["name"]
+    problems = "; ".join(p for x in rs for p in x["problems"]) or "-"
     table.append([r["workers"] if proxy else "-", "HTTP/1.1" if r["proto"] == "h1" else "h2c",
-                  "/" + r["path"], name, f"{r['rps']:.0f}", fmt_ms(r["p50"]), fmt_ms(r["p99"]),
-                  f"{r['rps'] / nginx['rps']:.2f}x", cpu, cpu_ratio, conns, r["problems"]])
+                  "/" + r["path"], name, f"{med(rs, 'rps'):.0f}", fmt_ms(med(rs, "p50")),
+                  fmt_ms(med(rs, "p99")), ratio(rs, base, "rps"),
+                  f"{med(rs, 'cpu_us'):.1f} µs" if proxy else "-",
+                  ratio(rs, base, "cpu_us") if proxy else "-",
+                  ratio(rs, base, "p99") if proxy else "-",
+                  "/".join(str(x["conns"]) for x in rs) if proxy else "-", problems])
 
 widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
 line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
