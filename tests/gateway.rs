@@ -544,6 +544,34 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     );
 }
 
+#[tokio::test]
+async fn shutdown_closes_a_kept_alive_connection_that_waits_between_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The idle timeout is far away: only the shutdown can close this connection, and it must
+    // reach a watchdog whose task the connection's own reads and writes woke until now.
+    let h = start("shutdown_timeout = \"5s\"\n[limits]\nclient_idle_timeout = \"60s\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    for _ in 0..3 {
+        s.write_all(b"GET /f/ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    }
+    h.shutdown.cancel();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the waiting connection was not closed within 10 s of the shutdown"
+    );
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    tokio::time::timeout(Duration::from_secs(5), h.task)
+        .await
+        .expect("the gateway did not stop after its last connection closed")
+        .unwrap();
+}
+
 async fn get_fault_at(addr: std::net::SocketAddr, fault: Fault) -> Seen {
     send(
         addr,

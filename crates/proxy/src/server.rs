@@ -15,9 +15,9 @@ use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -387,8 +387,36 @@ impl Gateway {
         // what happens inside the connection's own poll is looked at right after it.
         let notified = state.wake.notified();
         tokio::pin!(notified);
+        // The shutdown, the wake-up and the timer are polled with a waker of their own, which
+        // marks that one of them fired before it wakes this task: the turns that the
+        // connection's own reads and writes cause (nearly all of them) do not poll the three
+        // again. Each of them keeps the waker it was last polled with and wakes it when it fires.
+        let mut marked: Option<(Arc<Marked>, Waker)> = None;
         loop {
             let turn = std::future::poll_fn(|cx| {
+                // A task's waker does not change while it runs; should it, the three are
+                // polled with a new one.
+                if !marked
+                    .as_ref()
+                    .is_some_and(|(m, _)| m.task.will_wake(cx.waker()))
+                {
+                    let m = Arc::new(Marked {
+                        fired: AtomicBool::new(true),
+                        task: cx.waker().clone(),
+                    });
+                    marked = Some((m.clone(), Waker::from(m)));
+                }
+                let Some((mark, own)) = marked.as_ref() else {
+                    return Poll::Pending;
+                };
+                let mut look = mark.fired.swap(false, Ordering::AcqRel);
+                let mut own = Context::from_waker(own);
+                // Whatever this turn returns for, the next one looks at the three again (a
+                // new wake-up future, a timer set anew are polled before they can fire).
+                let ready = |turn: Turn| {
+                    mark.fired.store(true, Ordering::Release);
+                    Poll::Ready(turn)
+                };
                 state.polling.store(true, Ordering::SeqCst);
                 let polled = {
                     // One clock read for all the work of this poll (`net::clock`).
@@ -405,22 +433,29 @@ impl Gateway {
                     let wake = tokio::time::Instant::from_std(wake);
                     if wake < timer.deadline() || timer.is_elapsed() {
                         timer.as_mut().reset(wake);
+                        look = true;
                     }
                 }
-                if !shutting_down && cancelled.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Turn::Shutdown);
-                }
-                if let Some(tick) = held_tick.as_mut() {
-                    if tick.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Turn::HeldTick);
+                if held_tick.is_some() {
+                    // Shutdown only: polled every turn, with the task's own waker.
+                    if let Some(tick) = held_tick.as_mut() {
+                        if tick.as_mut().poll(cx).is_ready() {
+                            return ready(Turn::HeldTick);
+                        }
                     }
                 }
-                if notified.as_mut().poll(cx).is_ready() {
+                if !look {
+                    return Poll::Pending;
+                }
+                if !shutting_down && cancelled.as_mut().poll(&mut own).is_ready() {
+                    return ready(Turn::Shutdown);
+                }
+                if notified.as_mut().poll(&mut own).is_ready() {
                     notified.set(state.wake.notified());
-                    return Poll::Ready(Turn::Woken);
+                    return ready(Turn::Woken);
                 }
-                if !shutting_down && timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Turn::Timer);
+                if !shutting_down && timer.as_mut().poll(&mut own).is_ready() {
+                    return ready(Turn::Timer);
                 }
                 Poll::Pending
             })
@@ -643,6 +678,24 @@ pub(crate) struct RawAnswer {
     pub body_len: usize,
     pub bytes: Vec<u8>,
     pub request_id: String,
+}
+
+/// The waker of a watchdog's own futures: it marks that one of them fired, then wakes the
+/// connection's task.
+struct Marked {
+    fired: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for Marked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
 }
 
 /// What woke a connection's watchdog.
