@@ -260,6 +260,9 @@ async fn header_semantics() {
     let id = seen.header("x-request-id");
     assert_eq!(id.len(), 16);
     assert_eq!(echo["headers"]["x-request-id"], id);
+    // A client that sent no X-Forwarded-For: the upstream gets its address alone (the value
+    // its connection made once).
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
     let line = h.access_line(id).await;
     assert_eq!(line["status"], 200);
     assert_eq!(line["upstream"], "ok");

@@ -192,15 +192,38 @@ pub(crate) fn valid_host(v: &[u8]) -> bool {
     if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
         return false;
     }
-    host.first() == Some(&b'[')
-        || host
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b))
+    host.first() == Some(&b'[') || host.iter().all(|&b| REG_NAME[usize::from(b)])
 }
+
+/// The bytes of a reg-name or IPv4 address: unreserved, sub-delims and the `%` of
+/// pct-encoded (RFC 3986 §3.2.2), one lookup each.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < others.len() {
+        t[others[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reg_name_table_holds_exactly_the_bytes_rfc_3986_allows() {
+        for b in 0..=255u8 {
+            let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            assert_eq!(REG_NAME[usize::from(b)], allowed, "byte {b:#04x}");
+        }
+    }
 
     fn req(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().version(version).uri(target);

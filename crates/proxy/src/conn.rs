@@ -1,7 +1,8 @@
 //! The state of one client connection that its watchdog, its I/O and its requests share: what
 //! is in flight, when the connection went idle, when a request head started, and what the head
-//! scanner found. It depends on nothing else in the crate, so that the server (which owns the
-//! connection), the request log (which ends a request) and the lifecycle can all use it.
+//! scanner found. It depends on nothing else in the crate but the header helpers, so that the
+//! server (which owns the connection), the request log (which ends a request) and the
+//! lifecycle can all use it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,12 +43,15 @@ pub struct ConnState {
     /// what changes during the poll needs no wake-up.
     pub(crate) polling: AtomicBool,
     pub(crate) edge: Arc<Edge>,
+    /// The client's address as `X-Forwarded-For` gives it, made once for every request.
+    pub(crate) client_ip: http::HeaderValue,
 }
 
 impl ConnState {
-    pub(crate) fn new(edge: Arc<Edge>) -> ConnState {
+    pub(crate) fn new(edge: Arc<Edge>, client: std::net::IpAddr) -> ConnState {
         ConnState {
             edge,
+            client_ip: crate::headers::ip_value(client),
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             head_started: Mutex::new(None),

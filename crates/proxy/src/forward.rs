@@ -583,6 +583,7 @@ impl Gateway {
             &mut parts.headers,
             &Forwarding {
                 client_ip: client.ip(),
+                client_ip_value: log.inflight.as_ref().map(|c| &c.client_ip),
                 proto: if tls { "https" } else { "http" },
                 host: host_header.as_ref(),
                 via: self.via_for(version),
@@ -963,32 +964,35 @@ fn request_id_value(sent: Option<&HeaderValue>, id: &str) -> HeaderValue {
         return v.clone();
     }
     /// An id's bytes in one allocation that clones share (a copied value would be copied again
-    /// when first cloned).
-    struct Id {
-        buf: [u8; 128],
+    /// when first cloned): `N` bytes at most, 32 for the gateway's own ids (16 digits).
+    struct Id<const N: usize> {
+        buf: [u8; N],
         len: usize,
     }
-    impl AsRef<[u8]> for Id {
+    impl<const N: usize> AsRef<[u8]> for Id<N> {
         fn as_ref(&self) -> &[u8] {
             &self.buf[..self.len]
         }
     }
-    // What a header value may hold (checked here: a checking constructor would copy).
+    fn owned<const N: usize>(id: &[u8]) -> Bytes {
+        let mut owned = Id {
+            buf: [0; N],
+            len: id.len(),
+        };
+        owned.buf[..id.len()].copy_from_slice(id);
+        Bytes::from_owner(owned)
+    }
+    // What a header value may hold, checked once here.
     if !id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
         return HeaderValue::from_static("-");
     }
-    let bytes = match id.len() <= 128 {
-        true => {
-            let mut owned = Id {
-                buf: [0; 128],
-                len: id.len(),
-            };
-            owned.buf[..id.len()].copy_from_slice(id.as_bytes());
-            Bytes::from_owner(owned)
-        }
-        false => Bytes::copy_from_slice(id.as_bytes()),
+    let bytes = match id.len() {
+        0..=32 => owned::<32>(id.as_bytes()),
+        33..=128 => owned::<128>(id.as_bytes()),
+        _ => Bytes::copy_from_slice(id.as_bytes()),
     };
-    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("-"))
+    // SAFETY: every byte was checked above to be one a header value may hold.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
 /// The request target as an HTTP/1.1 upstream gets it: the path and query alone. A target in

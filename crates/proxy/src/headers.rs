@@ -1,6 +1,7 @@
 //! Proxy header semantics: hop-by-hop headers stay on their hop, forwarding headers are added,
 //! and every request carries a request id from the client to the upstream and back.
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::HeaderMap;
 
@@ -155,9 +156,20 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// An address as a header value (`X-Forwarded-For` of a client that sent none): written on
+/// the stack, then copied once into the value.
+pub fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    let mut buf = IpText::new();
+    buf.push_ip(ip);
+    // SAFETY: an address's text is ASCII digits, hex letters, dots and colons.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::copy_from_slice(buf.as_bytes())) }
+}
+
 /// Everything the upstream request gains on its way through.
 pub struct Forwarding<'a> {
     pub client_ip: std::net::IpAddr,
+    /// `client_ip` as a header value, when the connection made it once for all its requests.
+    pub client_ip_value: Option<&'a HeaderValue>,
     pub proto: &'a str,
     pub host: Option<&'a HeaderValue>,
     /// This hop, as `Via` says it (`1.1 cleargate`).
@@ -205,12 +217,11 @@ pub fn forward_request_headers(headers: &mut HeaderMap, f: &Forwarding<'_>) -> A
             let prev = prev.to_str().unwrap_or("");
             HeaderValue::from_str(&format!("{prev}, {}", f.client_ip)).ok()
         }
-        _ => {
-            // The address is written on the stack, then copied once into the value.
-            let mut buf = IpText::new();
-            buf.push_ip(f.client_ip);
-            HeaderValue::from_bytes(buf.as_bytes()).ok()
-        }
+        _ => Some(
+            f.client_ip_value
+                .cloned()
+                .unwrap_or_else(|| ip_value(f.client_ip)),
+        ),
     };
     if xfp {
         headers.remove(&X_FORWARDED_PROTO);
@@ -477,6 +488,7 @@ mod tests {
             let mut t = IpText::new();
             t.push_ip(a.ip());
             assert_eq!(t.as_bytes(), a.ip().to_string().as_bytes());
+            assert_eq!(ip_value(a.ip()), a.ip().to_string().as_str());
         }
     }
 

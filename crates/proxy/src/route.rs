@@ -53,19 +53,26 @@ impl Router {
 /// The host of a `Host` header or authority: lowercased, without port or trailing dot.
 pub fn normalize_host(raw: &str) -> String {
     let raw = raw.trim();
-    let host = if let Some(rest) = raw.strip_prefix('[') {
+    // Cut at ASCII bytes only, which never sit inside a longer UTF-8 sequence: every index
+    // below is a char boundary.
+    let bytes = raw.as_bytes();
+    let host = if bytes.first() == Some(&b'[') {
         // IPv6 literal: keep the brackets' content.
-        rest.split(']').next().unwrap_or(rest)
+        let rest = &raw[1..];
+        rest.bytes()
+            .position(|b| b == b']')
+            .map_or(rest, |end| &rest[..end])
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, p)| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                raw
-            }
-        })
+        match bytes.iter().rposition(|&b| b == b':') {
+            Some(colon) if bytes[colon + 1..].iter().all(u8::is_ascii_digit) => &raw[..colon],
+            _ => raw,
+        }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let kept = host.len() - host.bytes().rev().take_while(|&b| b == b'.').count();
+    let mut out = String::with_capacity(kept);
+    out.push_str(&host[..kept]);
+    out.make_ascii_lowercase();
+    out
 }
 
 #[cfg(test)]
@@ -117,5 +124,40 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "::1");
         assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+        assert_eq!(normalize_host(" Host.:"), "host");
+        assert_eq!(normalize_host("[::1"), "::1");
+        assert_eq!(normalize_host("a:b"), "a:b");
+    }
+
+    /// The byte-wise cut gives what the reading by chars gave, on generated hosts mixing the
+    /// bytes it cuts at with letters, digits, spaces and non-ASCII characters.
+    #[test]
+    fn the_byte_wise_cut_agrees_with_the_reading_by_chars() {
+        fn by_chars(raw: &str) -> String {
+            let raw = raw.trim();
+            let host = if let Some(rest) = raw.strip_prefix('[') {
+                rest.split(']').next().unwrap_or(rest)
+            } else {
+                raw.rsplit_once(':').map_or(raw, |(h, p)| {
+                    if p.chars().all(|c| c.is_ascii_digit()) {
+                        h
+                    } else {
+                        raw
+                    }
+                })
+            };
+            host.trim_end_matches('.').to_ascii_lowercase()
+        }
+        let alphabet = [
+            "[", "]", ":", ".", "a", "Z", "0", "9", " ", "\t", "é", "\u{a0}", "ß", "-", "x1",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x4057);
+        for _ in 0..5000 {
+            let len = rng.usize(0..10);
+            let raw: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            assert_eq!(normalize_host(&raw), by_chars(&raw), "{raw:?}");
+        }
     }
 }
