@@ -220,13 +220,13 @@ start() { # NAME PORT COMMAND...
   wait_port "$port" "$name"
 }
 
-# CPU seconds (user+system) of a process and its direct children (nginx's workers).
+# CPU seconds of a process and its direct children (nginx's workers): user and system.
 cpu_of() { # PID
   python3 - "$1" <<'PY'
 import os, sys
 root = sys.argv[1]
 hz = os.sysconf("SC_CLK_TCK")
-total = 0
+user = system = 0
 for p in os.listdir("/proc"):
     if not p.isdigit():
         continue
@@ -236,8 +236,9 @@ for p in os.listdir("/proc"):
     except OSError:
         continue
     if p == root or fields[1] == root:
-        total += int(fields[11]) + int(fields[12])
-print(total / hz)
+        user += int(fields[11])
+        system += int(fields[12])
+print(user / hz, system / hz)
 PY
 }
 origin_accepts() {
@@ -279,7 +280,7 @@ measure() { # WORKERS PROTO PATH NAME PORT PID ROUND
   accepts_after=$(origin_accepts)
   # The origin's own /status request opens one connection; it is not the proxy's.
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$proto" "$path" "$name" "$round" \
-    "$(python3 -c "print($cpu_after - $cpu_before)")" \
+    "$(python3 -c "b, a = '$cpu_before'.split(), '$cpu_after'.split(); print(float(a[0]) - float(b[0]), float(a[1]) - float(b[1]))")" \
     "$((accepts_after - accepts_before - 1))" "$out" >>"$RESULTS"
   echo "measured $name /$path ($proto, $w worker(s), round $round)"
 }
@@ -378,6 +379,7 @@ def ms(text):
 runs = []
 for line in open(sys.argv[1]):
     workers, proto, path, name, rnd, cpu, conns, out_file = line.rstrip("\n").split("\t")
+    user, system = (float(x) for x in cpu.split())
     out = open(out_file).read()
     problems = []
     if proto == "h1":
@@ -404,7 +406,9 @@ for line in open(sys.argv[1]):
         if not codes or int(codes.group(1)) != total:
             problems.append("not every answer was 2xx")
     runs.append(dict(workers=workers, proto=proto, path=path, name=name, round=rnd, rps=rps,
-                     p50=p50, p99=p99, cpu_us=float(cpu) / total * 1e6 if total else 0.0,
+                     p50=p50, p99=p99,
+                     cpu_us=(user + system) / total * 1e6 if total else 0.0,
+                     sys_share=system / (user + system) if user + system else 0.0,
                      conns=int(conns), problems=problems))
 
 # One row per target: the median of its rounds, and beside each ratio to nginx the lowest and
@@ -448,7 +452,7 @@ def ratio(rs, base, field):
 
 header = ["workers", "protocol", "response", "target", "req/s", "p50 (h2c: mean)", "p99",
           "ratio to nginx (req/s)", "proxy CPU per request", "ratio to nginx (CPU)",
-          "ratio to nginx (p99)", "upstream conns opened", "errors"]
+          "ratio to nginx (p99)", "system share of CPU", "upstream conns opened", "errors"]
 table = []
 for k, rs in groups.items():
     r = rs[0]
@@ -462,6 +466,7 @@ for k, rs in groups.items():
                   f"{med(rs, 'cpu_us'):.1f} µs" if proxy else "-",
                   ratio(rs, base, "cpu_us") if proxy else "-",
                   ratio(rs, base, "p99") if proxy else "-",
+                  f"{med(rs, 'sys_share') * 100:.0f}%",
                   "/".join(str(x["conns"]) for x in rs) if proxy else "-", problems])
 
 widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]

@@ -144,6 +144,11 @@ async fn counts_are_exact_and_a_real_prometheus_scrapes_them() {
         text.contains("\ncleargate_upstream_queued{upstream=\"ok\"} 0\n"),
         "{text}"
     );
+    // Every line reached the log: nothing lost for either reason (the series are there at 0).
+    for reason in ["slow", "write_error"] {
+        let series = format!("\ncleargate_log_lines_lost_total{{reason=\"{reason}\"}} 0\n");
+        assert!(text.contains(&series), "{text}");
+    }
     assert!(http_get(admin_addr, "/nothing")
         .await
         .starts_with("HTTP/1.1 404 "));

@@ -267,6 +267,18 @@ impl Gateway {
         use std::fmt::Write as _;
         let mut out = String::with_capacity(4096);
         self.logger.metrics().render(&mut out);
+        let lost = self.logger.lines_lost();
+        metrics::head(
+            &mut out,
+            "cleargate_log_lines_lost_total",
+            "counter",
+            "Log lines that never reached the log destination: dropped because it was slower than the traffic (reason=\"slow\"), or in a batch whose write failed (reason=\"write_error\").",
+        );
+        let _ = writeln!(
+            out,
+            "cleargate_log_lines_lost_total{{reason=\"slow\"}} {}\ncleargate_log_lines_lost_total{{reason=\"write_error\"}} {}",
+            lost.slow, lost.write_error
+        );
         metrics::head(
             &mut out,
             "cleargate_upstream_endpoint_healthy",

@@ -64,9 +64,21 @@ struct Pending {
     /// a line never reallocates (and copies) the buffer it joins.
     spare: Mutex<Vec<u8>>,
     wake: Condvar,
-    /// Lines dropped because the writer could not keep up (the buffer is bounded).
+    /// Lines dropped because the writer could not keep up (the buffer is bounded), since the
+    /// last drain, and in all.
     dropped: AtomicU64,
-    writer: Mutex<Box<dyn Write + Send>>,
+    dropped_total: AtomicU64,
+    /// Lines in batches whose write failed (a full disk, a closed pipe), in all.
+    failed_total: AtomicU64,
+    format: Format,
+    writer: Mutex<Writer>,
+}
+
+/// The log destination, and the failure to write to it while one lasts.
+struct Writer {
+    out: Box<dyn Write + Send>,
+    /// Lines lost since writing began to fail, and what the last failure said.
+    failing: Option<(u64, String)>,
 }
 
 /// The buffer is handed over early past this size.
@@ -91,6 +103,7 @@ impl Pending {
         let mut buf = self.buf.lock().unwrap();
         if buf.len() + line.len() > MAX_PENDING {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
         buf.extend_from_slice(line.as_bytes());
@@ -100,7 +113,9 @@ impl Pending {
         }
     }
 
-    /// Writes out everything pending; called by the writer thread and by `flush`.
+    /// Writes out everything pending; called by the writer thread and by `flush`. A write that
+    /// fails loses its batch: the lines are counted, standard error hears of it once, and the
+    /// log itself says how many were lost as soon as it can be written again.
     fn drain(&self) {
         // The writer lock is taken first, so a batch taken out is written before another drain
         // (a `flush`) can return.
@@ -112,20 +127,83 @@ impl Pending {
             std::mem::replace(&mut *self.buf.lock().unwrap(), spare)
         };
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if !batch.is_empty() {
-            let _ = w.write_all(&batch);
+        let mut written = Ok(());
+        if let Some((lost, error)) = &w.failing {
+            let said = warn_line(
+                self.format,
+                &format!(
+                    "{lost} log lines lost: writing them to the log destination failed ({error})"
+                ),
+            );
+            written = w.out.write_all(said.as_bytes());
+            if written.is_ok() {
+                w.failing = None;
+            }
+        }
+        if written.is_ok() && !batch.is_empty() {
+            written = w.out.write_all(&batch);
+        }
+        if written.is_ok() && dropped > 0 {
+            let said = warn_line(
+                self.format,
+                &format!(
+                    "{dropped} log lines dropped: the log destination is slower than the traffic"
+                ),
+            );
+            written = w.out.write_all(said.as_bytes());
+        }
+        if written.is_ok() {
+            written = w.out.flush();
+        }
+        if let Err(e) = written {
+            let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.failed_total.fetch_add(lines, Ordering::Relaxed);
+            // Said at the next drain that can write.
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+            match &mut w.failing {
+                Some((lost, error)) => {
+                    *lost += lines;
+                    *error = e.to_string();
+                }
+                None => {
+                    // The log cannot say it: standard error does, once a failure.
+                    let said = warn_line(
+                        self.format,
+                        &format!("writing to the log destination failed ({e}): log lines are lost (and counted) until it works again"),
+                    );
+                    let _ = std::io::stderr().write_all(said.as_bytes());
+                    w.failing = Some((lines, e.to_string()));
+                }
+            }
         }
         batch.clear();
         *self.spare.lock().unwrap() = batch;
-        if dropped > 0 {
-            let _ = writeln!(
-                w,
-                "{{\"time\":\"{}\",\"level\":\"WARN\",\"kind\":\"gateway\",\"message\":\"{dropped} log lines dropped: the log destination is slower than the traffic\"}}",
-                rfc3339(SystemTime::now())
-            );
-        }
-        let _ = w.flush();
     }
+}
+
+/// A WARN line of the log's own, in the log's format, with its line end.
+fn warn_line(format: Format, message: &str) -> String {
+    let time = rfc3339(SystemTime::now());
+    match format {
+        Format::Json => {
+            let mut line = format!(
+                "{{\"time\":\"{time}\",\"level\":\"WARN\",\"kind\":\"gateway\",\"message\":"
+            );
+            json_string(&mut line, message);
+            line.push_str("}\n");
+            line
+        }
+        Format::Text => format!("{time} WARN  gateway -- {message}\n"),
+    }
+}
+
+/// Log lines that never reached the destination, since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinesLost {
+    /// Dropped because the destination was slower than the traffic.
+    pub slow: u64,
+    /// In batches whose write failed.
+    pub write_error: u64,
 }
 
 enum Out {
@@ -167,7 +245,13 @@ impl Logger {
                     spare: Mutex::new(Vec::with_capacity(2 * BATCH)),
                     wake: Condvar::new(),
                     dropped: AtomicU64::new(0),
-                    writer: Mutex::new(writer),
+                    dropped_total: AtomicU64::new(0),
+                    failed_total: AtomicU64::new(0),
+                    format,
+                    writer: Mutex::new(Writer {
+                        out: writer,
+                        failing: None,
+                    }),
                 });
                 let p = pending.clone();
                 std::thread::Builder::new()
@@ -201,6 +285,17 @@ impl Logger {
         match &self.out {
             Out::Buffered(p) => p.push(&line),
             Out::Memory(lines) => lines.lock().unwrap().push(line),
+        }
+    }
+
+    /// Log lines that never reached the destination (none for lines kept in memory).
+    pub fn lines_lost(&self) -> LinesLost {
+        match &self.out {
+            Out::Buffered(p) => LinesLost {
+                slow: p.dropped_total.load(Ordering::Relaxed),
+                write_error: p.failed_total.load(Ordering::Relaxed),
+            },
+            Out::Memory(_) => LinesLost::default(),
         }
     }
 
@@ -1006,6 +1101,80 @@ mod tests {
         assert!(text
             .lines()
             .all(|l| serde_json::from_str::<Value>(l).is_ok()));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A FIFO is a destination that fails and recovers for real: with no reader, writes fail
+    /// (a broken pipe); once a reader opens it again, they succeed.
+    #[test]
+    fn lines_a_failing_destination_loses_are_counted_and_the_log_says_so_when_it_works_again() {
+        use std::io::Read as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = std::env::temp_dir().join(format!("cg-log-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid, NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let open_reader = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .unwrap()
+        };
+        let read_lines = |r: &mut std::fs::File| {
+            let mut text = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => text.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let mut reader = open_reader();
+        let log = Logger::new(Format::Json, Sink::File(path.clone())).unwrap();
+        log.notice(Level::Info, "first", &[]);
+        log.flush();
+        let seen = read_lines(&mut reader);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0]["message"], "first");
+        assert_eq!(log.lines_lost(), LinesLost::default());
+
+        drop(reader);
+        log.notice(Level::Info, "second", &[]);
+        log.notice(Level::Info, "third", &[]);
+        log.flush();
+        assert_eq!(
+            log.lines_lost(),
+            LinesLost {
+                slow: 0,
+                write_error: 2
+            }
+        );
+
+        let mut reader = open_reader();
+        log.notice(Level::Info, "fourth", &[]);
+        log.flush();
+        let seen = read_lines(&mut reader);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0]["level"], "WARN");
+        let said = seen[0]["message"].as_str().unwrap();
+        assert!(
+            said.starts_with("2 log lines lost: writing them to the log destination failed (")
+                && said.contains("Broken pipe"),
+            "{said}"
+        );
+        assert_eq!(seen[1]["message"], "fourth");
+        assert_eq!(log.lines_lost().write_error, 2, "nothing more was lost");
         std::fs::remove_file(&path).unwrap();
     }
 
