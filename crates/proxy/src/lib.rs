@@ -483,5 +483,9 @@ pub fn logger_for(config: &Config) -> std::io::Result<Arc<log::Logger>> {
         config::LogDestination::Stderr => log::Sink::Stderr,
         config::LogDestination::File(p) => log::Sink::File(p.clone()),
     };
-    Ok(Arc::new(log::Logger::new(format, sink)?))
+    Ok(Arc::new(log::Logger::for_workers(
+        format,
+        sink,
+        config.workers,
+    )?))
 }

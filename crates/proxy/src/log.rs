@@ -54,15 +54,19 @@ pub enum Format {
     Text,
 }
 
-/// Lines waiting for the writer thread. Requests only append to the buffer; the writer takes
-/// it whole every few milliseconds (or at once when it grows large), so a busy gateway writes in
-/// large batches and no request pays for a thread wake-up.
+/// Lines waiting for the writer thread. Requests only append to their worker's buffer; the
+/// writer takes each whole every few milliseconds (or at once when one grows large), so a busy
+/// gateway writes in large batches and no request pays for a thread wake-up. The lines of one
+/// write that come from more than one buffer are merged by their times (to the millisecond),
+/// each buffer's order kept.
 struct Pending {
-    buf: Mutex<Vec<u8>>,
-    /// The buffer last written out, kept empty with its capacity for the next swap: the two
-    /// trade places at every drain, so that once they have grown to the traffic's batch size
-    /// a line never reallocates (and copies) the buffer it joins.
-    spare: Mutex<Vec<u8>>,
+    /// One buffer per worker, so that two workers never wait for each other's lines, and the
+    /// last one for the lines of other threads (the gateway's own: starting, reloading,
+    /// stopping).
+    shards: Box<[Shard]>,
+    /// Set when a buffer passed [`BATCH`]: the writer thread waits for it (or for
+    /// [`FLUSH_EVERY`]).
+    ready: Mutex<bool>,
     wake: Condvar,
     /// Lines dropped because the writer could not keep up (the buffer is bounded), since the
     /// last drain, and in all.
@@ -74,16 +78,29 @@ struct Pending {
     writer: Mutex<Writer>,
 }
 
+/// One worker's pending lines, on cache lines of its own.
+#[repr(align(128))]
+struct Shard {
+    buf: Mutex<Vec<u8>>,
+    /// The buffer last written out, kept empty with its capacity for the next swap: the two
+    /// trade places at every drain, so that once they have grown to the traffic's batch size
+    /// a line never reallocates (and copies) the buffer it joins.
+    spare: Mutex<Vec<u8>>,
+}
+
 /// The log destination, and the failure to write to it while one lasts.
 struct Writer {
     out: Box<dyn Write + Send>,
     /// Lines lost since writing began to fail, and what the last failure said.
     failing: Option<(u64, String)>,
+    /// The lines of several buffers, merged by time; kept for its capacity.
+    merged: Vec<u8>,
 }
 
 /// The buffer is handed over early past this size.
 const BATCH: usize = 64 * 1024;
-/// Past this size lines are dropped (and counted) rather than let memory grow.
+/// Past this size of one worker's buffer lines are dropped (and counted) rather than let
+/// memory grow.
 const MAX_PENDING: usize = 16 * 1024 * 1024;
 /// How long a line may wait in the buffer when traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -100,15 +117,25 @@ thread_local! {
 impl Pending {
     /// Appends one line (and its line end) for the writer thread.
     fn push(&self, line: &str) {
-        let mut buf = self.buf.lock().unwrap();
-        if buf.len() + line.len() > MAX_PENDING {
+        let workers = self.shards.len() - 1;
+        let shard = match upstream::is_worker() {
+            true => &self.shards[upstream::worker() % workers],
+            false => &self.shards[workers],
+        };
+        let mut buf = shard.buf.lock().unwrap();
+        let before = buf.len();
+        if before + line.len() > MAX_PENDING {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        if buf.len() >= BATCH {
+        // The writer is woken once, by the line that fills a batch.
+        let filled = before < BATCH && buf.len() >= BATCH;
+        drop(buf);
+        if filled {
+            *self.ready.lock().unwrap() = true;
             self.wake.notify_one();
         }
     }
@@ -119,29 +146,58 @@ impl Pending {
     fn drain(&self) {
         // The writer lock is taken first, so a batch taken out is written before another drain
         // (a `flush`) can return.
-        let mut w = self.writer.lock().unwrap();
-        // The buffer handed over is replaced by the spare, as large as the batches have needed.
-        let mut batch = {
-            let mut spare = self.spare.lock().unwrap();
-            let spare = std::mem::take(&mut *spare);
-            std::mem::replace(&mut *self.buf.lock().unwrap(), spare)
-        };
+        let mut guard = self.writer.lock().unwrap();
+        let Writer {
+            out,
+            failing,
+            merged,
+        } = &mut *guard;
+        // Each buffer handed over is replaced by its spare, as large as the batches have needed.
+        let mut batches: Vec<Vec<u8>> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let spare = std::mem::take(&mut *shard.spare.lock().unwrap());
+                std::mem::replace(&mut *shard.buf.lock().unwrap(), spare)
+            })
+            .collect();
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         let mut written = Ok(());
-        if let Some((lost, error)) = &w.failing {
+        if let Some((lost, error)) = failing.as_ref() {
             let said = warn_line(
                 self.format,
                 &format!(
                     "{lost} log lines lost: writing them to the log destination failed ({error})"
                 ),
             );
-            written = w.out.write_all(said.as_bytes());
+            written = out.write_all(said.as_bytes());
             if written.is_ok() {
-                w.failing = None;
+                *failing = None;
             }
         }
-        if written.is_ok() && !batch.is_empty() {
-            written = w.out.write_all(&batch);
+        // One buffer with lines (one worker's, the usual case) is written as it is; the lines
+        // of several are merged by time first.
+        let mut filled = batches.iter().filter(|b| !b.is_empty());
+        let lines: &[u8] = match (filled.next(), filled.next()) {
+            (None, _) => &[],
+            (Some(only), None) => only,
+            (Some(_), Some(_)) => {
+                merged.clear();
+                merge_by_time(&batches, merged);
+                merged
+            }
+        };
+        let count = || lines.iter().filter(|&&c| c == b'\n').count() as u64;
+        // Lost when they are not written whole; a failure after them (the note below, the
+        // flush) loses none of them, though it is a failure all the same.
+        let mut lost = 0;
+        if written.is_err() {
+            lost = count();
+        } else if !lines.is_empty() {
+            written = out.write_all(lines);
+            if written.is_err() {
+                lost = count();
+            }
         }
         if written.is_ok() && dropped > 0 {
             let said = warn_line(
@@ -150,19 +206,18 @@ impl Pending {
                     "{dropped} log lines dropped: the log destination is slower than the traffic"
                 ),
             );
-            written = w.out.write_all(said.as_bytes());
+            written = out.write_all(said.as_bytes());
         }
         if written.is_ok() {
-            written = w.out.flush();
+            written = out.flush();
         }
         if let Err(e) = written {
-            let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
-            self.failed_total.fetch_add(lines, Ordering::Relaxed);
+            self.failed_total.fetch_add(lost, Ordering::Relaxed);
             // Said at the next drain that can write.
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
-            match &mut w.failing {
-                Some((lost, error)) => {
-                    *lost += lines;
+            match failing {
+                Some((n, error)) => {
+                    *n += lost;
                     *error = e.to_string();
                 }
                 None => {
@@ -172,12 +227,50 @@ impl Pending {
                         &format!("writing to the log destination failed ({e}): log lines are lost (and counted) until it works again"),
                     );
                     let _ = std::io::stderr().write_all(said.as_bytes());
-                    w.failing = Some((lines, e.to_string()));
+                    *failing = Some((lost, e.to_string()));
                 }
             }
         }
-        batch.clear();
-        *self.spare.lock().unwrap() = batch;
+        for (shard, mut batch) in self.shards.iter().zip(batches.drain(..)) {
+            batch.clear();
+            *shard.spare.lock().unwrap() = batch;
+        }
+    }
+}
+
+/// The time a log line starts with, as its sort key: RFC 3339 to the millisecond, fixed width,
+/// so that its bytes compare as the times do. JSON lines have it as their first field
+/// (`{"time":"...`), text lines as their first word; a line without one sorts first.
+fn time_key(line: &[u8]) -> &[u8] {
+    const JSON: &[u8] = b"{\"time\":\"";
+    const WIDTH: usize = "2026-01-01T00:00:00.000Z".len();
+    let start = if line.starts_with(JSON) {
+        JSON.len()
+    } else {
+        0
+    };
+    line.get(start..start + WIDTH).unwrap_or(&[])
+}
+
+/// The lines of `batches`, appended to `out` in the order of their times; each batch's own
+/// order is kept, and of two lines of the same millisecond the earlier batch's goes first.
+fn merge_by_time(batches: &[Vec<u8>], out: &mut Vec<u8>) {
+    let mut at = vec![0usize; batches.len()];
+    loop {
+        let mut next: Option<(usize, &[u8])> = None;
+        for (i, batch) in batches.iter().enumerate() {
+            if at[i] < batch.len() {
+                let key = time_key(&batch[at[i]..]);
+                if next.is_none_or(|(_, best)| key < best) {
+                    next = Some((i, key));
+                }
+            }
+        }
+        let Some((i, _)) = next else { return };
+        let rest = &batches[i][at[i]..];
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |e| e + 1);
+        out.extend_from_slice(&rest[..end]);
+        at[i] += end;
     }
 }
 
@@ -225,7 +318,14 @@ pub struct Logger {
 const RECENT_ERRORS: usize = 200;
 
 impl Logger {
+    /// A logger for one worker.
     pub fn new(format: Format, sink: Sink) -> std::io::Result<Logger> {
+        Logger::for_workers(format, sink, 1)
+    }
+
+    /// A logger with a buffer for each of `workers` workers (lines of a thread that is no
+    /// worker go to the first).
+    pub fn for_workers(format: Format, sink: Sink, workers: usize) -> std::io::Result<Logger> {
         let out = match sink {
             Sink::Memory(lines) => Out::Memory(lines),
             other => {
@@ -241,8 +341,14 @@ impl Logger {
                     Sink::Memory(_) => unreachable!(),
                 };
                 let pending = Arc::new(Pending {
-                    buf: Mutex::new(Vec::with_capacity(2 * BATCH)),
-                    spare: Mutex::new(Vec::with_capacity(2 * BATCH)),
+                    // A buffer for each worker, and one for the other threads.
+                    shards: (0..workers.max(1) + 1)
+                        .map(|_| Shard {
+                            buf: Mutex::new(Vec::with_capacity(2 * BATCH)),
+                            spare: Mutex::new(Vec::with_capacity(2 * BATCH)),
+                        })
+                        .collect(),
+                    ready: Mutex::new(false),
                     wake: Condvar::new(),
                     dropped: AtomicU64::new(0),
                     dropped_total: AtomicU64::new(0),
@@ -251,6 +357,7 @@ impl Logger {
                     writer: Mutex::new(Writer {
                         out: writer,
                         failing: None,
+                        merged: Vec::new(),
                     }),
                 });
                 let p = pending.clone();
@@ -258,10 +365,12 @@ impl Logger {
                     .name("cleargate-log".into())
                     .spawn(move || loop {
                         {
-                            let buf = p.buf.lock().unwrap();
-                            let _ = p
+                            let ready = p.ready.lock().unwrap();
+                            let (mut ready, _) = p
                                 .wake
-                                .wait_timeout_while(buf, FLUSH_EVERY, |b| b.len() < BATCH);
+                                .wait_timeout_while(ready, FLUSH_EVERY, |ready| !*ready)
+                                .unwrap();
+                            *ready = false;
                         }
                         p.drain();
                     })?;
@@ -1176,6 +1285,89 @@ mod tests {
         assert_eq!(seen[1]["message"], "fourth");
         assert_eq!(log.lines_lost().write_error, 2, "nothing more was lost");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn every_workers_lines_reach_the_file_in_their_order() {
+        let path = std::env::temp_dir().join(format!("cg-log-workers-{}.log", std::process::id()));
+        let log = Arc::new(Logger::for_workers(Format::Json, Sink::File(path.clone()), 3).unwrap());
+        let threads: Vec<_> = (0..3)
+            .map(|w| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    upstream::set_worker(w);
+                    for i in 0..3000 {
+                        log.notice(Level::Info, &format!("{w} {i}"), &[]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // A line of the gateway's own (this thread is no worker), logged after all of theirs.
+        log.notice(Level::Info, "after", &[]);
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (rest, last) = text.trim_end().rsplit_once('\n').unwrap();
+        assert!(last.contains("\"message\":\"after\""), "{last}");
+        // (Across two writes the times may step back a little: a line's time is read before
+        // it joins its buffer.)
+        let mut next = [0u32; 3];
+        for line in rest.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let (w, i) = v["message"].as_str().unwrap().split_once(' ').unwrap();
+            let (w, i): (usize, u32) = (w.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[w], "worker {w}'s lines out of order");
+            next[w] += 1;
+        }
+        assert_eq!(next, [3000; 3], "every line of every worker");
+        assert_eq!(log.lines_lost(), LinesLost::default());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn lines_of_several_buffers_merge_by_time_each_keeping_its_order() {
+        let line = |t: &str, m: &str| {
+            format!("{{\"time\":\"2026-12-07T02:42:{t}Z\",\"message\":\"{m}\"}}\n")
+        };
+        let a = [
+            line("50.001", "a1"),
+            line("50.003", "a2"),
+            line("50.003", "a3"),
+        ]
+        .concat();
+        let b = [
+            line("50.002", "b1"),
+            line("50.003", "b2"),
+            line("50.009", "b3"),
+        ]
+        .concat();
+        // Text lines start with the time; a line with none sorts first.
+        let c = "2026-12-07T02:42:50.000Z INFO  gateway -- c1\nno time here\n".to_string();
+        let mut out = Vec::new();
+        merge_by_time(&[a.into_bytes(), b.into_bytes(), c.into_bytes()], &mut out);
+        let order: Vec<&str> = std::str::from_utf8(&out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                l.rsplit_once("\"message\":\"")
+                    .map_or(l, |(_, m)| m.trim_end_matches("\"}"))
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "2026-12-07T02:42:50.000Z INFO  gateway -- c1",
+                "no time here",
+                "a1",
+                "b1",
+                "a2",
+                "a3",
+                "b2",
+                "b3"
+            ]
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ const LEARNED_IDLE_LIFETIME: Duration = Duration::from_secs(300);
 thread_local! {
     /// The worker this thread serves, set by [`set_worker`]; 0 elsewhere.
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether [`set_worker`] was called on this thread.
+    static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Makes this thread worker number `index`: from now on it takes and gives back connections in
@@ -56,6 +58,12 @@ thread_local! {
 /// never used from another thread.
 pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
+    IS_WORKER.with(|w| w.set(true));
+}
+
+/// Whether this thread is one of the workers (the admin API, signals and tests are not).
+pub fn is_worker() -> bool {
+    IS_WORKER.with(|w| w.get())
 }
 
 /// The worker this thread serves (0 outside the workers).
