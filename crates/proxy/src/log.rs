@@ -617,15 +617,16 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
             let mut text = crate::headers::IpText::new();
             text.push_socket_addr(c);
             o.push('"');
-            o.push_str(std::str::from_utf8(text.as_bytes()).unwrap_or("-"));
+            // SAFETY: an address's text is ASCII (digits, hex letters, `.`, `:`, brackets).
+            o.push_str(unsafe { std::str::from_utf8_unchecked(text.as_bytes()) });
             o.push('"');
         }
         None => o.push_str("null"),
     }
-    json_str(o, key!("method"), Some(r.method.as_str()));
+    json_plain(o, key!("method"), Some(r.method.as_str()));
     json_str(o, key!("host"), Some(&r.host));
     json_str(o, key!("path"), Some(&r.path));
-    json_str(o, key!("proto"), Some(r.proto));
+    json_plain(o, key!("proto"), Some(r.proto));
     json_uint(o, key!("status"), Some(u64::from(r.status)));
     json_uint(o, key!("bytes_in"), Some(r.bytes_in));
     json_uint(o, key!("bytes_out"), Some(r.bytes_out));
@@ -633,8 +634,8 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
     json_str(o, key!("request_id"), Some(&r.request_id));
     json_str(o, key!("upstream"), r.upstream.as_deref());
     json_str(o, key!("endpoint"), r.endpoint.as_deref());
-    json_str(o, key!("cause"), r.cause.map(Cause::as_str));
-    json_str(o, key!("phase"), r.phase.map(Phase::as_str));
+    json_plain(o, key!("cause"), r.cause.map(Cause::as_str));
+    json_plain(o, key!("phase"), r.phase.map(Phase::as_str));
     json_bool(o, key!("gateway_error"), r.gateway_error);
     if r.cache.is_some() {
         json_str(o, key!("cache"), r.cache);
@@ -650,8 +651,8 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
         json_ms(o, key!("idle_ms"), a.idle);
         json_uint(o, key!("conn_uses"), Some(u64::from(a.conn_uses)));
         json_ms(o, key!("conn_age_ms"), a.conn_age);
-        json_str(o, key!("cause"), a.cause.map(Cause::as_str));
-        json_str(o, key!("phase"), a.phase.map(Phase::as_str));
+        json_plain(o, key!("cause"), a.cause.map(Cause::as_str));
+        json_plain(o, key!("phase"), a.phase.map(Phase::as_str));
         json_uint(o, key!("status"), a.status.map(u64::from));
         json_ms(o, key!("connect_ms"), a.connect);
         json_ms(o, key!("first_byte_ms"), a.first_byte);
@@ -765,6 +766,23 @@ fn json_str(o: &mut String, key: &str, v: Option<&str>) {
     json_key(o, key);
     match v {
         Some(v) => json_string(o, v),
+        None => o.push_str("null"),
+    }
+}
+
+/// `,"key":"value"` for a value that never needs escaping (a method, which is a token; a
+/// protocol name; a cause or a phase), copied as it is; `null` when absent.
+// Inlined, so that each key is a constant and its copy needs no call.
+#[inline(always)]
+fn json_plain(o: &mut String, key: &str, v: Option<&str>) {
+    json_key(o, key);
+    match v {
+        Some(v) => {
+            debug_assert!(!v.bytes().any(|b| ESCAPED[usize::from(b)]), "{v:?}");
+            o.push('"');
+            o.push_str(v);
+            o.push('"');
+        }
         None => o.push_str("null"),
     }
 }
@@ -1368,6 +1386,20 @@ mod tests {
                 "b3"
             ]
         );
+    }
+
+    #[test]
+    fn the_values_copied_without_escaping_need_none() {
+        let plain = |v: &str| !v.bytes().any(|b| ESCAPED[usize::from(b)]);
+        assert!(Cause::ALL.iter().all(|c| plain(c.as_str())));
+        assert!(Phase::ALL.iter().all(|p| plain(p.as_str())));
+        // A method is a token (RFC 9110 §9.1): `http` refuses any other.
+        for m in [&b"GET"[..], b"M-SEARCH", b"X!#$%&'*+.^_`|~9"] {
+            assert!(plain(http::Method::from_bytes(m).unwrap().as_str()));
+        }
+        for bad in [&b"A\"B"[..], b"A\\B", b"A\nB", b"A B"] {
+            assert!(http::Method::from_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
