@@ -250,7 +250,9 @@ impl H1 {
             if let Poll::Ready(head) = poll_head(cx, &mut wire, limit, lines, upgrade)? {
                 return Poll::Ready(Ok(head));
             }
-            if !wrote {
+            // Again only while there is more to write: once the request is out, the read
+            // that just found nothing has asked to be woken.
+            if !wrote || writer.done() {
                 return Poll::Pending;
             }
         })

@@ -449,7 +449,10 @@ impl Conn {
                 if wake < timer.deadline() || timer.is_elapsed() {
                     timer.as_mut().reset(wake);
                 }
+                // In the order written, not a random one: no random number a poll, and the
+                // answer wins over a deadline reached in the same turn.
                 tokio::select! {
+                    biased;
                     // The body was sent whole: from now on the response deadline applies.
                     _ = body_sent, if response_deadline.is_none() => continue,
                     r = &mut fut => break r.map_err(|e| {

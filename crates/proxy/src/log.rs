@@ -105,18 +105,15 @@ const MAX_PENDING: usize = 16 * 1024 * 1024;
 /// How long a line may wait in the buffer when traffic is light.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// Room for an access line with a few attempts, so that writing one never grows the buffer.
-const LINE_CAPACITY: usize = 1024;
-
-thread_local! {
-    /// Each thread's access line, reused from request to request.
-    static LINE: std::cell::RefCell<String> =
-        std::cell::RefCell::new(String::with_capacity(LINE_CAPACITY));
-}
-
 impl Pending {
     /// Appends one line (and its line end) for the writer thread.
     fn push(&self, line: &str) {
+        self.push_with(|buf| buf.extend_from_slice(line.as_bytes()));
+    }
+
+    /// Appends the line that `write` writes (and its line end) for the writer thread: written
+    /// straight into this thread's buffer, not copied there.
+    fn push_with(&self, write: impl FnOnce(&mut Vec<u8>)) {
         let workers = self.shards.len() - 1;
         let shard = match upstream::is_worker() {
             true => &self.shards[upstream::worker() % workers],
@@ -124,12 +121,14 @@ impl Pending {
         };
         let mut buf = shard.buf.lock().unwrap();
         let before = buf.len();
-        if before + line.len() > MAX_PENDING {
+        write(&mut buf);
+        if buf.len() > MAX_PENDING {
+            buf.truncate(before);
+            drop(buf);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         // The writer is woken once, by the line that fills a batch.
         let filled = before < BATCH && buf.len() >= BATCH;
@@ -281,10 +280,11 @@ fn warn_line(format: Format, message: &str) -> String {
         Format::Json => {
             let mut line = format!(
                 "{{\"time\":\"{time}\",\"level\":\"WARN\",\"kind\":\"gateway\",\"message\":"
-            );
+            )
+            .into_bytes();
             json_string(&mut line, message);
-            line.push_str("}\n");
-            line
+            line.extend_from_slice(b"}\n");
+            String::from_utf8(line).unwrap_or_default()
         }
         Format::Text => format!("{time} WARN  gateway -- {message}\n"),
     }
@@ -542,19 +542,19 @@ impl Logger {
         self.metrics
             .request(record.upstream.as_deref(), record.status, record.duration);
         if self.format == Format::Json {
-            // The busiest line of all: written straight into a reused buffer, no intermediate
-            // map and no allocation of its own.
+            // The busiest line of all: written straight into the writer's buffer, no
+            // intermediate map and no allocation of its own.
             match &self.out {
-                Out::Buffered(p) => LINE.with(|line| {
-                    let mut line = line.borrow_mut();
-                    line.clear();
-                    access_json(&mut line, record, SystemTime::now());
-                    p.push(&line);
-                }),
+                Out::Buffered(p) => p.push_with(|buf| access_json(buf, record, SystemTime::now())),
                 Out::Memory(_) => {
-                    let mut line = String::with_capacity(LINE_CAPACITY);
+                    // Sized once, by `access_json`.
+                    let mut line = Vec::new();
                     access_json(&mut line, record, SystemTime::now());
-                    self.emit(line);
+                    // Every piece written is UTF-8 (`json_string`): taken as it is, not copied.
+                    self.emit(
+                        String::from_utf8(line)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    );
                 }
             }
             return;
@@ -605,23 +605,35 @@ impl Logger {
 }
 
 /// The JSON access line, with the same fields in the same order as the text format, written
-/// into `o` by hand: numbers and times without `fmt`, no allocation when `o` has room.
-fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
-    o.push_str("{\"time\":\"");
+/// into `o` by hand: numbers and times without `fmt`, strings copied whole unless they hold a
+/// byte to escape, no allocation when `o` has room.
+fn access_json(o: &mut Vec<u8>, r: &AccessRecord, now: SystemTime) {
+    o.reserve(line_room(r));
+    o.extend_from_slice(b"{\"time\":\"");
     push_rfc3339(o, now);
-    o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
-    o.push_str(",\"client\":");
+    o.extend_from_slice(b"\",\"level\":\"INFO\",\"kind\":\"access\",\"client\":");
     match r.client {
         // Addresses need no escaping.
+        Some(SocketAddr::V4(c)) => {
+            o.push(b'"');
+            for (i, octet) in c.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    o.push(b'.');
+                }
+                push_uint(o, u64::from(octet));
+            }
+            o.push(b':');
+            push_uint(o, u64::from(c.port()));
+            o.push(b'"');
+        }
         Some(c) => {
             let mut text = crate::headers::IpText::new();
             text.push_socket_addr(c);
-            o.push('"');
-            // SAFETY: an address's text is ASCII (digits, hex letters, `.`, `:`, brackets).
-            o.push_str(unsafe { std::str::from_utf8_unchecked(text.as_bytes()) });
-            o.push('"');
+            o.push(b'"');
+            o.extend_from_slice(text.as_bytes());
+            o.push(b'"');
         }
-        None => o.push_str("null"),
+        None => o.extend_from_slice(b"null"),
     }
     json_plain(o, key!("method"), Some(r.method.as_str()));
     json_str(o, key!("host"), Some(&r.host));
@@ -640,12 +652,12 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
     if r.cache.is_some() {
         json_str(o, key!("cache"), r.cache);
     }
-    o.push_str(",\"attempts\":[");
+    o.extend_from_slice(b",\"attempts\":[");
     for (i, a) in r.attempts.iter().enumerate() {
         if i > 0 {
-            o.push(',');
+            o.push(b',');
         }
-        o.push_str("{\"endpoint\":");
+        o.extend_from_slice(b"{\"endpoint\":");
         json_string(o, &a.endpoint);
         json_bool(o, key!("reused"), a.reused);
         json_ms(o, key!("idle_ms"), a.idle);
@@ -657,36 +669,78 @@ fn access_json(o: &mut String, r: &AccessRecord, now: SystemTime) {
         json_ms(o, key!("connect_ms"), a.connect);
         json_ms(o, key!("first_byte_ms"), a.first_byte);
         json_ms(o, key!("total_ms"), a.total);
-        o.push('}');
+        o.push(b'}');
     }
-    o.push_str("]}");
+    o.extend_from_slice(b"]}");
+}
+
+/// Enough room for `r`'s access line, so that writing it grows the buffer at most once: the
+/// fixed text, numbers at their longest, and every string as if each byte were escaped.
+fn line_room(r: &AccessRecord) -> usize {
+    let text = |s: Option<&str>| s.map_or(0, str::len) * 6;
+    let strings = text(Some(&r.host))
+        + text(Some(&r.path))
+        + text(Some(&r.request_id))
+        + text(r.upstream.as_deref())
+        + text(r.endpoint.as_deref())
+        + text(r.cache);
+    let attempts: usize = r.attempts.iter().map(|a| 512 + a.endpoint.len() * 6).sum();
+    1024 + strings + attempts
 }
 
 /// A key made by [`key!`].
 // Inlined, so that each key is a constant and its copy needs no call.
 #[inline(always)]
-fn json_key(o: &mut String, key: &str) {
-    o.push_str(key);
+fn json_key(o: &mut Vec<u8>, key: &str) {
+    o.extend_from_slice(key.as_bytes());
 }
 
-/// Decimal digits of `v`.
-fn push_uint(o: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+/// The decimal pairs `00` to `99`, two digits written at a time.
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
     }
-    // SAFETY: only ASCII digits were written into `digits[i..]`.
-    o.push_str(unsafe { std::str::from_utf8_unchecked(&digits[i..]) });
+    t
+};
+
+/// Decimal digits of `v`, written in place: two at a time, from the last.
+fn push_uint(o: &mut Vec<u8>, mut v: u64) {
+    // Most numbers of a line are a digit long (a zero, a short time).
+    if v < 10 {
+        o.push(b'0' + v as u8);
+        return;
+    }
+    let n = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+    o.reserve(n);
+    let len = o.len();
+    let digits = &mut o.spare_capacity_mut()[..n];
+    let mut i = n;
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i].write(DIGIT_PAIRS[pair]);
+        digits[i + 1].write(DIGIT_PAIRS[pair + 1]);
+    }
+    // One or two digits are left, and as many places at the front.
+    if v >= 10 {
+        let pair = v as usize * 2;
+        digits[0].write(DIGIT_PAIRS[pair]);
+        digits[1].write(DIGIT_PAIRS[pair + 1]);
+    } else {
+        digits[0].write(b'0' + v as u8);
+    }
+    debug_assert_eq!(i, if v >= 10 { 2 } else { 1 });
+    // SAFETY: `v` has exactly `n` digits, and each of the `n` places after `len` was written.
+    unsafe { o.set_len(len + n) };
 }
 
 /// `v` with at least `width` digits, zero-padded.
-fn push_padded(o: &mut String, v: u64, width: usize) {
+fn push_padded(o: &mut Vec<u8>, v: u64, width: usize) {
     let mut n = 1;
     let mut x = v;
     while x >= 10 {
@@ -694,79 +748,66 @@ fn push_padded(o: &mut String, v: u64, width: usize) {
         n += 1;
     }
     for _ in n..width {
-        o.push('0');
+        o.push(b'0');
     }
     push_uint(o, v);
 }
 
 // Inlined, so that each key is a constant and its copy needs no call.
 #[inline(always)]
-fn json_uint(o: &mut String, key: &str, v: Option<u64>) {
+fn json_uint(o: &mut Vec<u8>, key: &str, v: Option<u64>) {
     json_key(o, key);
     match v {
         Some(v) => push_uint(o, v),
-        None => o.push_str("null"),
+        None => o.extend_from_slice(b"null"),
     }
 }
 
 // Inlined, so that each key is a constant and its copy needs no call.
 #[inline(always)]
-fn json_bool(o: &mut String, key: &str, v: bool) {
+fn json_bool(o: &mut Vec<u8>, key: &str, v: bool) {
     json_key(o, key);
-    o.push_str(if v { "true" } else { "false" });
+    o.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
 /// Milliseconds rounded to the microsecond, as the shortest decimal: `12`, `0.5`, `3.142`
 /// (what `ms(d)` prints through `fmt`).
 // Inlined, so that each key is a constant and its copy needs no call.
 #[inline(always)]
-fn json_ms(o: &mut String, key: &str, d: Option<Duration>) {
+fn json_ms(o: &mut Vec<u8>, key: &str, d: Option<Duration>) {
     json_key(o, key);
     let Some(d) = d else {
-        o.push_str("null");
+        o.extend_from_slice(b"null");
         return;
     };
-    // Written right to left into a buffer on the stack, then copied once: the milliseconds,
-    // and the microseconds after a point without trailing zeros.
     let micros = micros(d);
-    let mut buf = [0u8; 24];
-    let mut i = buf.len();
-    let mut frac = micros % 1000;
+    push_uint(o, micros / 1000);
+    // The microseconds after a point, without trailing zeros.
+    let frac = (micros % 1000) as u32;
     if frac != 0 {
-        let mut width = 3;
-        while frac.is_multiple_of(10) {
-            frac /= 10;
-            width -= 1;
-        }
-        for _ in 0..width {
-            i -= 1;
-            buf[i] = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        i -= 1;
-        buf[i] = b'.';
+        let digits = [
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let len = match frac {
+            f if f % 10 != 0 => 4,
+            f if f % 100 != 0 => 3,
+            _ => 2,
+        };
+        o.extend_from_slice(&digits[..len]);
     }
-    let mut whole = micros / 1000;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (whole % 10) as u8;
-        whole /= 10;
-        if whole == 0 {
-            break;
-        }
-    }
-    // SAFETY: only ASCII digits and a point were written into `buf[i..]`.
-    o.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
 }
 
 /// `,"key":"escaped"`, `null` when absent.
 // Inlined, so that each key is a constant and its copy needs no call.
 #[inline(always)]
-fn json_str(o: &mut String, key: &str, v: Option<&str>) {
+fn json_str(o: &mut Vec<u8>, key: &str, v: Option<&str>) {
     json_key(o, key);
     match v {
         Some(v) => json_string(o, v),
-        None => o.push_str("null"),
+        None => o.extend_from_slice(b"null"),
     }
 }
 
@@ -774,16 +815,16 @@ fn json_str(o: &mut String, key: &str, v: Option<&str>) {
 /// protocol name; a cause or a phase), copied as it is; `null` when absent.
 // Inlined, so that each key is a constant and its copy needs no call.
 #[inline(always)]
-fn json_plain(o: &mut String, key: &str, v: Option<&str>) {
+fn json_plain(o: &mut Vec<u8>, key: &str, v: Option<&str>) {
     json_key(o, key);
     match v {
         Some(v) => {
             debug_assert!(!v.bytes().any(|b| ESCAPED[usize::from(b)]), "{v:?}");
-            o.push('"');
-            o.push_str(v);
-            o.push('"');
+            o.push(b'"');
+            o.extend_from_slice(v.as_bytes());
+            o.push(b'"');
         }
-        None => o.push_str("null"),
+        None => o.extend_from_slice(b"null"),
     }
 }
 
@@ -810,45 +851,71 @@ fn needs_escape(w: u64) -> bool {
     below_space || zero_in(w ^ (ONES * u64::from(b'"'))) || zero_in(w ^ (ONES * u64::from(b'\\')))
 }
 
-/// A JSON string literal (RFC 8259 escaping).
-fn json_string(o: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    o.push('"');
-    // Runs of bytes that need no escaping are copied whole; most strings are one such run.
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    // Eight bytes at a time while none of them needs escaping (nearly every string).
-    while i + 8 <= bytes.len() {
-        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
-        if needs_escape(word) {
-            break;
-        }
-        i += 8;
+/// False only when no byte of `bytes` needs escaping; true when one may (the byte-by-byte
+/// path then decides). Eight bytes at a time, the last eight read again where they overlap.
+fn may_need_escape(bytes: &[u8]) -> bool {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    if bytes.len() < 8 {
+        return bytes.iter().any(|&b| ESCAPED[usize::from(b)]);
     }
-    while i < bytes.len() {
-        let b = bytes[i];
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        if needs_escape(word(at)) {
+            return true;
+        }
+        at += 8;
+    }
+    at < bytes.len() && needs_escape(word(bytes.len() - 8))
+}
+
+/// A JSON string literal (RFC 8259 escaping).
+fn json_string(o: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    // Nearly every string needs no escaping and is copied whole, between its quotes.
+    if !may_need_escape(bytes) {
+        let n = bytes.len();
+        o.reserve(n + 2);
+        let len = o.len();
+        let room = &mut o.spare_capacity_mut()[..n + 2];
+        room[0].write(b'"');
+        for (place, &b) in room[1..=n].iter_mut().zip(bytes) {
+            place.write(b);
+        }
+        room[n + 1].write(b'"');
+        // SAFETY: the `n + 2` places after `len` were all written just above.
+        unsafe { o.set_len(len + n + 2) };
+        return;
+    }
+    o.push(b'"');
+    // Runs of bytes that need no escaping are copied whole. Every byte escaped is ASCII, so
+    // each run ends on a character boundary and the line stays UTF-8.
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if !ESCAPED[usize::from(b)] {
-            i += 1;
             continue;
         }
-        o.push_str(&s[start..i]);
-        i += 1;
-        start = i;
-        let c = char::from(b);
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
+        o.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => o.extend_from_slice(b"\\\""),
+            b'\\' => o.extend_from_slice(b"\\\\"),
+            b'\n' => o.extend_from_slice(b"\\n"),
+            b'\r' => o.extend_from_slice(b"\\r"),
+            b'\t' => o.extend_from_slice(b"\\t"),
+            b => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                o.extend_from_slice(b"\\u00");
+                o.push(HEX[usize::from(b >> 4)]);
+                o.push(HEX[usize::from(b & 0xf)]);
             }
         }
     }
-    o.push_str(&s[start..]);
-    o.push('"');
+    o.extend_from_slice(&bytes[start..]);
+    o.push(b'"');
 }
 
 /// `127.0.0.1:3001/refused@connect/0.2ms` or `127.0.0.1:3001/200/connect=0.1ms,first_byte=2.3ms`.
@@ -944,9 +1011,9 @@ pub struct AccessRecord {
 
 /// `2026-11-23T10:04:05.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let mut s = String::with_capacity(24);
+    let mut s = Vec::with_capacity(24);
     push_rfc3339(&mut s, t);
-    s
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// The civil date of `secs` since 1970-01-01 UTC: year, month, day (Howard Hinnant's algorithm).
@@ -963,12 +1030,12 @@ fn civil_date(secs: u64) -> (i64, i64, i64) {
 }
 
 /// Writes `t` as `2026-11-23T10:04:05.123Z` into `o`.
-fn push_rfc3339(o: &mut String, t: SystemTime) {
+fn push_rfc3339(o: &mut Vec<u8>, t: SystemTime) {
     thread_local! {
         /// The last second written, and its text up to the seconds: every line of that second
         /// reuses it.
-        static SECOND: std::cell::RefCell<(u64, String)> =
-            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
     }
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -979,27 +1046,32 @@ fn push_rfc3339(o: &mut String, t: SystemTime) {
             push_date_time(&mut cached.1, secs);
             cached.0 = secs;
         }
-        o.push_str(&cached.1);
+        o.extend_from_slice(&cached.1);
     });
-    o.push('.');
-    push_padded(o, u64::from(d.subsec_millis()), 3);
-    o.push('Z');
+    let ms = d.subsec_millis();
+    o.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// `2026-11-23T10:04:05` for `secs` since 1970-01-01 UTC.
-fn push_date_time(o: &mut String, secs: u64) {
+fn push_date_time(o: &mut Vec<u8>, secs: u64) {
     let rem = secs % 86_400;
     let (year, month, day) = civil_date(secs);
     push_padded(o, year.max(0) as u64, 4);
-    o.push('-');
+    o.push(b'-');
     push_padded(o, month as u64, 2);
-    o.push('-');
+    o.push(b'-');
     push_padded(o, day as u64, 2);
-    o.push('T');
+    o.push(b'T');
     push_padded(o, rem / 3600, 2);
-    o.push(':');
+    o.push(b':');
     push_padded(o, rem % 3600 / 60, 2);
-    o.push(':');
+    o.push(b':');
     push_padded(o, rem % 60, 2);
 }
 
@@ -1040,9 +1112,9 @@ mod tests {
             }],
             ..AccessRecord::default()
         };
-        let mut line = String::new();
+        let mut line = Vec::new();
         access_json(&mut line, &r, SystemTime::now());
-        let v: Value = serde_json::from_str(&line).unwrap();
+        let v: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\n\u{1}é");
         assert_eq!(v["status"], 502);
         assert_eq!(v["duration_ms"], 1.5);
@@ -1057,6 +1129,31 @@ mod tests {
     /// reference the hand-written line must match byte for byte.
     fn reference_line(r: &AccessRecord, now: SystemTime) -> String {
         use std::fmt::Write as _;
+        fn reference_string(s: &str) -> String {
+            let mut o = String::from('"');
+            for c in s.chars() {
+                match c {
+                    '"' => o.push_str("\\\""),
+                    '\\' => o.push_str("\\\\"),
+                    '\n' => o.push_str("\\n"),
+                    '\r' => o.push_str("\\r"),
+                    '\t' => o.push_str("\\t"),
+                    c if (c as u32) < 0x20 => {
+                        let _ = write!(o, "\\u{:04x}", c as u32);
+                    }
+                    c => o.push(c),
+                }
+            }
+            o.push('"');
+            o
+        }
+        fn reference_str(o: &mut String, key: &str, v: Option<&str>) {
+            o.push_str(key);
+            match v {
+                Some(v) => o.push_str(&reference_string(v)),
+                None => o.push_str("null"),
+            }
+        }
         fn raw(o: &mut String, key: &str, v: Option<impl std::fmt::Display>) {
             o.push_str(",\"");
             o.push_str(key);
@@ -1086,23 +1183,23 @@ mod tests {
         o.push_str(&reference_time(now));
         o.push_str("\",\"level\":\"INFO\",\"kind\":\"access\"");
         let client = r.client.map(|c| c.to_string());
-        json_str(&mut o, key!("client"), client.as_deref());
-        json_str(&mut o, key!("method"), Some(r.method.as_str()));
-        json_str(&mut o, key!("host"), Some(&r.host));
-        json_str(&mut o, key!("path"), Some(&r.path));
-        json_str(&mut o, key!("proto"), Some(r.proto));
+        reference_str(&mut o, key!("client"), client.as_deref());
+        reference_str(&mut o, key!("method"), Some(r.method.as_str()));
+        reference_str(&mut o, key!("host"), Some(&r.host));
+        reference_str(&mut o, key!("path"), Some(&r.path));
+        reference_str(&mut o, key!("proto"), Some(r.proto));
         raw(&mut o, "status", Some(r.status));
         raw(&mut o, "bytes_in", Some(r.bytes_in));
         raw(&mut o, "bytes_out", Some(r.bytes_out));
         raw(&mut o, "duration_ms", Some(ms(r.duration)));
-        json_str(&mut o, key!("request_id"), Some(&r.request_id));
-        json_str(&mut o, key!("upstream"), r.upstream.as_deref());
-        json_str(&mut o, key!("endpoint"), r.endpoint.as_deref());
-        json_str(&mut o, key!("cause"), r.cause.map(Cause::as_str));
-        json_str(&mut o, key!("phase"), r.phase.map(Phase::as_str));
+        reference_str(&mut o, key!("request_id"), Some(&r.request_id));
+        reference_str(&mut o, key!("upstream"), r.upstream.as_deref());
+        reference_str(&mut o, key!("endpoint"), r.endpoint.as_deref());
+        reference_str(&mut o, key!("cause"), r.cause.map(Cause::as_str));
+        reference_str(&mut o, key!("phase"), r.phase.map(Phase::as_str));
         raw(&mut o, "gateway_error", Some(r.gateway_error));
         if r.cache.is_some() {
-            json_str(&mut o, key!("cache"), r.cache);
+            reference_str(&mut o, key!("cache"), r.cache);
         }
         o.push_str(",\"attempts\":[");
         for (i, a) in r.attempts.iter().enumerate() {
@@ -1110,13 +1207,13 @@ mod tests {
                 o.push(',');
             }
             o.push_str("{\"endpoint\":");
-            json_string(&mut o, &a.endpoint);
+            o.push_str(&reference_string(&a.endpoint));
             raw(&mut o, "reused", Some(a.reused));
             raw(&mut o, "idle_ms", a.idle.map(ms));
             raw(&mut o, "conn_uses", Some(a.conn_uses));
             raw(&mut o, "conn_age_ms", a.conn_age.map(ms));
-            json_str(&mut o, key!("cause"), a.cause.map(Cause::as_str));
-            json_str(&mut o, key!("phase"), a.phase.map(Phase::as_str));
+            reference_str(&mut o, key!("cause"), a.cause.map(Cause::as_str));
+            reference_str(&mut o, key!("phase"), a.phase.map(Phase::as_str));
             raw(&mut o, "status", a.status);
             raw(&mut o, "connect_ms", a.connect.map(ms));
             raw(&mut o, "first_byte_ms", a.first_byte.map(ms));
@@ -1137,9 +1234,13 @@ mod tests {
             for at in 0..24 {
                 let mut text: String = "abcdefghijklmnopqrstuvwx".into();
                 text.insert(at, special);
-                let mut ours = String::new();
+                let mut ours = Vec::new();
                 json_string(&mut ours, &text);
-                assert_eq!(ours, serde_json::to_string(&text).unwrap(), "{text:?}");
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    serde_json::to_string(&text).unwrap(),
+                    "{text:?}"
+                );
             }
         }
     }
@@ -1164,7 +1265,7 @@ mod tests {
             Some("[2001:db8::1:0:0:1]:65535".parse().unwrap()),
             Some("10.0.0.255:1".parse().unwrap()),
         ];
-        let mut line = String::with_capacity(LINE_CAPACITY);
+        let mut line = Vec::new();
         for i in 0..20_000u64 {
             let attempts = (0..rng.usize(..4))
                 .map(|_| AttemptRecord {
@@ -1186,8 +1287,19 @@ mod tests {
                 method: [http::Method::GET, http::Method::POST, no_request_method()]
                     [rng.usize(..3)]
                 .clone(),
-                host: ["gw.test", "", "h\u{7}\u{1f}ö"][rng.usize(..3)].into(),
-                path: ["/", "/a\"b\\c\n\t\r", "/ü?x=1"][rng.usize(..3)].into(),
+                // Short and long, with a byte to escape in the first word, in the last
+                // (overlapping) one, or nowhere.
+                host: ["gw.test", "", "h\u{7}\u{1f}ö", "api.example.test:8443"][rng.usize(..4)]
+                    .into(),
+                path: [
+                    "/",
+                    "/a\"b\\c\n\t\r",
+                    "/ü?x=1",
+                    "/a/long/path/of/many/segments?q=1",
+                    "/a/long/path/of/many/segments\u{1}",
+                    "/0123456789\"",
+                ][rng.usize(..6)]
+                .into(),
                 proto: ["HTTP/1.1", "HTTP/2.0"][rng.usize(..2)],
                 status: rng.u16(..),
                 bytes_in: rng.u64(..),
@@ -1211,7 +1323,11 @@ mod tests {
                 });
             line.clear();
             access_json(&mut line, &r, now);
-            assert_eq!(line, reference_line(&r, now), "record {i}");
+            assert_eq!(
+                std::str::from_utf8(&line).unwrap(),
+                reference_line(&r, now),
+                "record {i}"
+            );
         }
     }
 
