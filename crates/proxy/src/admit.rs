@@ -24,7 +24,7 @@ use crate::route::normalize_host;
 #[derive(Debug)]
 pub(crate) struct Admitted {
     /// The host to route by: lowercase, no port.
-    pub host: String,
+    pub host: crate::log::Text,
     /// The value of the `Host` (or `:authority`) sent upstream.
     pub host_value: Option<HeaderValue>,
 }
@@ -99,7 +99,8 @@ pub(crate) fn admit<B>(req: &Request<B>, length_and_coding: bool) -> Result<Admi
             authority_admitted(a)
         }
         (None, Some(h)) => Admitted {
-            host: normalize_host(std::str::from_utf8(h.as_bytes()).unwrap_or("")),
+            // SAFETY: `valid_host` took the line above, and it takes ASCII bytes only.
+            host: normalize_host(unsafe { std::str::from_utf8_unchecked(h.as_bytes()) }),
             host_value: Some(h.clone()),
         },
         (None, None) => {
@@ -110,7 +111,7 @@ pub(crate) fn admit<B>(req: &Request<B>, length_and_coding: bool) -> Result<Admi
             }
             // HTTP/1.0 without a host: routed by the catch-all routes only.
             Admitted {
-                host: String::new(),
+                host: crate::log::Text::default(),
                 host_value: None,
             }
         }
@@ -225,6 +226,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_valid_host_is_ascii() {
+        // What admission takes as text without checking it again.
+        let mut rng = fastrand::Rng::with_seed(11);
+        let alphabet: Vec<u8> = b"[]:.0123456789abcdefAZ-_~!%".iter().copied().collect();
+        let mut valid = 0;
+        for i in 0..50_000 {
+            let len = rng.usize(1..24);
+            let v: Vec<u8> = (0..len)
+                .map(|_| match rng.u8(..8) {
+                    0 => rng.u8(0x80..),
+                    _ => alphabet[rng.usize(..alphabet.len())],
+                })
+                .collect();
+            if valid_host(&v) {
+                valid += 1;
+                assert!(v.is_ascii(), "case {i}: {v:?}");
+            }
+        }
+        assert!(valid > 1000, "{valid}");
+        assert!(!valid_host("é.test".as_bytes()));
+        assert!(!valid_host("[::1]:8é".as_bytes()));
+    }
+
     fn req(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().version(version).uri(target);
         for (k, v) in headers {
@@ -238,7 +263,7 @@ mod tests {
         let got = admit(&r, cl_te)
             .map(|a| {
                 (
-                    a.host,
+                    a.host.to_string(),
                     a.host_value.map(|v| v.to_str().unwrap().to_string()),
                 )
             })

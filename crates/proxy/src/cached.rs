@@ -292,9 +292,10 @@ impl Gateway {
         log: &mut RequestLog,
     ) -> Response<ProxyBody> {
         let mut headers = head.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&log.record.request_id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+        headers.insert(
+            X_REQUEST_ID,
+            crate::headers::request_id_value(&log.record.request_id),
+        );
         headers.insert(
             CACHE_STATUS,
             HeaderValue::from_static("cleargate; fwd=uri-miss; collapsed"),
@@ -446,7 +447,7 @@ impl Gateway {
             Level::Warn,
             &format!("served a stale copy instead of a {hidden}"),
             &[
-                ("request_id", json!(log.record.request_id)),
+                ("request_id", json!(log.record.request_id.as_str())),
                 ("cause", json!(cause)),
                 ("phase", json!(phase)),
                 ("upstream", json!(log.record.upstream.as_deref())),
@@ -488,9 +489,10 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let mut headers = entry.headers.clone();
         headers.insert(AGE, entry.stored.age_header(now));
-        if let Ok(v) = HeaderValue::from_str(&log.record.request_id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+        headers.insert(
+            X_REQUEST_ID,
+            crate::headers::request_id_value(&log.record.request_id),
+        );
         if let Ok(v) = HeaderValue::from_str(&cache_status) {
             headers.insert(CACHE_STATUS, v);
         }
@@ -830,7 +832,7 @@ impl Gateway {
             parts.headers.remove(name);
         }
         let request_id = crate::headers::new_request_id();
-        let id_value = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
+        let id_value = crate::headers::request_id_value(&request_id);
         parts.headers.remove(X_REQUEST_ID);
         // The refresh's own id goes out with the lines added to the client's request.
         let added = outgoing.added.clone();
@@ -855,11 +857,10 @@ impl Gateway {
             record: crate::log::AccessRecord {
                 method: Method::GET,
                 host: self_host(&lookup.key),
-                path: forwarded
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
+                path: match forwarded.uri.path_and_query() {
+                    Some(p) => crate::log::Text::Path(p.clone()),
+                    None => "/".into(),
+                },
                 proto: "HTTP/1.1",
                 request_id,
                 upstream: Some(routed.upstream.name.clone()),
@@ -956,7 +957,7 @@ impl Gateway {
 }
 
 /// The host of a cache key (`scheme://host/path`), for a refresh's access line.
-fn self_host(key: &str) -> String {
+fn self_host(key: &str) -> crate::log::Text {
     let rest = key.split_once("://").map_or(key, |(_, r)| r);
-    rest.split('/').next().unwrap_or("").to_string()
+    crate::log::Text::copied(rest.split('/').next().unwrap_or(""))
 }

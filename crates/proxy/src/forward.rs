@@ -39,11 +39,11 @@ use crate::attempt::Answered;
 use crate::body::{LimitedBody, PoolLease, ProxyBody, RequestLog};
 use crate::conn::ConnState;
 use crate::headers::{
-    append_via, forward_request_headers, new_request_id, sane_request_id, strip_hop_by_hop,
-    strip_response_hop_by_hop, upgrade_token, Forwarding, IDEMPOTENCY_KEY, KEEP_ALIVE,
-    X_REQUEST_ID,
+    append_via, forward_request_headers, new_request_id, request_id_value, sane_request_id,
+    strip_hop_by_hop, strip_response_hop_by_hop, upgrade_token, Forwarding, IDEMPOTENCY_KEY,
+    KEEP_ALIVE, X_REQUEST_ID,
 };
-use crate::log::AccessRecord;
+use crate::log::{AccessRecord, Text};
 use crate::page::{self, PageContext};
 use crate::Gateway;
 use bytes::Bytes;
@@ -314,11 +314,11 @@ impl Gateway {
         let oversized = conn
             .as_ref()
             .and_then(|(state, n)| state.oversized_head(*n));
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        // Shared with the request's target, not copied.
+        let path_and_query = match req.uri().path_and_query() {
+            Some(p) => Text::Path(p.clone()),
+            None => Text::from("/"),
+        };
         let limit = self.config.limits.max_request_header_bytes;
         let mut admitted = if let Some(size) = oversized {
             Err(Failure::client(
@@ -339,7 +339,7 @@ impl Gateway {
                 // The host routed by lives in the record from here on.
                 host: match &mut admitted {
                     Ok(a) => std::mem::take(&mut a.host),
-                    Err(_) => String::new(),
+                    Err(_) => Text::default(),
                 },
                 path: path_and_query,
                 proto: proto_name(req.version()),
@@ -489,7 +489,12 @@ impl Gateway {
         log.record.upstream = Some(upstream.name.clone());
         upstream.budget.record_request(log.started);
         let method = req.method();
-        let keyed = req.headers().contains_key(&IDEMPOTENCY_KEY);
+        // Looked up only where it changes something: GET and its like are idempotent and
+        // repeatable with or without a key.
+        let keyed = !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        ) && req.headers().contains_key(&IDEMPOTENCY_KEY);
         let idempotent = keyed
             || matches!(
                 *method,
@@ -578,7 +583,7 @@ impl Gateway {
         };
         let (mut parts, body) = req.into_parts();
         let host_header = admitted.host_value;
-        let request_id = request_id_value(parts.headers.get(&X_REQUEST_ID), &log.record.request_id);
+        let request_id = request_id_value(&log.record.request_id);
         let added = forward_request_headers(
             &mut parts.headers,
             &Forwarding {
@@ -732,7 +737,7 @@ impl Gateway {
                         cause::Level::Info,
                         "the client left before the switch of protocols",
                         &[
-                            ("request_id", serde_json::json!(id)),
+                            ("request_id", serde_json::json!(id.as_str())),
                             ("error", serde_json::json!(e.to_string())),
                         ],
                     );
@@ -744,7 +749,7 @@ impl Gateway {
                 cause::Level::Info,
                 "tunnel ended",
                 &[
-                    ("request_id", serde_json::json!(id)),
+                    ("request_id", serde_json::json!(id.as_str())),
                     ("endpoint", serde_json::json!(&*endpoint.name)),
                     ("protocol", serde_json::json!(token)),
                     ("from_client", serde_json::json!(t.from_client)),
@@ -954,45 +959,6 @@ impl PreparedBody {
             PreparedBody::Buffered(_) | PreparedBody::Streaming(Some(_))
         )
     }
-}
-
-/// The request id as a header value, for the upstream request and the response: the client's
-/// own value when the id is the client's (shared with the request's bytes), else one made once
-/// and then cloned without a copy.
-fn request_id_value(sent: Option<&HeaderValue>, id: &str) -> HeaderValue {
-    if let Some(v) = sent.filter(|v| v.as_bytes() == id.as_bytes()) {
-        return v.clone();
-    }
-    /// An id's bytes in one allocation that clones share (a copied value would be copied again
-    /// when first cloned): `N` bytes at most, 32 for the gateway's own ids (16 digits).
-    struct Id<const N: usize> {
-        buf: [u8; N],
-        len: usize,
-    }
-    impl<const N: usize> AsRef<[u8]> for Id<N> {
-        fn as_ref(&self) -> &[u8] {
-            &self.buf[..self.len]
-        }
-    }
-    fn owned<const N: usize>(id: &[u8]) -> Bytes {
-        let mut owned = Id {
-            buf: [0; N],
-            len: id.len(),
-        };
-        owned.buf[..id.len()].copy_from_slice(id);
-        Bytes::from_owner(owned)
-    }
-    // What a header value may hold, checked once here.
-    if !id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
-        return HeaderValue::from_static("-");
-    }
-    let bytes = match id.len() {
-        0..=32 => owned::<32>(id.as_bytes()),
-        33..=128 => owned::<128>(id.as_bytes()),
-        _ => Bytes::copy_from_slice(id.as_bytes()),
-    };
-    // SAFETY: every byte was checked above to be one a header value may hold.
-    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
 /// The request target as an HTTP/1.1 upstream gets it: the path and query alone. A target in

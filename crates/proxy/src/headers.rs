@@ -7,6 +7,8 @@ use http::HeaderMap;
 
 pub use net::hop::KEEP_ALIVE;
 use net::hop::{index as hop_by_hop_index, HOP_BY_HOP};
+
+use crate::log::Text;
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// True for a request header name that a backend could read as another header: any name with
@@ -127,26 +129,82 @@ fn strip_named_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     }
 }
 
-/// A client-supplied request id is kept when it is short and made of safe characters.
-pub fn sane_request_id(v: &HeaderValue) -> Option<String> {
-    let s = v.to_str().ok()?;
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b));
-    ok.then(|| s.to_string())
+/// A client-supplied request id is kept when it is short and made of safe characters: shared
+/// with the request's header, not copied.
+pub fn sane_request_id(v: &HeaderValue) -> Option<Text> {
+    let b = v.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b));
+    // Every byte allowed is ASCII.
+    ok.then(|| Text::ascii_value(v)).flatten()
 }
 
-/// A fresh request id: 16 hex digits.
-pub fn new_request_id() -> String {
+/// A fresh request id: 16 hex digits, as a header value that the access record, the upstream
+/// request and the response share (one allocation).
+pub fn new_request_id() -> Text {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = fastrand::u64(..);
-    let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
+    let mut id = Id {
+        buf: [0u8; 16],
+        len: 16,
+    };
+    for (i, d) in id.buf.iter_mut().enumerate() {
         *d = HEX[((n >> ((15 - i) * 4)) & 0xf) as usize];
     }
-    // SAFETY: hex digits are ASCII.
-    unsafe { String::from_utf8_unchecked(digits.to_vec()) }
+    // SAFETY: hex digits are ASCII, which a header value may hold (and `Text::Value` asks).
+    Text::Value(unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from_owner(id)) })
+}
+
+/// The bytes of a header value in one allocation that clones share (a value made by copying
+/// is copied again when it is first cloned): `N` bytes at most.
+struct Id<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> AsRef<[u8]> for Id<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// `text` as a header value whose clones share one allocation; `-` when it holds a byte that
+/// a header value may not.
+pub fn shared_value(text: &str) -> HeaderValue {
+    fn owned<const N: usize>(bytes: &[u8]) -> Bytes {
+        let mut owned = Id {
+            buf: [0; N],
+            len: bytes.len(),
+        };
+        owned.buf[..bytes.len()].copy_from_slice(bytes);
+        Bytes::from_owner(owned)
+    }
+    let bytes = text.as_bytes();
+    // What a header value may hold, checked once here.
+    if !bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    {
+        return HeaderValue::from_static("-");
+    }
+    let shared = match bytes.len() {
+        0..=32 => owned::<32>(bytes),
+        33..=128 => owned::<128>(bytes),
+        _ => Bytes::copy_from_slice(bytes),
+    };
+    // SAFETY: every byte was checked above to be one a header value may hold.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(shared) }
+}
+
+/// The request id as a header value, for the upstream request and the response: the one
+/// the id already is (the client's, or the gateway's own), cloned without a copy.
+pub fn request_id_value(id: &Text) -> HeaderValue {
+    match id {
+        Text::Value(v) => v.clone(),
+        other => shared_value(other),
+    }
 }
 
 /// Names the gateway sets on every request: made once, so that setting them costs no
@@ -437,7 +495,8 @@ mod tests {
 
     #[test]
     fn request_ids_are_16_hex_digits_of_a_random_number() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| new_request_id().to_string()).collect();
         assert_eq!(ids.len(), 1000);
         for id in &ids {
             assert_eq!(id.len(), 16, "{id}");
@@ -643,17 +702,17 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        assert_eq!(
-            sane_request_id(&HeaderValue::from_static("abc-123")),
-            Some("abc-123".into())
-        );
-        assert_eq!(sane_request_id(&HeaderValue::from_static("a b")), None);
-        assert_eq!(
-            sane_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()),
-            None
-        );
+        let kept = sane_request_id(&HeaderValue::from_static("abc-123")).unwrap();
+        assert_eq!(kept.as_str(), "abc-123");
+        assert_eq!(request_id_value(&kept), "abc-123");
+        assert!(sane_request_id(&HeaderValue::from_static("a b")).is_none());
+        assert!(sane_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()).is_none());
+        assert!(sane_request_id(&HeaderValue::from_bytes(b"\xe9t\xe9").unwrap()).is_none());
         let id = new_request_id();
         assert_eq!(id.len(), 16);
+        assert_eq!(request_id_value(&id), id.as_str());
+        assert_eq!(request_id_value(&Text::from("owned-1")), "owned-1");
+        assert_eq!(request_id_value(&Text::from("a\u{1}b")), "-");
         assert!(
             id.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),

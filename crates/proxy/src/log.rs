@@ -562,14 +562,14 @@ impl Logger {
         let mut m = Map::new();
         m.insert("client".into(), json!(record.client.map(|c| c.to_string())));
         m.insert("method".into(), json!(record.method.as_str()));
-        m.insert("host".into(), json!(record.host));
-        m.insert("path".into(), json!(record.path));
+        m.insert("host".into(), json!(record.host.as_str()));
+        m.insert("path".into(), json!(record.path.as_str()));
         m.insert("proto".into(), json!(record.proto));
         m.insert("status".into(), json!(record.status));
         m.insert("bytes_in".into(), json!(record.bytes_in));
         m.insert("bytes_out".into(), json!(record.bytes_out));
         m.insert("duration_ms".into(), json!(ms(record.duration)));
-        m.insert("request_id".into(), json!(record.request_id));
+        m.insert("request_id".into(), json!(record.request_id.as_str()));
         m.insert("upstream".into(), json!(record.upstream.as_deref()));
         m.insert("endpoint".into(), json!(record.endpoint.as_deref()));
         m.insert("cause".into(), json!(record.cause.map(Cause::as_str)));
@@ -980,6 +980,52 @@ pub struct AttemptRecord {
     pub total: Option<Duration>,
 }
 
+/// A request's attempts, in order. The first is held in place: nearly every request makes
+/// exactly one, and it then costs no allocation.
+#[derive(Clone, Debug, Default)]
+pub struct Attempts {
+    first: Option<AttemptRecord>,
+    more: Vec<AttemptRecord>,
+}
+
+impl Attempts {
+    pub fn push(&mut self, a: AttemptRecord) {
+        match self.first {
+            None => self.first = Some(a),
+            Some(_) => self.more.push(a),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AttemptRecord> {
+        self.first.iter().chain(&self.more)
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn last_mut(&mut self) -> Option<&mut AttemptRecord> {
+        match self.more.last_mut() {
+            Some(a) => Some(a),
+            None => self.first.as_mut(),
+        }
+    }
+}
+
+impl From<Vec<AttemptRecord>> for Attempts {
+    fn from(all: Vec<AttemptRecord>) -> Attempts {
+        let mut attempts = Attempts::default();
+        for a in all {
+            attempts.push(a);
+        }
+        attempts
+    }
+}
+
 /// The method of an access line about a connection rather than a request: `-`.
 pub fn no_request_method() -> http::Method {
     http::Method::from_bytes(b"-").unwrap_or_default()
@@ -991,22 +1037,151 @@ pub struct AccessRecord {
     pub client: Option<SocketAddr>,
     /// `-` for a line about a connection rather than a request.
     pub method: http::Method,
-    pub host: String,
-    pub path: String,
+    /// Held in place when short (nearly always).
+    pub host: Text,
+    /// The request's path and query, shared with its target (so the head's bytes live as long
+    /// as the record: to the end of the response, no longer).
+    pub path: Text,
     pub proto: &'static str,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration: Duration,
-    pub request_id: String,
+    /// Shared with the request's `X-Request-Id` and with the one the gateway sets.
+    pub request_id: Text,
     pub upstream: Option<std::sync::Arc<str>>,
     pub endpoint: Option<std::sync::Arc<str>>,
     pub cause: Option<Cause>,
     pub phase: Option<Phase>,
     pub gateway_error: bool,
-    pub attempts: Vec<AttemptRecord>,
+    pub attempts: Attempts,
     /// On a caching route: what the cache did (`hit`, `miss`, `stale`, ...); absent elsewhere.
     pub cache: Option<&'static str>,
+}
+
+/// Text of a record that is most often bytes a request already holds (its target, a header
+/// value): shared with them, a reference counted, instead of copied into a string of its own.
+#[derive(Clone, Debug)]
+pub enum Text {
+    Owned(String),
+    /// A short text held in place (a host name, most often): no allocation.
+    Inline(Inline),
+    /// A header value of ASCII bytes only (checked when made, by [`Text::ascii_value`]).
+    Value(http::HeaderValue),
+    Path(http::uri::PathAndQuery),
+}
+
+/// Up to [`Inline::ROOM`] bytes of UTF-8, held in place.
+#[derive(Clone, Copy, Debug)]
+pub struct Inline {
+    len: u8,
+    bytes: [u8; Inline::ROOM],
+}
+
+impl Inline {
+    pub const ROOM: usize = 38;
+
+    /// `s` held in place, when it fits.
+    pub fn new(s: &str) -> Option<Inline> {
+        let mut inline = Inline {
+            len: u8::try_from(s.len())
+                .ok()
+                .filter(|&n| usize::from(n) <= Self::ROOM)?,
+            bytes: [0; Inline::ROOM],
+        };
+        inline.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(inline)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: the bytes were a whole `&str`'s (`new`), changed since only by
+        // `make_ascii_lowercase`, which keeps UTF-8 UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.bytes[..usize::from(self.len)]) }
+    }
+
+    pub fn make_ascii_lowercase(&mut self) {
+        self.bytes[..usize::from(self.len)].make_ascii_lowercase();
+    }
+}
+
+impl Text {
+    /// `s`, held in place when it is short, else copied into a string of its own.
+    pub fn copied(s: &str) -> Text {
+        match Inline::new(s) {
+            Some(inline) => Text::Inline(inline),
+            None => Text::Owned(s.to_string()),
+        }
+    }
+
+    /// `v`, shared, when it is ASCII.
+    pub fn ascii_value(v: &http::HeaderValue) -> Option<Text> {
+        v.as_bytes().is_ascii().then(|| Text::Value(v.clone()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Owned(s) => s,
+            Text::Inline(inline) => inline.as_str(),
+            // SAFETY: a `Value` holds ASCII bytes only (`ascii_value`), which are UTF-8.
+            Text::Value(v) => unsafe { std::str::from_utf8_unchecked(v.as_bytes()) },
+            Text::Path(p) => p.as_str(),
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text::Owned(String::new())
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Owned(s)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::Owned(s.to_string())
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `2026-11-23T10:04:05.123Z`.
@@ -1102,14 +1277,14 @@ mod tests {
             cause: Some(Cause::Reset),
             phase: Some(Phase::ReadHead),
             gateway_error: true,
-            attempts: vec![AttemptRecord {
+            attempts: Attempts::from(vec![AttemptRecord {
                 endpoint: "127.0.0.1:1".into(),
                 reused: true,
                 idle: Some(Duration::from_millis(40)),
                 cause: Some(Cause::Reset),
                 phase: Some(Phase::ReadHead),
                 ..AttemptRecord::default()
-            }],
+            }]),
             ..AccessRecord::default()
         };
         let mut line = Vec::new();
@@ -1267,7 +1442,7 @@ mod tests {
         ];
         let mut line = Vec::new();
         for i in 0..20_000u64 {
-            let attempts = (0..rng.usize(..4))
+            let attempts: Vec<AttemptRecord> = (0..rng.usize(..4))
                 .map(|_| AttemptRecord {
                     endpoint: format!("10.0.0.{}:{}", rng.u8(..), rng.u16(..)).into(),
                     reused: rng.bool(),
@@ -1291,7 +1466,8 @@ mod tests {
                 // (overlapping) one, or nowhere.
                 host: ["gw.test", "", "h\u{7}\u{1f}ö", "api.example.test:8443"][rng.usize(..4)]
                     .into(),
-                path: [
+                // Owned, or shared with a request target where the text is one.
+                path: match [
                     "/",
                     "/a\"b\\c\n\t\r",
                     "/ü?x=1",
@@ -1299,19 +1475,30 @@ mod tests {
                     "/a/long/path/of/many/segments\u{1}",
                     "/0123456789\"",
                 ][rng.usize(..6)]
-                .into(),
+                {
+                    p if rng.bool() => match http::uri::PathAndQuery::try_from(p) {
+                        Ok(target) => Text::Path(target),
+                        Err(_) => p.into(),
+                    },
+                    p => p.into(),
+                },
                 proto: ["HTTP/1.1", "HTTP/2.0"][rng.usize(..2)],
                 status: rng.u16(..),
                 bytes_in: rng.u64(..),
                 bytes_out: [0, u64::MAX, rng.u64(..)][rng.usize(..3)],
                 duration: durations(&mut rng).unwrap_or_default(),
-                request_id: format!("{:016x}", rng.u64(..)),
+                request_id: match format!("{:016x}", rng.u64(..)) {
+                    id if rng.bool() => {
+                        Text::ascii_value(&http::HeaderValue::from_str(&id).unwrap()).unwrap()
+                    }
+                    id => id.into(),
+                },
                 upstream: [None, Some("app".into())][rng.usize(..2)].clone(),
                 endpoint: [None, Some("127.0.0.1:3001".into())][rng.usize(..2)].clone(),
                 cause: [None, Some(Cause::ClientAborted)][rng.usize(..2)],
                 phase: [None, Some(Phase::ReadBody)][rng.usize(..2)],
                 gateway_error: rng.bool(),
-                attempts,
+                attempts: attempts.into(),
                 cache: [None, Some("stale")][rng.usize(..2)],
             };
             // Times from 1970 to 2200, with milliseconds.

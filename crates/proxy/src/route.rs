@@ -1,6 +1,7 @@
 //! Routing: host and path prefix to an upstream. Routes naming the host win over routes for any
 //! host; among those, the longest path prefix wins.
 
+use crate::log::Text;
 use config::RouteConfig;
 
 #[derive(Debug)]
@@ -50,8 +51,9 @@ impl Router {
     }
 }
 
-/// The host of a `Host` header or authority: lowercased, without port or trailing dot.
-pub fn normalize_host(raw: &str) -> String {
+/// The host of a `Host` header or authority: lowercased, without port or trailing dot; held
+/// in place when short.
+pub fn normalize_host(raw: &str) -> Text {
     let raw = raw.trim();
     // Cut at ASCII bytes only, which never sit inside a longer UTF-8 sequence: every index
     // below is a char boundary.
@@ -69,10 +71,13 @@ pub fn normalize_host(raw: &str) -> String {
         }
     };
     let kept = host.len() - host.bytes().rev().take_while(|&b| b == b'.').count();
-    let mut out = String::with_capacity(kept);
-    out.push_str(&host[..kept]);
-    out.make_ascii_lowercase();
-    out
+    match Text::copied(&host[..kept]) {
+        Text::Inline(mut inline) => {
+            inline.make_ascii_lowercase();
+            Text::Inline(inline)
+        }
+        _ => Text::Owned(host[..kept].to_ascii_lowercase()),
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +154,23 @@ mod tests {
             host.trim_end_matches('.').to_ascii_lowercase()
         }
         let alphabet = [
-            "[", "]", ":", ".", "a", "Z", "0", "9", " ", "\t", "é", "\u{a0}", "ß", "-", "x1",
+            "[",
+            "]",
+            ":",
+            ".",
+            "a",
+            "Z",
+            "0",
+            "9",
+            " ",
+            "\t",
+            "é",
+            "\u{a0}",
+            "ß",
+            "-",
+            "x1",
+            // Long enough that some hosts are not held in place.
+            "Long-Label-Of-Twelve",
         ];
         let mut rng = fastrand::Rng::with_seed(0x4057);
         for _ in 0..5000 {

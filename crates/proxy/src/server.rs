@@ -677,7 +677,7 @@ pub(crate) struct RawAnswer {
     pub status: u16,
     pub body_len: usize,
     pub bytes: Vec<u8>,
-    pub request_id: String,
+    pub request_id: crate::log::Text,
 }
 
 /// The waker of a watchdog's own futures: it marks that one of them fired, then wakes the
