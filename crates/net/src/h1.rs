@@ -643,7 +643,9 @@ fn parse_head(
         let spans: &[Span] =
             unsafe { std::slice::from_raw_parts(room.as_ptr().cast::<Span>(), count) };
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the two lines the gateway adds to every answer (`Via`, `X-Request-Id`):
+        // a map filled to its last usable slot probes long for each of them.
+        let mut headers = HeaderMap::with_capacity(count + 2);
         let mut scan = Scan::default();
         for &(ns, nl, vs, vl) in spans {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);

@@ -45,13 +45,16 @@ pub struct ConnState {
     pub(crate) edge: Arc<Edge>,
     /// The client's address as `X-Forwarded-For` gives it, made once for every request.
     pub(crate) client_ip: http::HeaderValue,
+    /// The client's address and port as the access line gives them, made once too.
+    pub(crate) client_text: Option<crate::log::Inline>,
 }
 
 impl ConnState {
-    pub(crate) fn new(edge: Arc<Edge>, client: std::net::IpAddr) -> ConnState {
+    pub(crate) fn new(edge: Arc<Edge>, client: std::net::SocketAddr) -> ConnState {
         ConnState {
             edge,
-            client_ip: crate::headers::ip_value(client),
+            client_ip: crate::headers::ip_value(client.ip()),
+            client_text: client_text(client),
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             head_started: Mutex::new(None),
@@ -109,5 +112,38 @@ impl ConnState {
         if !self.polling.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
+    }
+}
+
+/// `client` as the access line writes it (`203.0.113.7:51234`, `[2001:db8::1]:443`), when it
+/// is short enough to be held in place.
+fn client_text(client: std::net::SocketAddr) -> Option<crate::log::Inline> {
+    let mut text = crate::headers::IpText::new();
+    text.push_socket_addr(client);
+    std::str::from_utf8(text.as_bytes())
+        .ok()
+        .and_then(crate::log::Inline::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_text_made_once_is_the_address_as_written() {
+        for addr in [
+            "127.0.0.1:40250",
+            "10.0.0.255:1",
+            "[::1]:8080",
+            "[2001:db8::1:0:0:1]:65535",
+        ] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            assert_eq!(client_text(addr).unwrap().as_str(), addr.to_string());
+        }
+        // Too long to be held in place: the line writes it from the address.
+        let long: std::net::SocketAddr = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
+            .parse()
+            .unwrap();
+        assert!(client_text(long).is_none());
     }
 }

@@ -126,6 +126,33 @@ pub(crate) struct Upgrade {
     pub client: hyper::upgrade::OnUpgrade,
 }
 
+impl Outgoing {
+    /// The framing of the prepared body, said in the head: the client's `Content-Length` goes
+    /// (the upstream client writes a length for a body of known size), chunks are asked for
+    /// explicitly when the size is not known (or a GET's body of unknown size would be
+    /// dropped).
+    fn frame_body(&mut self, h2: bool, log: &mut RequestLog) {
+        use http_body::Body as _;
+        let Some(parts) = self.parts.as_mut() else {
+            return;
+        };
+        parts.headers.remove(CONTENT_LENGTH);
+        match &self.body {
+            PreparedBody::Buffered(b) => log.record.bytes_in = b.len() as u64,
+            PreparedBody::Streaming(Some(b)) if !h2 && b.size_hint().exact().is_none() => {
+                parts
+                    .headers
+                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+            PreparedBody::Streaming(_) => {}
+        }
+        self.too_large = match &self.body {
+            PreparedBody::Streaming(Some(b)) => Some(b.exceeded.clone()),
+            _ => None,
+        };
+    }
+}
+
 impl Gateway {
     /// Handles one client request from start to response head. `conn` is the client
     /// connection's state and the request's number on it (absent in unit tests).
@@ -194,9 +221,17 @@ impl Gateway {
             // Until the cache answers otherwise: the error page says a copy was there.
             log.record.cache = Some(if l.has_copy() { "stale-copy" } else { "miss" });
         }
-        let mut outgoing = self
-            .upstream_request(req, client, admitted, tls, &routed, log)
-            .await?;
+        let (mut outgoing, body) =
+            self.upstream_request(req, client, admitted, tls, &routed, log)?;
+        if let Some(body) = body {
+            // Most requests have no body; the reading of one is boxed so that its state does
+            // not make the future of every request larger.
+            outgoing.body = Box::pin(self.prepare_body(body, routed.upstream)).await?;
+        }
+        outgoing.frame_body(
+            routed.upstream.config.protocol == config::Protocol::H2c,
+            log,
+        );
         if let Some(l) = lookup.as_mut() {
             // Within `stale-while-revalidate`: the stored copy answers, and one refresh runs
             // in the background.
@@ -335,6 +370,7 @@ impl Gateway {
         let log = RequestLog {
             record: AccessRecord {
                 client: Some(client),
+                client_text: conn.as_ref().and_then(|(state, _)| state.client_text),
                 method: req.method().clone(),
                 // The host routed by lives in the record from here on.
                 host: match &mut admitted {
@@ -552,9 +588,11 @@ impl Gateway {
         }
     }
 
-    /// The upstream request: origin-form (absolute for HTTP/2), forwarding headers added, the
-    /// body prepared for replay when it is small.
-    async fn upstream_request(
+    /// The upstream request: origin-form (absolute for HTTP/2), forwarding headers added. Its
+    /// body is empty, and the client's body comes with it when there is one, to be prepared
+    /// (kept for replay when it is small) and then framed ([`Outgoing::frame_body`]). Not
+    /// `async`: a request without a body (nearly all) waits for nothing here.
+    fn upstream_request(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
@@ -562,7 +600,7 @@ impl Gateway {
         tls: bool,
         routed: &Routed<'_>,
         log: &mut RequestLog,
-    ) -> Result<Outgoing, Failure> {
+    ) -> Result<(Outgoing, Option<Incoming>), Failure> {
         use http_body::Body as _;
         let version = req.version();
         let mut req = req;
@@ -621,37 +659,18 @@ impl Gateway {
             Version::HTTP_11
         };
 
-        // Most requests have no body; the reading of one is boxed so that its state does not
-        // make the future of every request larger.
-        let body = if body.is_end_stream() {
-            PreparedBody::Buffered(Bytes::new())
-        } else {
-            Box::pin(self.prepare_body(body, routed.upstream)).await?
-        };
-        // hyper's client writes the framing from the body: a length for a body of known size,
-        // chunks otherwise (said explicitly, or hyper would drop a GET's body of unknown size).
-        parts.headers.remove(CONTENT_LENGTH);
-        match &body {
-            PreparedBody::Buffered(b) => log.record.bytes_in = b.len() as u64,
-            PreparedBody::Streaming(Some(b)) if !h2 && b.size_hint().exact().is_none() => {
-                parts
-                    .headers
-                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-            }
-            PreparedBody::Streaming(_) => {}
-        }
-        let too_large = match &body {
-            PreparedBody::Streaming(Some(b)) => Some(b.exceeded.clone()),
-            _ => None,
-        };
-        Ok(Outgoing {
-            parts: Some(parts),
+        let body = (!body.is_end_stream()).then_some(body);
+        Ok((
+            Outgoing {
+                parts: Some(parts),
+                body: PreparedBody::Buffered(Bytes::new()),
+                too_large: None,
+                request_id,
+                added,
+                upgrade,
+            },
             body,
-            too_large,
-            request_id,
-            added,
-            upgrade,
-        })
+        ))
     }
 
     /// The switch: the answer to a request that asked to change protocols. A `101` naming the

@@ -612,9 +612,14 @@ fn access_json(o: &mut Vec<u8>, r: &AccessRecord, now: SystemTime) {
     o.extend_from_slice(b"{\"time\":\"");
     push_rfc3339(o, now);
     o.extend_from_slice(b"\",\"level\":\"INFO\",\"kind\":\"access\",\"client\":");
-    match r.client {
-        // Addresses need no escaping.
-        Some(SocketAddr::V4(c)) => {
+    // Addresses need no escaping.
+    match (&r.client_text, r.client) {
+        (Some(text), _) => {
+            o.push(b'"');
+            o.extend_from_slice(text.as_str().as_bytes());
+            o.push(b'"');
+        }
+        (None, Some(SocketAddr::V4(c))) => {
             o.push(b'"');
             for (i, octet) in c.ip().octets().into_iter().enumerate() {
                 if i > 0 {
@@ -626,14 +631,14 @@ fn access_json(o: &mut Vec<u8>, r: &AccessRecord, now: SystemTime) {
             push_uint(o, u64::from(c.port()));
             o.push(b'"');
         }
-        Some(c) => {
+        (None, Some(c)) => {
             let mut text = crate::headers::IpText::new();
             text.push_socket_addr(c);
             o.push(b'"');
             o.extend_from_slice(text.as_bytes());
             o.push(b'"');
         }
-        None => o.extend_from_slice(b"null"),
+        (None, None) => o.extend_from_slice(b"null"),
     }
     json_plain(o, key!("method"), Some(r.method.as_str()));
     json_str(o, key!("host"), Some(&r.host));
@@ -1035,6 +1040,8 @@ pub fn no_request_method() -> http::Method {
 #[derive(Clone, Debug, Default)]
 pub struct AccessRecord {
     pub client: Option<SocketAddr>,
+    /// `client` as text, when the connection made it once for all its requests.
+    pub client_text: Option<Inline>,
     /// `-` for a line about a connection rather than a request.
     pub method: http::Method,
     /// Held in place when short (nearly always).
@@ -1457,8 +1464,13 @@ mod tests {
                     total: durations(&mut rng),
                 })
                 .collect();
+            let client = clients[rng.usize(..clients.len())];
             let r = AccessRecord {
-                client: clients[rng.usize(..clients.len())],
+                client,
+                // The text the connection made once, or none (then written from `client`).
+                client_text: client
+                    .filter(|_| rng.bool())
+                    .and_then(|c| Inline::new(&c.to_string())),
                 method: [http::Method::GET, http::Method::POST, no_request_method()]
                     [rng.usize(..3)]
                 .clone(),

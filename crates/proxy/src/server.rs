@@ -250,7 +250,7 @@ impl Gateway {
         #[cfg(unix)]
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let tls = edge.tls;
-        let state = Arc::new(ConnState::new(edge, client.ip()));
+        let state = Arc::new(ConnState::new(edge, client));
         let limits = &self.config.limits;
         // A connection accepted just before a shutdown (or a binary upgrade) may have its
         // request on the way: it gets a short grace to send it, and that request is served.
