@@ -858,7 +858,7 @@ impl Gateway {
                 method: Method::GET,
                 host: self_host(&lookup.key),
                 path: match forwarded.uri.path_and_query() {
-                    Some(p) => crate::log::Text::Path(p.clone()),
+                    Some(p) => crate::log::Text::path(p),
                     None => "/".into(),
                 },
                 proto: "HTTP/1.1",

@@ -351,7 +351,7 @@ impl Gateway {
             .and_then(|(state, n)| state.oversized_head(*n));
         // Shared with the request's target, not copied.
         let path_and_query = match req.uri().path_and_query() {
-            Some(p) => Text::Path(p.clone()),
+            Some(p) => Text::path(p),
             None => Text::from("/"),
         };
         let limit = self.config.limits.max_request_header_bytes;

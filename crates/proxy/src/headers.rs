@@ -153,8 +153,10 @@ pub fn new_request_id() -> Text {
     for (i, d) in id.buf.iter_mut().enumerate() {
         *d = HEX[((n >> ((15 - i) * 4)) & 0xf) as usize];
     }
-    // SAFETY: hex digits are ASCII, which a header value may hold (and `Text::Value` asks).
-    Text::Value(unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from_owner(id)) })
+    // SAFETY: hex digits are ASCII, which a header value may hold.
+    let value = unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from_owner(id)) };
+    // Always ASCII: the check that makes it a shared text cannot fail.
+    Text::ascii_value(&value).unwrap_or_default()
 }
 
 /// The bytes of a header value in one allocation that clones share (a value made by copying
@@ -201,9 +203,9 @@ pub fn shared_value(text: &str) -> HeaderValue {
 /// The request id as a header value, for the upstream request and the response: the one
 /// the id already is (the client's, or the gateway's own), cloned without a copy.
 pub fn request_id_value(id: &Text) -> HeaderValue {
-    match id {
-        Text::Value(v) => v.clone(),
-        other => shared_value(other),
+    match id.header_value() {
+        Some(v) => v.clone(),
+        None => shared_value(id),
     }
 }
 

@@ -1067,9 +1067,13 @@ pub struct AccessRecord {
 }
 
 /// Text of a record that is most often bytes a request already holds (its target, a header
-/// value): shared with them, a reference counted, instead of copied into a string of its own.
+/// value): shared with them, a reference counted, instead of copied into a string of its own;
+/// or, when short, held in place.
 #[derive(Clone, Debug)]
-pub enum Text {
+pub struct Text(Repr);
+
+#[derive(Clone, Debug)]
+enum Repr {
     Owned(String),
     /// A short text held in place (a host name, most often): no allocation.
     Inline(Inline),
@@ -1115,30 +1119,51 @@ impl Text {
     /// `s`, held in place when it is short, else copied into a string of its own.
     pub fn copied(s: &str) -> Text {
         match Inline::new(s) {
-            Some(inline) => Text::Inline(inline),
-            None => Text::Owned(s.to_string()),
+            Some(inline) => Text(Repr::Inline(inline)),
+            None => Text(Repr::Owned(s.to_string())),
         }
     }
 
     /// `v`, shared, when it is ASCII.
     pub fn ascii_value(v: &http::HeaderValue) -> Option<Text> {
-        v.as_bytes().is_ascii().then(|| Text::Value(v.clone()))
+        v.as_bytes()
+            .is_ascii()
+            .then(|| Text(Repr::Value(v.clone())))
+    }
+
+    /// A request target's path and query, shared.
+    pub fn path(p: &http::uri::PathAndQuery) -> Text {
+        Text(Repr::Path(p.clone()))
+    }
+
+    /// The header value this text is, when it is one.
+    pub fn header_value(&self) -> Option<&http::HeaderValue> {
+        match &self.0 {
+            Repr::Value(v) => Some(v),
+            _ => None,
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            Text::Owned(s) => s,
-            Text::Inline(inline) => inline.as_str(),
+        match &self.0 {
+            Repr::Owned(s) => s,
+            Repr::Inline(inline) => inline.as_str(),
             // SAFETY: a `Value` holds ASCII bytes only (`ascii_value`), which are UTF-8.
-            Text::Value(v) => unsafe { std::str::from_utf8_unchecked(v.as_bytes()) },
-            Text::Path(p) => p.as_str(),
+            Repr::Value(v) => unsafe { std::str::from_utf8_unchecked(v.as_bytes()) },
+            Repr::Path(p) => p.as_str(),
         }
     }
 }
 
 impl Default for Text {
     fn default() -> Text {
-        Text::Owned(String::new())
+        Text(Repr::Owned(String::new()))
+    }
+}
+
+impl From<Inline> for Text {
+    fn from(inline: Inline) -> Text {
+        Text(Repr::Inline(inline))
     }
 }
 
@@ -1151,13 +1176,13 @@ impl std::ops::Deref for Text {
 
 impl From<String> for Text {
     fn from(s: String) -> Text {
-        Text::Owned(s)
+        Text(Repr::Owned(s))
     }
 }
 
 impl From<&str> for Text {
     fn from(s: &str) -> Text {
-        Text::Owned(s.to_string())
+        Text(Repr::Owned(s.to_string()))
     }
 }
 
@@ -1489,7 +1514,7 @@ mod tests {
                 ][rng.usize(..6)]
                 {
                     p if rng.bool() => match http::uri::PathAndQuery::try_from(p) {
-                        Ok(target) => Text::Path(target),
+                        Ok(target) => Text::path(&target),
                         Err(_) => p.into(),
                     },
                     p => p.into(),

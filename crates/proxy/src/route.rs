@@ -71,12 +71,12 @@ pub fn normalize_host(raw: &str) -> Text {
         }
     };
     let kept = host.len() - host.bytes().rev().take_while(|&b| b == b'.').count();
-    match Text::copied(&host[..kept]) {
-        Text::Inline(mut inline) => {
+    match crate::log::Inline::new(&host[..kept]) {
+        Some(mut inline) => {
             inline.make_ascii_lowercase();
-            Text::Inline(inline)
+            Text::from(inline)
         }
-        _ => Text::Owned(host[..kept].to_ascii_lowercase()),
+        None => Text::from(host[..kept].to_ascii_lowercase()),
     }
 }
 
