@@ -273,6 +273,13 @@ fn merge_by_time(batches: &[Vec<u8>], out: &mut Vec<u8>) {
     }
 }
 
+/// A line written byte by byte as text. Every piece written is UTF-8 (`json_string` cuts only
+/// at ASCII bytes), so this takes the bytes as they are; were one not, it would be replaced,
+/// not the line lost.
+fn text_of(line: Vec<u8>) -> String {
+    String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// A WARN line of the log's own, in the log's format, with its line end.
 fn warn_line(format: Format, message: &str) -> String {
     let time = rfc3339(SystemTime::now());
@@ -284,7 +291,7 @@ fn warn_line(format: Format, message: &str) -> String {
             .into_bytes();
             json_string(&mut line, message);
             line.extend_from_slice(b"}\n");
-            String::from_utf8(line).unwrap_or_default()
+            text_of(line)
         }
         Format::Text => format!("{time} WARN  gateway -- {message}\n"),
     }
@@ -550,11 +557,7 @@ impl Logger {
                     // Sized once, by `access_json`.
                     let mut line = Vec::new();
                     access_json(&mut line, record, SystemTime::now());
-                    // Every piece written is UTF-8 (`json_string`): taken as it is, not copied.
-                    self.emit(
-                        String::from_utf8(line)
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    );
+                    self.emit(text_of(line));
                 }
             }
             return;
@@ -619,18 +622,7 @@ fn access_json(o: &mut Vec<u8>, r: &AccessRecord, now: SystemTime) {
             o.extend_from_slice(text.as_str().as_bytes());
             o.push(b'"');
         }
-        (None, Some(SocketAddr::V4(c))) => {
-            o.push(b'"');
-            for (i, octet) in c.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    o.push(b'.');
-                }
-                push_uint(o, u64::from(octet));
-            }
-            o.push(b':');
-            push_uint(o, u64::from(c.port()));
-            o.push(b'"');
-        }
+        // A record that is not a connection's request (rare): written from the address.
         (None, Some(c)) => {
             let mut text = crate::headers::IpText::new();
             text.push_socket_addr(c);
@@ -880,22 +872,13 @@ fn may_need_escape(bytes: &[u8]) -> bool {
 /// A JSON string literal (RFC 8259 escaping).
 fn json_string(o: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    o.push(b'"');
     // Nearly every string needs no escaping and is copied whole, between its quotes.
     if !may_need_escape(bytes) {
-        let n = bytes.len();
-        o.reserve(n + 2);
-        let len = o.len();
-        let room = &mut o.spare_capacity_mut()[..n + 2];
-        room[0].write(b'"');
-        for (place, &b) in room[1..=n].iter_mut().zip(bytes) {
-            place.write(b);
-        }
-        room[n + 1].write(b'"');
-        // SAFETY: the `n + 2` places after `len` were all written just above.
-        unsafe { o.set_len(len + n + 2) };
+        o.extend_from_slice(bytes);
+        o.push(b'"');
         return;
     }
-    o.push(b'"');
     // Runs of bytes that need no escaping are copied whole. Every byte escaped is ASCII, so
     // each run ends on a character boundary and the line stays UTF-8.
     let mut start = 0;
@@ -1220,7 +1203,7 @@ impl std::fmt::Display for Text {
 pub fn rfc3339(t: SystemTime) -> String {
     let mut s = Vec::with_capacity(24);
     push_rfc3339(&mut s, t);
-    String::from_utf8(s).unwrap_or_default()
+    text_of(s)
 }
 
 /// The civil date of `secs` since 1970-01-01 UTC: year, month, day (Howard Hinnant's algorithm).
