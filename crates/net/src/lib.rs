@@ -391,7 +391,14 @@ impl Conn {
             head: hop::HeadFacts::default(),
         };
         let mut last_written = exchange.stats.written();
-        let mut send_deadline = tokio::time::Instant::now() + deadlines.send;
+        // Only a body still being sent needs the send deadline; with none, the response
+        // deadline is the timer's, and no clock is read for this.
+        let sending_from = if progress.is_some() {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::from_std(now)
+        };
+        let mut send_deadline = sending_from + deadlines.send;
         let mut timer = self
             .timer
             .take()

@@ -227,8 +227,10 @@ impl ProxyBody {
             kind: Kind::Stream(Box::new(Streamed {
                 incoming,
                 idle: None,
-                idle_from: tokio::time::Instant::now(),
-                waiting: true,
+                // Not read until the first wait on the upstream, which sets it: a body that
+                // came with its head (most do) reads no clock for it.
+                idle_from: tokio::time::Instant::from_std(attempt_started),
+                waiting: false,
                 idle_timeout,
                 lease: Some(lease),
                 exchange,

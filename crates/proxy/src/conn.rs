@@ -5,8 +5,10 @@
 //! lifecycle can all use it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
+
+use net::clock::AtomicInstant;
 
 /// What a connection's listener adds to each of its requests.
 #[derive(Debug, Default)]
@@ -26,10 +28,11 @@ pub struct Edge {
 pub struct ConnState {
     pub(crate) inflight: AtomicUsize,
     pub(crate) requests: AtomicU64,
-    /// When the first byte of a not yet complete request head arrived.
-    pub(crate) head_started: Mutex<Option<Instant>>,
-    /// When the connection last became idle.
-    pub(crate) idle_since: Mutex<Instant>,
+    /// When the first byte of a not yet complete request head arrived. (Atomics, not locks:
+    /// each request sets and reads these a few times.)
+    pub(crate) head_started: AtomicInstant,
+    /// When the connection last became idle (always set).
+    pub(crate) idle_since: AtomicInstant,
     pub(crate) h2: AtomicBool,
     /// The number of the request head that carried both `Content-Length` and
     /// `Transfer-Encoding` on the wire, or `u64::MAX`.
@@ -57,8 +60,8 @@ impl ConnState {
             client_text: client_text(client),
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
-            head_started: Mutex::new(None),
-            idle_since: Mutex::new(Instant::now()),
+            head_started: AtomicInstant::new(None),
+            idle_since: AtomicInstant::new(Some(Instant::now())),
             h2: AtomicBool::new(false),
             cl_and_te: AtomicU64::new(u64::MAX),
             oversized: AtomicU64::new(u64::MAX),
@@ -72,7 +75,7 @@ impl ConnState {
     pub(crate) fn request_started(&self) -> u64 {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.head_started.lock().unwrap() = None;
+        self.head_started.store(None);
         n
     }
 
@@ -87,20 +90,25 @@ impl ConnState {
             .then(|| self.oversized_bytes.load(Ordering::Relaxed))
     }
 
+    /// When the connection last became idle.
+    pub(crate) fn idle_since(&self) -> Instant {
+        // Set when made and whenever a request ends: never empty.
+        self.idle_since.load().unwrap_or_else(Instant::now)
+    }
+
     /// Called when a request's response is over (sent, aborted or abandoned).
     pub fn request_done(&self) {
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.idle_since.lock().unwrap() = net::clock::now();
+            self.idle_since.store(Some(net::clock::now()));
             self.wake_watchdog();
         }
     }
 
     pub(crate) fn bytes_arrived(&self) {
         if self.inflight.load(Ordering::Acquire) == 0 {
-            let mut head = self.head_started.lock().unwrap();
-            if head.is_none() {
-                *head = Some(net::clock::now());
-                drop(head);
+            // Only the connection's own reads call this: no other writer between the two.
+            if !self.head_started.is_some() {
+                self.head_started.store(Some(net::clock::now()));
                 self.wake_watchdog();
             }
         }

@@ -552,11 +552,11 @@ impl Logger {
             // The busiest line of all: written straight into the writer's buffer, no
             // intermediate map and no allocation of its own.
             match &self.out {
-                Out::Buffered(p) => p.push_with(|buf| access_json(buf, record, SystemTime::now())),
+                Out::Buffered(p) => p.push_with(|buf| access_json(buf, record, net::clock::wall())),
                 Out::Memory(_) => {
                     // Sized once, by `access_json`.
                     let mut line = Vec::new();
-                    access_json(&mut line, record, SystemTime::now());
+                    access_json(&mut line, record, net::clock::wall());
                     self.emit(text_of(line));
                 }
             }

@@ -471,7 +471,7 @@ impl Gateway {
                     shutting_down = true;
                     // A head that has begun to arrive is let through (within a grace), so
                     // that the request it carries is answered, not cut off unanswered.
-                    if state.head_started.lock().unwrap().is_some() {
+                    if state.head_started.is_some() {
                         let grace =
                             SHUTDOWN_HEAD_GRACE.min(self.config.limits.request_header_timeout);
                         held = Some(Instant::now() + grace);
@@ -483,7 +483,7 @@ impl Gateway {
                 // Shutdown only: looks every few milliseconds whether the held head has become
                 // a request (hyper disables keep-alive for it) or the grace is over.
                 Turn::HeldTick => {
-                    let started = state.head_started.lock().unwrap().is_none();
+                    let started = !state.head_started.is_some();
                     if started || held.is_some_and(|t| Instant::now() >= t) {
                         held = None;
                         held_tick = None;
@@ -536,10 +536,10 @@ impl Gateway {
         if state.h2.load(Ordering::Relaxed) || state.inflight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        if let Some(t) = *state.head_started.lock().unwrap() {
+        if let Some(t) = state.head_started.load() {
             return Some(t + limits.request_header_timeout);
         }
-        let idle_since = *state.idle_since.lock().unwrap();
+        let idle_since = state.idle_since();
         // A connection that never sent a byte gets the head deadline, not the keep-alive one.
         Some(if state.requests.load(Ordering::Relaxed) == 0 {
             idle_since + limits.request_header_timeout
@@ -553,7 +553,7 @@ impl Gateway {
         if state.h2.load(Ordering::Relaxed) {
             return Verdict::Fine;
         }
-        if let Some(t) = *state.head_started.lock().unwrap() {
+        if let Some(t) = state.head_started.load() {
             if now >= t + self.config.limits.request_header_timeout
                 && state.inflight.load(Ordering::Acquire) == 0
             {
