@@ -73,7 +73,7 @@ impl Drop for Turn {
 /// An `Option<Instant>` that tasks share without a lock: nanoseconds since a point of the
 /// process's own, one added so that zero stands for `None`. A moment before that point (the
 /// first use of any) counts as the point itself.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AtomicInstant(AtomicU64);
 
 fn origin() -> Instant {

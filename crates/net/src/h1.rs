@@ -656,6 +656,12 @@ fn parse_head(
             let value =
                 unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..vs + vl)) };
             scan.line(&name, value.as_bytes());
+            // A `Connection` line of `keep-alive` and `close` alone concerns this hop only, and
+            // the scan holds what it says: the map, which is relayed, never gets it. One that
+            // names other headers stays, for the step that strips those.
+            if name == CONNECTION && !scan.connection_names_more {
+                continue;
+            }
             headers.append(name, value);
         }
         return Ok(Some(Head {
@@ -1137,6 +1143,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!h.scan.keeps_alive(h.version == Version::HTTP_11));
+        // Lines of `keep-alive` and `close` alone stay out of the relayed map; one naming
+        // another header stays in, for the strip of what it names.
+        assert!(h.headers.get(CONNECTION).is_none());
+        assert_ne!(h.scan.hop_by_hop & hop::BIT_CONNECTION, 0);
+        let h = head("HTTP/1.1 200 OK\r\nConnection: close\r\nX-T: 1\r\nConnection: x-t\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let lines: Vec<_> = h.headers.get_all(CONNECTION).iter().collect();
+        assert_eq!(lines, ["x-t"]);
+        assert!(h.scan.connection_names_more && !h.scan.keeps_alive(true));
         assert!(head("HTTP/1.1 200 OK\r\nA: 1\r\n").unwrap().is_none());
         assert!(matches!(
             head("HTTP/1.1 101 Switching\r\n\r\n"),

@@ -15,6 +15,13 @@ pub struct IoStats {
     written: AtomicU64,
 }
 
+/// Adds `n` to a count that one side alone writes: the connection's own I/O, through the
+/// `&mut` of its one [`CountingIo`]. Others only read it. A load and a store, not a locked
+/// read-modify-write: nothing else can write between the two.
+fn add(count: &AtomicU64, n: usize) {
+    count.store(count.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+}
+
 impl IoStats {
     pub fn read(&self) -> u64 {
         self.read.load(Ordering::Relaxed)
@@ -45,7 +52,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        self.stats.read.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.stats.read, n);
         r
     }
 }
@@ -58,7 +65,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+            add(&self.stats.written, n);
         }
         r
     }
@@ -70,7 +77,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+            add(&self.stats.written, n);
         }
         r
     }

@@ -281,12 +281,18 @@ impl ProxyBody {
     }
 
     /// Attaches the request log, written when this body ends.
-    pub fn with_log(mut self, mut log: RequestLog) -> ProxyBody {
+    pub fn with_log(self, log: RequestLog) -> ProxyBody {
+        self.with_boxed_log(Box::new(log))
+    }
+
+    /// [`ProxyBody::with_log`] for a log already boxed ([`RequestLog::take_boxed`]): the
+    /// record is not moved again.
+    pub(crate) fn with_boxed_log(mut self, mut log: Box<RequestLog>) -> ProxyBody {
         log.responded = true;
         if let Kind::Full(b) = &self.kind {
             log.record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
         }
-        self.log = Some(Box::new(log));
+        self.log = Some(log);
         self
     }
 

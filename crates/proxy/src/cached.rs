@@ -307,8 +307,8 @@ impl Gateway {
         log.record.status = head.status.as_u16();
         log.record.cache = Some("collapsed");
         lookup.cache.collapsed.fetch_add(1, Ordering::Relaxed);
-        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
-        let mut resp = Response::new(ProxyBody::shared(reader, length).with_log(log));
+        let log = log.take_boxed(&self.logger);
+        let mut resp = Response::new(ProxyBody::shared(reader, length).with_boxed_log(log));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = headers;
         resp
@@ -529,8 +529,8 @@ impl Gateway {
             body = Bytes::new();
         }
         log.record.status = status.as_u16();
-        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
-        let mut resp = Response::new(ProxyBody::full(body).with_log(log));
+        let log = log.take_boxed(&self.logger);
+        let mut resp = Response::new(ProxyBody::full(body).with_boxed_log(log));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         resp

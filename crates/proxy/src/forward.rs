@@ -785,10 +785,10 @@ impl Gateway {
             Some(t) => drop(t.spawn(tunnel)),
             None => drop(tokio::spawn(tunnel)),
         }
-        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
+        let log = log.take_boxed(&self.logger);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::empty().with_log(log),
+            ProxyBody::empty().with_boxed_log(log),
         ))
     }
 
@@ -839,8 +839,7 @@ impl Gateway {
             self.deadlines[routed.upstream_index].body_idle,
         )
         .with_early(early);
-        let log = std::mem::replace(log, RequestLog::detached(&self.logger));
-        Response::from_parts(parts, body.with_log(log))
+        Response::from_parts(parts, body.with_boxed_log(log.take_boxed(&self.logger)))
     }
 
     /// Reads a small request body whole, so that a failed attempt can be replayed; larger
@@ -1049,6 +1048,14 @@ fn redirect_https(req: &Request<Incoming>, port: u16, mut log: RequestLog) -> Re
 }
 
 impl RequestLog {
+    /// The log, moved into a box once for the response body that writes it, and a
+    /// placeholder left in its place (the record is large: each move of it is a copy).
+    pub(crate) fn take_boxed(&mut self, logger: &Arc<crate::log::Logger>) -> Box<RequestLog> {
+        let mut boxed = Box::new(RequestLog::detached(logger));
+        std::mem::swap(&mut *boxed, self);
+        boxed
+    }
+
     /// A placeholder left behind when the real log moved into a response body; never written.
     pub(crate) fn detached(logger: &Arc<crate::log::Logger>) -> RequestLog {
         RequestLog {

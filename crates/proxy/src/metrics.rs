@@ -1,6 +1,8 @@
 //! Counters for Prometheus, kept without a lock on the request path: one array of atomics per
-//! worker (so two workers never write the same cache line), indexed by upstream, status code,
-//! cause and phase, summed over the workers when `/metrics` is read.
+//! worker (so two workers never write the same cache line), and one that every other thread
+//! shares, indexed by upstream, status code, cause and phase, summed over the shards when
+//! `/metrics` is read. A worker is the one writer of its array and counts with a plain load
+//! and store; only the shared array needs atomic adds.
 //!
 //! The series follow the names of existing dashboards where they can: `_total` counters, a
 //! `_seconds` histogram with Prometheus's default buckets, and `cleargate_` before every name.
@@ -39,6 +41,16 @@ struct Registry {
     sum_us: Box<[AtomicU64]>,
 }
 
+/// Adds `n` to a counter: a worker, the one writer of its shard, with a load and a store (no
+/// locked instruction); the threads that share a shard, with an atomic add.
+fn count(counter: &AtomicU64, n: u64, alone: bool) {
+    if alone {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    } else {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 fn zeros(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
@@ -53,7 +65,10 @@ impl Registry {
         let Some(n) = name else { return none };
         for (i, slot) in self.upstreams.iter().enumerate() {
             match slot.get() {
-                Some(u) if &**u == n => return i,
+                // The record's name is most often the registered `Arc` itself.
+                Some(u) if (u.len() == n.len() && u.as_ptr() == n.as_ptr()) || &**u == n => {
+                    return i
+                }
                 Some(_) => {}
                 None => return none,
             }
@@ -74,9 +89,15 @@ impl Registry {
         false
     }
 
-    /// This thread's shard: its worker's.
-    fn shard(&self) -> usize {
-        upstream::worker() % self.shards
+    /// This thread's shard, and whether this thread alone writes it: each worker has its own,
+    /// and every other thread (the admin API, signal handling, tests) shares the last.
+    fn shard(&self) -> (usize, bool) {
+        let w = upstream::worker();
+        if upstream::is_worker() && w + 1 < self.shards {
+            (w, true)
+        } else {
+            (self.shards - 1, false)
+        }
     }
 
     fn label(&self, index: usize) -> &str {
@@ -117,7 +138,8 @@ impl Metrics {
             }
             return;
         }
-        let shards = workers.max(1);
+        // One shard per worker, and one for every other thread.
+        let shards = workers.max(1) + 1;
         let capacity = (upstreams.len() * 4).max(32);
         let slots = capacity + 1;
         let names: Box<[OnceLock<Arc<str>>]> = (0..capacity)
@@ -145,36 +167,43 @@ impl Metrics {
     /// A request answered (by the upstream or the gateway) with `status`, after `duration`.
     pub fn request(&self, upstream: Option<&str>, status: u16, duration: Duration) {
         let Some(r) = self.reg.get() else { return };
-        let (shard, u) = (r.shard(), r.upstream_index(upstream));
+        let ((shard, alone), u) = (r.shard(), r.upstream_index(upstream));
         let slots = r.slots();
         let code = usize::from(status.clamp(100, 599) - 100);
-        r.requests[(shard * slots + u) * CODES + code].fetch_add(1, Ordering::Relaxed);
+        count(&r.requests[(shard * slots + u) * CODES + code], 1, alone);
         let secs = duration.as_secs_f64();
         let bucket = BUCKETS
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
-        r.buckets[(shard * slots + u) * (BUCKETS.len() + 1) + bucket]
-            .fetch_add(1, Ordering::Relaxed);
-        r.sum_us[shard * slots + u].fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+        count(
+            &r.buckets[(shard * slots + u) * (BUCKETS.len() + 1) + bucket],
+            1,
+            alone,
+        );
+        count(
+            &r.sum_us[shard * slots + u],
+            duration.as_micros() as u64,
+            alone,
+        );
     }
 
     /// A gateway-made error.
     pub fn gateway_error(&self, f: &Failure) {
         let Some(r) = self.reg.get() else { return };
-        let (shard, u) = (r.shard(), r.upstream_index(f.upstream.as_deref()));
+        let ((shard, alone), u) = (r.shard(), r.upstream_index(f.upstream.as_deref()));
         let (causes, phases) = (Cause::ALL.len(), Phase::ALL.len());
         let i = ((shard * r.slots() + u) * causes + cause_index(f.cause)) * phases
             + phase_index(f.phase);
-        r.errors[i].fetch_add(1, Ordering::Relaxed);
+        count(&r.errors[i], 1, alone);
     }
 
     /// An attempt that failed and was retried.
     pub fn retry(&self, f: &Failure) {
         let Some(r) = self.reg.get() else { return };
-        let (shard, u) = (r.shard(), r.upstream_index(f.upstream.as_deref()));
+        let ((shard, alone), u) = (r.shard(), r.upstream_index(f.upstream.as_deref()));
         let i = (shard * r.slots() + u) * Cause::ALL.len() + cause_index(f.cause);
-        r.retries[i].fetch_add(1, Ordering::Relaxed);
+        count(&r.retries[i], 1, alone);
     }
 
     /// The counters in Prometheus's text format (version 0.0.4).

@@ -409,7 +409,11 @@ impl Gateway {
                 let Some((mark, own)) = marked.as_ref() else {
                     return Poll::Pending;
                 };
-                let mut look = mark.fired.swap(false, Ordering::AcqRel);
+                // Looked at before it is cleared: nearly every turn finds it clear, and a load
+                // is not a locked instruction. (Set right after the load, it wakes the task
+                // again, and the next turn sees it.)
+                let mut look =
+                    mark.fired.load(Ordering::Acquire) && mark.fired.swap(false, Ordering::AcqRel);
                 let mut own = Context::from_waker(own);
                 // Whatever this turn returns for, the next one looks at the three again (a
                 // new wake-up future, a timer set anew are polled before they can fire).
@@ -417,7 +421,9 @@ impl Gateway {
                     mark.fired.store(true, Ordering::Release);
                     Poll::Ready(turn)
                 };
-                state.polling.store(true, Ordering::SeqCst);
+                // Seen late by a request ending elsewhere, this only costs a needless
+                // wake-up; the store that ends the poll is the one that must be ordered.
+                state.polling.store(true, Ordering::Relaxed);
                 let polled = {
                     // One clock read for all the work of this poll (`net::clock`).
                     let _turn = net::clock::Turn::start();

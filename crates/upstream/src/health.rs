@@ -2,7 +2,8 @@
 //! gateway failures or upstream 5xx, ejection time growing with repeats, at most a share of the
 //! endpoints ejected at once). Every transition is reported as an event with its cause.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cause::{Failure, Level, Side};
@@ -52,6 +53,86 @@ impl Default for HealthState {
     }
 }
 
+/// What the request path reads of an endpoint's [`HealthState`], without its lock: published
+/// under the lock by every change ([`HealthGuard`]'s drop), read with plain loads by each
+/// choice of an endpoint and each report of an answer.
+#[derive(Debug)]
+pub(crate) struct Published {
+    up: AtomicBool,
+    ejected_until: net::clock::AtomicInstant,
+    /// Nothing that an answer resets is set (no failures counted, no ejection in the current
+    /// run, no cap reported): an answer has nothing to change.
+    calm: AtomicBool,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        let state = HealthState::default();
+        let published = Published {
+            up: AtomicBool::new(false),
+            ejected_until: net::clock::AtomicInstant::new(None),
+            calm: AtomicBool::new(false),
+        };
+        published.publish(&state);
+        published
+    }
+}
+
+impl Published {
+    fn publish(&self, h: &HealthState) {
+        self.up.store(h.active_up, Ordering::Release);
+        self.ejected_until.store(h.ejected_until);
+        let calm = h.consecutive_failures == 0
+            && h.consecutive_5xx == 0
+            && h.ejections == 0
+            && !h.cap_reported;
+        self.calm.store(calm, Ordering::Release);
+    }
+
+    pub(crate) fn up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until.load()
+    }
+}
+
+/// An endpoint's health, locked for a change: what changed is published when it is let go.
+pub(crate) struct HealthGuard<'a> {
+    state: MutexGuard<'a, HealthState>,
+    published: &'a Published,
+}
+
+impl std::ops::Deref for HealthGuard<'_> {
+    type Target = HealthState;
+    fn deref(&self) -> &HealthState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for HealthGuard<'_> {
+    fn deref_mut(&mut self) -> &mut HealthState {
+        &mut self.state
+    }
+}
+
+impl Drop for HealthGuard<'_> {
+    fn drop(&mut self) {
+        self.published.publish(&self.state);
+    }
+}
+
+impl Endpoint {
+    /// The health state, locked for a change.
+    pub(crate) fn health_mut(&self) -> HealthGuard<'_> {
+        HealthGuard {
+            state: self.health.lock().unwrap(),
+            published: &self.published,
+        }
+    }
+}
+
 /// How an attempt ended, for passive health.
 pub enum Outcome<'a> {
     /// The upstream answered with this status.
@@ -61,12 +142,18 @@ pub enum Outcome<'a> {
 
 impl Upstream {
     pub(crate) fn active_up(&self, e: &Endpoint) -> bool {
-        e.health.lock().unwrap().active_up
+        e.published.up()
     }
 
     /// True while `e` is ejected; an ejection that has run out ends here, with an event.
     pub(crate) fn is_ejected(&self, e: &Endpoint, now: Instant) -> bool {
-        let mut h = e.health.lock().unwrap();
+        // Without the lock while nothing is to change: not ejected, or still ejected.
+        match e.published.ejected_until() {
+            None => return false,
+            Some(until) if now < until => return true,
+            Some(_) => {}
+        }
+        let mut h = e.health_mut();
         match h.ejected_until {
             Some(until) if now < until => true,
             Some(_) => {
@@ -102,7 +189,13 @@ impl Upstream {
     /// Records how an attempt on `e` ended; ejects the endpoint when it keeps failing.
     pub fn report(&self, e: &Endpoint, outcome: Outcome<'_>) {
         let o = &self.config.outlier;
-        let mut h = e.health.lock().unwrap();
+        if matches!(outcome, Outcome::Answered(status) if status < 500)
+            && e.published.calm.load(Ordering::Acquire)
+        {
+            // The usual answer to the usual endpoint: no count to reset, no lock taken.
+            return;
+        }
+        let mut h = e.health_mut();
         let reason = match outcome {
             Outcome::Answered(status) if status >= 500 => {
                 h.consecutive_failures = 0;
@@ -163,19 +256,13 @@ impl Upstream {
         let ejected_now = self
             .endpoints
             .iter()
-            .filter(|x| {
-                x.health
-                    .lock()
-                    .unwrap()
-                    .ejected_until
-                    .is_some_and(|u| now < u)
-            })
+            .filter(|x| x.published.ejected_until().is_some_and(|u| now < u))
             .count();
         if (ejected_now as u64 + 1) * 100
             > self.endpoints.len() as u64 * o.max_ejected_percent as u64
         {
             // Said once per run of failures, not at every failure after the threshold.
-            if std::mem::replace(&mut e.health.lock().unwrap().cap_reported, true) {
+            if std::mem::replace(&mut e.health_mut().cap_reported, true) {
                 return;
             }
             self.event(
@@ -186,7 +273,7 @@ impl Upstream {
             );
             return;
         }
-        let mut h = e.health.lock().unwrap();
+        let mut h = e.health_mut();
         h.ejections += 1;
         e.ejected_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -209,7 +296,7 @@ impl Upstream {
         let Some(hc) = &self.config.health else {
             return;
         };
-        let mut h = e.health.lock().unwrap();
+        let mut h = e.health_mut();
         match result {
             Ok(()) => {
                 h.fails = 0;

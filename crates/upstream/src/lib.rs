@@ -82,10 +82,11 @@ pub struct Endpoint {
     /// The shared HTTP/2 connection per worker, when the upstream speaks h2c.
     shared: Box<[Mutex<Option<Conn>>]>,
     in_flight: AtomicUsize,
+    /// Changed through [`Endpoint::health_mut`] only, which keeps `published` up to date.
     pub(crate) health: Mutex<HealthState>,
+    pub(crate) published: health::Published,
     /// Idle timeout learned from `Keep-Alive: timeout=` or from early closes, if shorter.
-    /// (and when it was learned).
-    learned_idle: Mutex<Option<(Duration, Instant)>>,
+    learned_idle: LearnedIdle,
     pub(crate) names: Names,
     /// Taken out of rotation by the operator: no new requests, in-flight ones finish.
     draining: std::sync::atomic::AtomicBool,
@@ -93,6 +94,32 @@ pub struct Endpoint {
     opened: AtomicU64,
     /// Times it was ejected, ever (`HealthState::ejections` counts only the current run).
     pub(crate) ejected_total: AtomicU64,
+}
+
+/// An idle timeout learned from an upstream, and when: read by every checkout and release of a
+/// connection, without a lock; written rarely, one writer at a time.
+#[derive(Default)]
+struct LearnedIdle {
+    /// The timeout in nanoseconds; 0 while none was learned.
+    nanos: AtomicU64,
+    at: net::clock::AtomicInstant,
+    write: Mutex<()>,
+}
+
+impl LearnedIdle {
+    fn get(&self) -> Option<(Duration, Instant)> {
+        match self.nanos.load(Ordering::Acquire) {
+            0 => None,
+            n => Some((Duration::from_nanos(n), self.at.load()?)),
+        }
+    }
+
+    /// Under `write`. The time goes first: whoever sees the new timeout sees its time.
+    fn set(&self, idle: Duration, at: Instant) {
+        self.at.store(Some(at));
+        let nanos = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.nanos.store(nanos, Ordering::Release);
+    }
 }
 
 /// What an endpoint looks like now, for the admin API and the status page.
@@ -127,8 +154,12 @@ impl Endpoint {
     /// True when the endpoint takes requests: its active checks pass, it is not ejected and
     /// not drained.
     pub fn healthy(&self) -> bool {
-        let h = self.health.lock().unwrap();
-        h.active_up && h.ejected_until.is_none_or(|u| Instant::now() >= u) && !self.is_draining()
+        self.published.up()
+            && self
+                .published
+                .ejected_until()
+                .is_none_or(|u| net::clock::now() >= u)
+            && !self.is_draining()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -167,7 +198,7 @@ impl Endpoint {
         } else {
             ejected_for.map(|d| format!("ejected after failures, back in {}s", d.as_secs()))
         };
-        let learned_idle = (*self.learned_idle.lock().unwrap()).map(|(d, _)| d);
+        let learned_idle = self.learned_idle.get().map(|(d, _)| d);
         EndpointState {
             name: self.name.clone(),
             healthy: why_out.is_none(),
@@ -224,10 +255,10 @@ impl Endpoint {
 
     /// The idle timeout in force: the configured one, or a shorter learned one.
     pub fn idle_timeout(&self, configured: Duration) -> Duration {
-        match *self.learned_idle.lock().unwrap() {
+        match self.learned_idle.get() {
             // A lesson expires: a crash can look like an early close, and the upstream's
             // settings change. What is still true is learned again from the next close.
-            Some((l, at)) if at.elapsed() < LEARNED_IDLE_LIFETIME => l.min(configured),
+            Some((l, at)) if net::clock::since(at) < LEARNED_IDLE_LIFETIME => l.min(configured),
             _ => configured,
         }
     }
@@ -235,10 +266,13 @@ impl Endpoint {
     /// Keeps future idle connections below `upstream_idle`, the upstream's own idle limit.
     fn learn_idle(&self, upstream_idle: Duration, events: &Events, upstream: &str, why: &str) {
         let safe = (upstream_idle * 3 / 4).max(MIN_LEARNED_IDLE);
-        let mut learned = self.learned_idle.lock().unwrap();
-        let current = learned.filter(|(_, at)| at.elapsed() < LEARNED_IDLE_LIFETIME);
+        let _one_at_a_time = self.learned_idle.write.lock().unwrap();
+        let current = self
+            .learned_idle
+            .get()
+            .filter(|(_, at)| at.elapsed() < LEARNED_IDLE_LIFETIME);
         if current.is_none_or(|(l, _)| safe < l) {
-            *learned = Some((safe, Instant::now()));
+            self.learned_idle.set(safe, Instant::now());
             events(
                 Level::Info,
                 format!("pool idle timeout lowered to {safe:?}: {why}"),
@@ -322,7 +356,8 @@ impl Upstream {
                     shared: (0..workers).map(|_| Mutex::new(None)).collect(),
                     in_flight: AtomicUsize::new(0),
                     health: Mutex::new(HealthState::default()),
-                    learned_idle: Mutex::new(None),
+                    published: health::Published::default(),
+                    learned_idle: LearnedIdle::default(),
                     names: Names::new(&e.address, resolver.clone()),
                     draining: std::sync::atomic::AtomicBool::new(false),
                     opened: AtomicU64::new(0),
