@@ -197,10 +197,7 @@ impl Gateway {
                 })?;
             let endpoint = choice.endpoint;
             log.record.endpoint = Some(endpoint.name.clone());
-            let mut attempt = AttemptRecord {
-                endpoint: endpoint.name.clone(),
-                ..AttemptRecord::default()
-            };
+            let mut attempt = AttemptRecord::at(endpoint.name.clone());
             let slot = upstream
                 .acquire(&endpoint, routed.deadline)
                 .await

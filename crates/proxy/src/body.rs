@@ -115,10 +115,11 @@ struct Streamed {
     /// (`Some(None)`) the end of the body.
     early: Option<Option<Frame<Bytes>>>,
     /// A failure held back for one turn, so that what was relayed before it (the head, the
-    /// body so far) is flushed to the client before the connection is aborted.
-    deferred: Option<Failure>,
+    /// body so far) is flushed to the client before the connection is aborted. (Boxed, as
+    /// `fill`: rare, and every stream is made, moved and kept with room for them.)
+    deferred: Option<Box<Failure>>,
     /// A copy of the body for the cache, as it passes.
-    fill: Option<Fill>,
+    fill: Option<Box<Fill>>,
 }
 
 /// Copies a body as it streams to the client, for the cache: at the body's clean end, the
@@ -275,7 +276,7 @@ impl ProxyBody {
     /// Copies the body for the cache as it streams (see [`Fill`]).
     pub(crate) fn with_fill(mut self, fill: Fill) -> ProxyBody {
         if let Kind::Stream(s) = &mut self.kind {
-            s.fill = Some(fill);
+            s.fill = Some(Box::new(fill));
         }
         self
     }
@@ -402,7 +403,7 @@ impl Body for ProxyBody {
             }
         };
         if let Some(f) = s.deferred.take() {
-            return Poll::Ready(Some(Err(this.fail(f))));
+            return Poll::Ready(Some(Err(this.fail(*f))));
         }
         if let Some(early) = s.early.take() {
             let Some(frame) = early else {
@@ -444,7 +445,7 @@ impl Body for ProxyBody {
                 s.lease = None;
                 // The error may come in the same turn as the data before it: let hyper write
                 // that out first, as a client of the gateway sees what the upstream sent.
-                s.deferred = Some(f);
+                s.deferred = Some(Box::new(f));
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }

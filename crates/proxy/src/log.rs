@@ -976,6 +976,26 @@ pub struct Attempts {
     more: Vec<AttemptRecord>,
 }
 
+impl AttemptRecord {
+    /// An attempt at `endpoint`, nothing measured yet. (Not `..Default::default()`: the
+    /// default's empty name is a shared static whose count every worker would touch.)
+    pub fn at(endpoint: std::sync::Arc<str>) -> AttemptRecord {
+        AttemptRecord {
+            endpoint,
+            reused: false,
+            idle: None,
+            conn_uses: 0,
+            conn_age: None,
+            cause: None,
+            phase: None,
+            status: None,
+            connect: None,
+            first_byte: None,
+            total: None,
+        }
+    }
+}
+
 impl Attempts {
     pub fn push(&mut self, a: AttemptRecord) {
         match self.first {
