@@ -15,11 +15,12 @@ pub struct IoStats {
     written: AtomicU64,
 }
 
-/// Adds `n` to a count that one side alone writes: the connection's own I/O, through the
-/// `&mut` of its one [`CountingIo`]. Others only read it. A load and a store, not a locked
-/// read-modify-write: nothing else can write between the two.
-fn add(count: &AtomicU64, n: usize) {
-    count.store(count.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
+/// Adds `n` to a counter that one thread alone writes (others only read it): a load and a
+/// store, not a locked read-modify-write, since nothing else can write between the two. An
+/// upstream connection's byte counts (written through the `&mut` of its one [`CountingIo`])
+/// and a worker's own metrics are such counters.
+pub fn add_alone(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
 }
 
 impl IoStats {
@@ -52,7 +53,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        add(&self.stats.read, n);
+        add_alone(&self.stats.read, n as u64);
         r
     }
 }
@@ -65,7 +66,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            add(&self.stats.written, n);
+            add_alone(&self.stats.written, n as u64);
         }
         r
     }
@@ -77,7 +78,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            add(&self.stats.written, n);
+            add_alone(&self.stats.written, n as u64);
         }
         r
     }

@@ -34,7 +34,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
 
 pub use classify::{classify_client_error, classify_connect_error, classify_hyper_error};
-pub use io::{CountingIo, IoStats};
+pub use io::{add_alone, CountingIo, IoStats};
 
 /// Boxed error type for bodies that cross the gateway.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -41,11 +41,11 @@ struct Registry {
     sum_us: Box<[AtomicU64]>,
 }
 
-/// Adds `n` to a counter: a worker, the one writer of its shard, with a load and a store (no
-/// locked instruction); the threads that share a shard, with an atomic add.
+/// Adds `n` to a counter: a worker, the one writer of its shard, without a locked
+/// instruction; the threads that share a shard, with an atomic add.
 fn count(counter: &AtomicU64, n: u64, alone: bool) {
     if alone {
-        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        net::add_alone(counter, n);
     } else {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -35,6 +35,14 @@ impl HealthState {
     pub fn ejections(&self) -> u32 {
         self.ejections
     }
+
+    /// Nothing that an answer resets is set.
+    fn calm(&self) -> bool {
+        self.consecutive_failures == 0
+            && self.consecutive_5xx == 0
+            && self.ejections == 0
+            && !self.cap_reported
+    }
 }
 
 impl Default for HealthState {
@@ -67,14 +75,12 @@ pub(crate) struct Published {
 
 impl Default for Published {
     fn default() -> Self {
-        let state = HealthState::default();
-        let published = Published {
-            up: AtomicBool::new(false),
-            ejected_until: net::clock::AtomicInstant::new(None),
-            calm: AtomicBool::new(false),
-        };
-        published.publish(&state);
-        published
+        let h = HealthState::default();
+        Published {
+            up: AtomicBool::new(h.active_up),
+            ejected_until: net::clock::AtomicInstant::new(h.ejected_until),
+            calm: AtomicBool::new(h.calm()),
+        }
     }
 }
 
@@ -82,11 +88,11 @@ impl Published {
     fn publish(&self, h: &HealthState) {
         self.up.store(h.active_up, Ordering::Release);
         self.ejected_until.store(h.ejected_until);
-        let calm = h.consecutive_failures == 0
-            && h.consecutive_5xx == 0
-            && h.ejections == 0
-            && !h.cap_reported;
-        self.calm.store(calm, Ordering::Release);
+        self.calm.store(h.calm(), Ordering::Release);
+    }
+
+    fn calm(&self) -> bool {
+        self.calm.load(Ordering::Acquire)
     }
 
     pub(crate) fn up(&self) -> bool {
@@ -189,9 +195,7 @@ impl Upstream {
     /// Records how an attempt on `e` ended; ejects the endpoint when it keeps failing.
     pub fn report(&self, e: &Endpoint, outcome: Outcome<'_>) {
         let o = &self.config.outlier;
-        if matches!(outcome, Outcome::Answered(status) if status < 500)
-            && e.published.calm.load(Ordering::Acquire)
-        {
+        if matches!(outcome, Outcome::Answered(status) if status < 500) && e.published.calm() {
             // The usual answer to the usual endpoint: no count to reset, no lock taken.
             return;
         }
